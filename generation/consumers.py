@@ -1,0 +1,53 @@
+"""The WebSocket a logged-in user's pages connect to, for their own job events."""
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from generation import events, selectors
+
+MAX_MESSAGE_BYTES = 1024
+
+
+class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.groups_joined = [events.user_group(user.pk), events.SERVICE_GROUP]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        await self.send_snapshot()
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if bytes_data is not None or text_data is None or len(text_data.encode()) > MAX_MESSAGE_BYTES:
+            await self.send_json(events.build_event("error", message="Messages must be small JSON text."))
+            return
+        await super().receive(text_data=text_data, **kwargs)
+
+    @classmethod
+    async def decode_json(cls, text_data):
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return None
+
+    async def receive_json(self, content, **kwargs):
+        if isinstance(content, dict) and content.get("type") == "sync":
+            await self.send_snapshot()
+        else:
+            await self.send_json(events.build_event("error", message='Unknown message; send {"type": "sync"}.'))
+
+    async def send_snapshot(self):
+        user = self.scope["user"]
+        jobs = await sync_to_async(selectors.user_active_jobs)(user=user)
+        service = await sync_to_async(selectors.service_status)()
+        await self.send_json(events.build_event("snapshot", jobs=jobs, service=service))
+
+    async def event_forward(self, message):
+        await self.send_json(message["event"])

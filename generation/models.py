@@ -1,0 +1,102 @@
+from django.conf import settings
+from django.db import models
+
+
+class QueueTicket(models.Model):
+    """A database-assigned, ever-increasing number that orders the global queue.
+
+    Taking a ticket is an insert, so concurrent submissions on any backend get
+    unique numbers without a lock of our own; requeueing a job takes a new one.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+
+    def __str__(self) -> str:
+        return f"Ticket {self.pk}"
+
+
+class ImageJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        COMPLETE = "complete", "Complete"
+        ERROR = "error", "Error"
+        CANCELLED = "cancelled", "Cancelled"
+
+    PENDING = (Status.QUEUED, Status.PROCESSING)
+    FINAL = (Status.COMPLETE, Status.ERROR, Status.CANCELLED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="image_jobs")
+    conversation = models.ForeignKey("chat.Conversation", models.CASCADE, related_name="image_jobs")
+    message = models.OneToOneField("chat.Message", models.CASCADE, related_name="image_job")
+
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=100)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveIntegerField()
+    guidance = models.FloatField()
+    seed = models.BigIntegerField()
+    scheduler = models.CharField(max_length=32)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    sequence = models.BigIntegerField(unique=True, help_text="Global FIFO order, from the database.")
+    progress = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="A retry waits until then.")
+    worker = models.CharField(max_length=200, blank=True, help_text="Who claimed the job last.")
+    error = models.TextField(blank=True, help_text="What the user is told.")
+    error_detail = models.TextField(blank=True, help_text="What went wrong, for admins.")
+    image = models.FileField(upload_to="images/%Y/%m/%d/", blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["sequence"]
+        indexes = [
+            models.Index(fields=["status", "sequence"], name="job_status_sequence"),
+            models.Index(fields=["owner", "status"], name="job_owner_status"),
+            models.Index(fields=["model", "width", "height", "status", "finished_at"], name="job_timing_history"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.status}): {self.prompt[:40]}"
+
+    @property
+    def params(self) -> dict:
+        return {
+            "model": self.model,
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+            "scheduler": self.scheduler,
+            "negative_prompt": self.negative_prompt,
+        }
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in self.PENDING
+
+
+class CircuitBreaker(models.Model):
+    """State of the circuit breaker around a generation backend, shared by all processes."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        OPEN = "open", "Open"
+        HALF_OPEN = "half_open", "Half-open (trial job running)"
+
+    name = models.CharField(max_length=50, primary_key=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive failures.")
+    opened_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.state}"

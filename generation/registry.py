@@ -1,0 +1,18 @@
+"""The process-wide model registry and generator, built from settings on first use."""
+
+from functools import cache
+
+from django.conf import settings
+
+from generation.pipeline import Generator, ModelRegistry
+
+
+@cache
+def get_registry() -> ModelRegistry:
+    return ModelRegistry(settings.IMAGEGEN_MODELS)
+
+
+@cache
+def get_generator() -> Generator:
+    # One per worker process: the pipeline stays loaded between jobs.
+    return Generator(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)

@@ -1,0 +1,358 @@
+"""Every change of a job's state, and of the circuit breaker, happens here.
+
+Each transition is a compare-and-set on the job row (`filter(pk=..., status=EXPECTED)
+.update(...)`, then check the row count) plus a deep merge of the assistant message's
+metadata, in one transaction. Events go out after commit, from `generation.events`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from chat.models import Conversation
+from chat.services import message_post, message_update
+from generation import events, selectors
+from generation.forms import JobForm
+from generation.models import CircuitBreaker, ImageJob, QueueTicket
+
+logger = logging.getLogger(__name__)
+
+Status = ImageJob.Status
+BREAKER_NAME = "generation"
+
+READY_TEXT = "Your image is ready."
+QUEUED_TEXT = "Your image is queued."
+CANCELLED_TEXT = "Cancelled."
+FAILED_TEXT = "Sorry, the image could not be made."
+
+
+class JobError(Exception):
+    """A request about a job that cannot be carried out (wrong state, limits)."""
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def ring_worker() -> None:
+    """Tell the GPU cluster there is work. The job table, not the message, is the queue."""
+    from django_q.tasks import async_task
+
+    async_task("generation.tasks.process_next_job", cluster="gpu", task_name="process next image job")
+
+
+def _transition(
+    job_id: int,
+    *,
+    expected: tuple[str, ...],
+    to: str,
+    fields: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    content: str | None = None,
+) -> ImageJob | None:
+    """Compare-and-set a job from one of `expected` to `to`; merge the message too.
+
+    Returns the updated job, or None when the job was not in an expected state
+    (somebody else moved it first). Must run inside a transaction.
+    """
+    changes = {"status": to, **(fields or {})}
+    if not ImageJob.objects.filter(pk=job_id, status__in=expected).update(**changes):
+        return None
+    job = ImageJob.objects.get(pk=job_id)
+    message_update(job.message_id, content=content, metadata={"status": to, **(metadata or {})})
+    return job
+
+
+# --- Submit ------------------------------------------------------------------------
+
+
+def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: str, **params: Any) -> ImageJob:
+    """Validate, then create the user's message, the assistant's message and the job.
+
+    Raises ValidationError with field errors when any input is bad; nothing is
+    created then. The worker is rung after commit.
+    """
+    if conversation.owner_id != user.pk:
+        raise ValidationError({"conversation": "Not your conversation."})
+    form = JobForm(data={"prompt": prompt, **params})
+    if not form.is_valid():
+        raise ValidationError(form.errors.as_data())
+    data = form.cleaned_data
+    with transaction.atomic():
+        pending = ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).count()
+        if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
+            raise ValidationError(
+                f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
+            )
+        now = timezone.now()
+        message_post(conversation=conversation, role="user", content=data["prompt"])
+        job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
+        assistant = message_post(
+            conversation=conversation,
+            role="assistant",
+            content=QUEUED_TEXT,
+            metadata={
+                "status": Status.QUEUED,
+                "progress": 0,
+                "prompt": data["prompt"],
+                "params": {**job_params, "negative_prompt": data["negative_prompt"]},
+                "created_at": now.isoformat(),
+            },
+        )
+        job = ImageJob.objects.create(
+            owner=user,
+            conversation=conversation,
+            message=assistant,
+            prompt=data["prompt"],
+            negative_prompt=data["negative_prompt"],
+            sequence=QueueTicket.objects.create().pk,
+            **job_params,
+        )
+        position = selectors.queue_position(job=job)
+        message_update(assistant.pk, metadata={"job_id": job.pk, "queue_position": position})
+        events.send_to_user(
+            user.pk,
+            "job.queued",
+            job_id=job.pk,
+            message_id=assistant.pk,
+            conversation_id=conversation.pk,
+            status=Status.QUEUED,
+            position=position,
+        )
+        transaction.on_commit(ring_worker)
+    return job
+
+
+# --- The worker's side: claim, progress, outcome ---------------------------------
+
+
+def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
+    """Move the oldest runnable queued job to `processing` and return it.
+
+    The order is the job table's, whatever order the broker delivers doorbells in:
+    a lost or doubled doorbell can neither lose nor double-run a job. On PostgreSQL
+    `SKIP LOCKED` lets several workers (one per GPU) claim side by side; on SQLite
+    the IMMEDIATE transaction already serialises claims. The compare-and-set is the
+    final word either way. While the circuit breaker is open nothing is claimed;
+    when its cool-down has passed, the claimed job is its half-open trial.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        breaker = _breaker_locked()
+        if not _breaker_admits(breaker, now):
+            return None
+        runnable = ImageJob.objects.filter(status=Status.QUEUED).filter(
+            Q(not_before__isnull=True) | Q(not_before__lte=now)
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            runnable = runnable.select_for_update(skip_locked=True)
+        for candidate in runnable.order_by("sequence").only("pk")[:5]:
+            job = _transition(
+                candidate.pk,
+                expected=(Status.QUEUED,),
+                to=Status.PROCESSING,
+                fields={
+                    "started_at": now,
+                    "heartbeat_at": now,
+                    "attempts": F("attempts") + 1,
+                    "worker": worker,
+                    "progress": 0,
+                    "not_before": None,
+                },
+                metadata={"progress": 0, "queue_position": None, "started_at": now.isoformat()},
+                content="Making your image…",
+            )
+            if job is None:
+                continue
+            if breaker.state == CircuitBreaker.State.OPEN:
+                _breaker_set(breaker, state=CircuitBreaker.State.HALF_OPEN)
+            events.send_to_user(
+                job.owner_id, "job.progress", job_id=job.pk, status=job.status, step=0, total=job.steps, progress=0
+            )
+            return job
+    return None
+
+
+def job_progress(*, job_id: int, step: int, total: int, persist: bool, now: datetime | None = None) -> bool:
+    """Record progress; returns False when the job is no longer processing (cancelled).
+
+    With `persist` the row and the message are written (every 10 % and as a
+    heartbeat); otherwise only the live event goes out.
+    """
+    progress = min(100, int(step * 100 / max(total, 1)))
+    with transaction.atomic():
+        if persist:
+            now = now or timezone.now()
+            job = ImageJob.objects.filter(pk=job_id, status=Status.PROCESSING)
+            if not job.update(progress=progress, heartbeat_at=now):
+                return False
+            owner_id, message_id = job.values_list("owner_id", "message_id").get()
+            message_update(message_id, metadata={"progress": progress})
+        else:
+            row = ImageJob.objects.filter(pk=job_id, status=Status.PROCESSING).values_list("owner_id").first()
+            if row is None:
+                return False
+            owner_id = row[0]
+        events.send_to_user(
+            owner_id, "job.progress", job_id=job_id, status=Status.PROCESSING, step=step, total=total, progress=progress
+        )
+    return True
+
+
+def job_preview(*, job: ImageJob, step: int, image_data_url: str) -> None:
+    events.send_to_user(job.owner_id, "job.preview", job_id=job.pk, step=step, image=image_data_url)
+
+
+def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> ImageJob | None:
+    """Store the image and finish the job; None if it was cancelled meanwhile."""
+    now = now or timezone.now()
+    stored = ImageJob._meta.get_field("image").generate_filename(None, f"job-{job_id}.png")
+    name = ImageJob._meta.get_field("image").storage.save(stored, ContentFile(png))
+    with transaction.atomic():
+        image_url = reverse("generation:job_image", args=[job_id])
+        job = _transition(
+            job_id,
+            expected=(Status.PROCESSING,),
+            to=Status.COMPLETE,
+            fields={"image": name, "progress": 100, "finished_at": now, "heartbeat_at": now, "error": ""},
+            metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
+            content=READY_TEXT,
+        )
+        if job is None:
+            transaction.on_commit(lambda: ImageJob._meta.get_field("image").storage.delete(name))
+            return None
+        events.send_to_user(job.owner_id, "job.complete", job_id=job.pk, status=job.status, image_url=image_url)
+    return job
+
+
+def job_fail(*, job_id: int, error: str, detail: str = "", now: datetime | None = None) -> ImageJob | None:
+    """Finish a queued or processing job with an error the user can read."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = _transition(
+            job_id,
+            expected=ImageJob.PENDING,
+            to=Status.ERROR,
+            fields={"error": error, "error_detail": detail, "finished_at": now},
+            metadata={"error": error, "finished_at": now.isoformat(), "queue_position": None},
+            content=FAILED_TEXT,
+        )
+        if job is not None:
+            events.send_to_user(job.owner_id, "job.error", job_id=job.pk, status=job.status, error=error)
+    return job
+
+
+def job_retry_later(*, job_id: int, delay: float, detail: str, now: datetime | None = None) -> ImageJob | None:
+    """Put a job that hit a transient error back in the queue, runnable after `delay`.
+
+    It keeps its place in the FIFO order; others run while it waits.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = _transition(
+            job_id,
+            expected=(Status.PROCESSING,),
+            to=Status.QUEUED,
+            fields={"not_before": now + timedelta(seconds=delay), "error_detail": detail, "progress": 0},
+            metadata={"progress": 0, "retrying": True},
+            content="A temporary problem; trying again shortly…",
+        )
+        if job is not None:
+            events.send_to_user(
+                job.owner_id,
+                "job.queued",
+                job_id=job.pk,
+                message_id=job.message_id,
+                conversation_id=job.conversation_id,
+                status=job.status,
+                position=selectors.queue_position(job=job),
+            )
+    return job
+
+
+def job_cancel(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
+    """Cancel a queued job at once; a processing one stops at its next step.
+
+    The worker notices the status at its next step and discards the partial image;
+    its own compare-and-set to `complete` then finds nothing to change.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        cancelled = _transition(
+            job.pk,
+            expected=ImageJob.PENDING,
+            to=Status.CANCELLED,
+            fields={"finished_at": now},
+            metadata={"finished_at": now.isoformat(), "queue_position": None},
+            content=CANCELLED_TEXT,
+        )
+        if cancelled is None:
+            job.refresh_from_db(fields=["status"])
+            raise JobError(f"This job is already {job.get_status_display().lower()} and cannot be cancelled.")
+        events.send_to_user(cancelled.owner_id, "job.cancelled", job_id=cancelled.pk, status=cancelled.status)
+    return cancelled
+
+
+# --- Circuit breaker ----------------------------------------------------------------
+
+
+def _breaker_locked() -> CircuitBreaker:
+    CircuitBreaker.objects.get_or_create(name=BREAKER_NAME)
+    return CircuitBreaker.objects.select_for_update().get(name=BREAKER_NAME)
+
+
+def _breaker_admits(breaker: CircuitBreaker, now: datetime) -> bool:
+    if breaker.state == CircuitBreaker.State.CLOSED:
+        return True
+    if breaker.state == CircuitBreaker.State.HALF_OPEN:
+        return False  # one trial at a time
+    cooldown = timedelta(seconds=settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS)
+    return breaker.opened_at is None or now >= breaker.opened_at + cooldown
+
+
+def _breaker_set(breaker: CircuitBreaker, **changes: Any) -> None:
+    before = breaker.state
+    for field, value in changes.items():
+        setattr(breaker, field, value)
+    breaker.save()
+    if breaker.state != before:
+        logger.warning("Circuit breaker %s: %s -> %s", breaker.name, before, breaker.state)
+        events.send_to_all("service.status", **selectors.service_status(breaker=breaker))
+
+
+def breaker_record_success() -> None:
+    with transaction.atomic():
+        breaker = _breaker_locked()
+        if breaker.state != CircuitBreaker.State.CLOSED or breaker.failures:
+            _breaker_set(breaker, state=CircuitBreaker.State.CLOSED, failures=0, opened_at=None)
+
+
+def breaker_record_failure(*, now: datetime | None = None) -> None:
+    """Count a backend failure; open after the threshold, or when the trial fails."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        breaker = _breaker_locked()
+        failures = breaker.failures + 1
+        if breaker.state == CircuitBreaker.State.HALF_OPEN or failures >= settings.IMAGEGEN_BREAKER_THRESHOLD:
+            _breaker_set(breaker, state=CircuitBreaker.State.OPEN, failures=failures, opened_at=now)
+        else:
+            _breaker_set(breaker, failures=failures)
+
+
+def breaker_release_trial() -> None:
+    """The trial job ended without a verdict (cancelled): let the next job be the trial."""
+    with transaction.atomic():
+        breaker = _breaker_locked()
+        if breaker.state == CircuitBreaker.State.HALF_OPEN:
+            _breaker_set(breaker, state=CircuitBreaker.State.OPEN, opened_at=None)

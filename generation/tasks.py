@@ -1,0 +1,14 @@
+"""django-q2 task entry points. They take ids (or nothing), never objects."""
+
+from generation.models import ImageJob
+from generation.services import ring_worker
+from generation.worker import JobRunner
+
+
+def process_next_job() -> int | None:
+    """A doorbell: run the oldest runnable job, if any. Returns its id."""
+    job = JobRunner().run_next()
+    if job is not None and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
+        # Keep the queue moving even if a doorbell was lost; a spare one finds nothing.
+        ring_worker()
+    return job.pk if job is not None else None

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from generation import views
+
+app_name = "generation"
+
+urlpatterns = [
+    path("<int:job_id>/image.png", views.job_image, name="job_image"),
+    path("<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+]

@@ -1,0 +1,280 @@
+"""Settings for Imagegen, read from the environment.
+
+Every variable is listed in `.env.example`. The defaults need nothing installed or
+started: SQLite (WAL), django-q2's ORM broker and an in-process channel layer.
+`DATABASE_URL` switches to PostgreSQL; `REDIS_URL` switches the channel layer and
+the task broker to Redis.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_models(name: str) -> dict[str, str]:
+    """Parse `name=path,name2=path2` into a dict of extra models."""
+    models: dict[str, str] = {}
+    for item in env_list(name, []):
+        key, sep, path = item.partition("=")
+        key, path = key.strip(), path.strip()
+        if not sep or not key or not path:
+            raise ImproperlyConfigured(f"{name} entries must look like name=/path/to/model, got {item!r}")
+        if key == "demo":
+            raise ImproperlyConfigured(f"{name}: the name 'demo' is reserved for the built-in model")
+        models[key] = path
+    return models
+
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-used-with-debug-on"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Where the embedded database, generated images, locks and the demo model live.
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_q",
+    "chat",
+    "generation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "imagegen_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "imagegen_site.asgi.application"
+
+# --- Database -------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+else:
+    SQLITE_PATH = Path(env_str("SQLITE_PATH", str(DATA_DIR / "db.sqlite3")))
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                # The web server, the GPU worker and the maintenance worker all write:
+                # WAL lets readers run beside the writer, IMMEDIATE takes the write
+                # lock when a transaction starts (so a read-modify-write never fails
+                # half-way with "database is locked"), and the timeout makes writers
+                # queue for the lock instead of failing.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": env_float("SQLITE_BUSY_TIMEOUT", 30.0, minimum=0),
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # Tests use a file, not memory: worker processes and threads in the tests
+            # need their own connections to the same database.
+            "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer and task broker ---------------------------------------
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "imagegen")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Generation ------------------------------------------------------------------
+
+# Extra models besides `demo`: "name=/path/to/diffusers-folder,other=/path/model.safetensors".
+IMAGEGEN_MODELS = env_models("IMAGEGEN_MODELS")
+IMAGEGEN_DEFAULT_MODEL = env_str("IMAGEGEN_DEFAULT_MODEL", "demo")
+if IMAGEGEN_DEFAULT_MODEL != "demo" and IMAGEGEN_DEFAULT_MODEL not in IMAGEGEN_MODELS:
+    raise ImproperlyConfigured(f"IMAGEGEN_DEFAULT_MODEL {IMAGEGEN_DEFAULT_MODEL!r} is not in IMAGEGEN_MODELS")
+IMAGEGEN_MODEL_CACHE = Path(env_str("IMAGEGEN_MODEL_CACHE", str(DATA_DIR / "models")))
+IMAGEGEN_DEVICE = env_str("IMAGEGEN_DEVICE", "auto")
+IMAGEGEN_TIMEOUT_SECONDS = env_int("IMAGEGEN_TIMEOUT_SECONDS", 180, minimum=1)
+IMAGEGEN_MAX_ATTEMPTS = env_int("IMAGEGEN_MAX_ATTEMPTS", 3, minimum=1)
+IMAGEGEN_RETRY_BASE_SECONDS = env_float("IMAGEGEN_RETRY_BASE_SECONDS", 2.0, minimum=0)
+IMAGEGEN_GPU_LOCK_WAIT_SECONDS = env_float("IMAGEGEN_GPU_LOCK_WAIT_SECONDS", 30.0, minimum=0)
+IMAGEGEN_LOCK_DIR = Path(env_str("IMAGEGEN_LOCK_DIR", str(DATA_DIR / "locks")))
+IMAGEGEN_BREAKER_THRESHOLD = env_int("IMAGEGEN_BREAKER_THRESHOLD", 5, minimum=1)
+IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0)
+IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
+# Test-only: make the backend raise on purpose ("error", "transient").
+IMAGEGEN_FAULT_INJECTION = env_str("IMAGEGEN_FAULT_INJECTION", "")
+
+# A hard timeout above our own soft one, and a broker retry well above the longest
+# task, so django-q2 never re-delivers a task that is still running.
+_HARD_TIMEOUT = IMAGEGEN_TIMEOUT_SECONDS + int(IMAGEGEN_BREAKER_COOLDOWN_SECONDS) + 120
+
+Q_CLUSTER = {
+    "name": "imagegen",
+    "workers": 1,
+    "timeout": 120,
+    "retry": 300,
+    "max_attempts": 2,
+    "save_limit": 500,
+    "catch_up": False,
+    "ack_failures": True,
+    "sync": env_bool("Q_SYNC", False),
+    "ALT_CLUSTERS": {
+        # Owns the pipeline: one worker that never recycles, so the model stays loaded.
+        "gpu": {
+            "workers": 1,
+            "recycle": 1_000_000,
+            "timeout": _HARD_TIMEOUT,
+            "retry": _HARD_TIMEOUT * 3,
+            "scheduler": False,
+        },
+        "maintenance": {
+            "workers": 1,
+            "timeout": 120,
+            "retry": 300,
+        },
+    },
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = env_float("Q_POLL_SECONDS", 0.2, minimum=0.01)
+
+# --- Auth, static, media ---------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Generated images live here and are served only through an access-checked view.
+MEDIA_ROOT = DATA_DIR / "media"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
