@@ -120,7 +120,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
             **job_params,
         )
         position = selectors.queue_position(job=job)
-        message_update(assistant.pk, metadata={"job_id": job.pk, "queue_position": position})
+        job.message = message_update(assistant.pk, metadata={"job_id": job.pk, "queue_position": position})
         events.send_to_user(
             user.pk,
             "job.queued",

@@ -1,0 +1,94 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import torch
+from PIL import Image
+
+from generation import services
+from generation.worker import JobRunner
+
+
+class FakeClock:
+    """Monotonic clock, wall clock and sleep that move together, on demand."""
+
+    def __init__(self):
+        self.t = 1000.0
+        self.wall = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self.wall += timedelta(seconds=seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+
+class FakeGenerator:
+    """Stands in for the diffusers pipeline where the demo model is too slow or a fault is needed.
+
+    `failures` are raised by the next calls, one each; `on_each_step` runs inside
+    every step (to move a clock, or to act like a user mid-job).
+    """
+
+    device = "cpu"
+
+    def __init__(self, failures=(), on_each_step=None):
+        self.failures = list(failures)
+        self.on_each_step = on_each_step
+        self.prompts: list[str] = []
+
+    def pipeline(self, name):
+        return None
+
+    def generate(self, request, on_step=None):
+        self.prompts.append(request.prompt)
+        if self.failures:
+            raise self.failures.pop(0)
+        latents = torch.zeros(1, 4, request.height // 8, request.width // 8)
+        for step in range(1, request.steps + 1):
+            if self.on_each_step:
+                self.on_each_step(step)
+            if on_step:
+                on_step(step, request.steps, latents)
+        return Image.new("RGB", (request.width, request.height), (10, 20, 30))
+
+
+@pytest.fixture
+def fake_clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def runner_for(fake_clock):
+    def make(generator):
+        return JobRunner(generator, clock=fake_clock.clock, now=fake_clock.now, sleep=fake_clock.sleep)
+
+    return make
+
+
+@pytest.fixture
+def submit(alice_chat):
+    def submit_job(prompt="a lighthouse at dusk", conversation=None, **params):
+        conversation = conversation or alice_chat
+        params.setdefault("steps", 4)
+        params.setdefault("width", 64)
+        params.setdefault("height", 64)
+        return services.job_submit(user=conversation.owner, conversation=conversation, prompt=prompt, **params)
+
+    return submit_job
+
+
+@pytest.fixture
+def sync_q(monkeypatch):
+    """django-q2 runs tasks in-process, at once, through the real task path."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)

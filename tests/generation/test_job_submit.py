@@ -1,0 +1,99 @@
+import pytest
+from django.core.exceptions import ValidationError
+
+from chat.models import Message
+from generation.models import ImageJob
+
+
+def test_it_creates_the_user_message_the_assistant_message_and_the_job(alice, alice_chat, submit):
+    job = submit("  a red fox in snow  ", steps=12, width=128, height=96, guidance=5.5, seed=99)
+
+    user_message, assistant = Message.objects.filter(conversation=alice_chat)
+    assert (user_message.role, user_message.content) == ("user", "a red fox in snow")
+    assert assistant.role == "assistant"
+    assert job.message == assistant
+    assert (job.owner, job.status, job.prompt) == (alice, "queued", "a red fox in snow")
+    assert (job.steps, job.width, job.height, job.guidance, job.seed) == (12, 128, 96, 5.5, 99)
+    assert assistant.metadata["status"] == "queued"
+    assert assistant.metadata["progress"] == 0
+    assert assistant.metadata["job_id"] == job.pk
+    assert assistant.metadata["queue_position"] == 1
+    assert assistant.metadata["prompt"] == "a red fox in snow"
+    assert assistant.metadata["params"]["steps"] == 12
+    assert assistant.metadata["created_at"]
+
+
+def test_defaults_fill_what_is_not_given_and_a_random_seed_is_stored(alice_chat, submit):
+    job = submit("a boat", steps=None, width=None, height=None)
+    assert (job.model, job.width, job.height, job.steps, job.guidance, job.scheduler) == (
+        "demo",
+        512,
+        512,
+        20,
+        7.0,
+        "euler",
+    )
+    assert 0 <= job.seed < 2**32
+
+
+def test_positions_count_every_users_queued_jobs_ahead(submit, bob_chat):
+    first = submit("one")
+    second = submit("two", conversation=bob_chat)
+    third = submit("three")
+    positions = [job.message.metadata["queue_position"] for job in (first, second, third)]
+    assert positions == [1, 2, 3]
+    assert first.sequence < second.sequence < third.sequence
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("prompt", ""),
+        ("prompt", "   "),
+        ("prompt", "x" * 2001),
+        ("steps", 0),
+        ("steps", 101),
+        ("guidance", 31),
+        ("guidance", "nan"),
+        ("width", 100),
+        ("height", 2056),
+        ("seed", -1),
+        ("seed", 2**32),
+        ("model", "no-such-model"),
+        ("scheduler", "nope"),
+        ("width", "wide"),
+    ],
+)
+def test_bad_input_gets_a_field_error_and_creates_nothing(alice_chat, submit, field, value):
+    with pytest.raises(ValidationError) as caught:
+        if field == "prompt":
+            submit(value)
+        else:
+            submit(**{field: value})
+    assert field in caught.value.message_dict
+    assert not ImageJob.objects.exists()
+    assert not Message.objects.exists()
+
+
+def test_the_demo_model_has_a_size_limit(submit):
+    with pytest.raises(ValidationError) as caught:
+        submit(width=1536)
+    assert "up to 1024" in caught.value.message_dict["width"][0]
+
+
+def test_a_user_cannot_queue_more_than_the_pending_cap(settings, submit, bob_chat):
+    settings.IMAGEGEN_MAX_PENDING_PER_USER = 2
+    submit("one")
+    submit("two")
+    with pytest.raises(ValidationError, match="already have 2 images waiting"):
+        submit("three")
+    assert ImageJob.objects.count() == 2
+    submit("bob is not capped by alice", conversation=bob_chat)
+
+
+def test_it_rejects_another_users_conversation(bob, alice_chat):
+    from generation.services import job_submit
+
+    with pytest.raises(ValidationError):
+        job_submit(user=bob, conversation=alice_chat, prompt="mine now")
+    assert not ImageJob.objects.exists()
