@@ -46,7 +46,7 @@ def start_cluster(name: str, data_dir: Path, log_path: Path, **extra: str) -> su
     )
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 30) -> None:
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) -> None:
     if process.poll() is None:
         try:
             os.killpg(process.pid, sig)

@@ -1,0 +1,92 @@
+import pytest
+
+from chat.models import Message
+from generation.models import ImageJob
+from generation.pipeline import TransientGenerationError
+from tests.generation.conftest import FakeGenerator
+
+
+def _reload(job):
+    job.refresh_from_db()
+    return job, Message.objects.get(pk=job.message_id)
+
+
+def test_a_failing_job_becomes_an_error_and_the_next_job_runs_at_once(runner_for, submit, fake_clock):
+    runner = runner_for(FakeGenerator(failures=[RuntimeError("CUDA kernel exploded")]))
+    broken, healthy = submit("broken"), submit("healthy")
+
+    runner.run_next()
+    runner.run_next()
+
+    broken, message = _reload(broken)
+    assert broken.status == "error"
+    assert broken.error == "Image generation failed because of a problem on the server. Please try again."
+    assert "CUDA kernel exploded" in broken.error_detail
+    assert message.metadata["status"] == "error"
+    assert message.metadata["error"] == broken.error
+    assert message.metadata["finished_at"]
+    assert not broken.image
+    assert _reload(healthy)[0].status == "complete"
+    assert fake_clock.sleeps == [], "nothing waited between the two jobs"
+
+
+def test_a_job_over_its_time_limit_fails_with_a_friendly_message(settings, runner_for, submit, fake_clock):
+    settings.IMAGEGEN_TIMEOUT_SECONDS = 180
+    runner = runner_for(FakeGenerator(on_each_step=lambda step: fake_clock.advance(50)))
+    slow, after = submit("slow", steps=10), submit("after", steps=2)
+
+    runner.run_next()
+
+    slow, message = _reload(slow)
+    assert slow.status == "error"
+    assert slow.error == "Image generation timed out after 180 s. Please try again."
+    assert message.metadata["error"] == "Image generation timed out after 180 s. Please try again."
+    assert slow.progress < 100
+    runner.run_next()
+    assert _reload(after)[0].status == "complete"
+
+
+def test_transient_errors_are_retried_with_exponential_backoff(settings, runner_for, submit, fake_clock):
+    settings.IMAGEGEN_MAX_ATTEMPTS = 3
+    settings.IMAGEGEN_RETRY_BASE_SECONDS = 2
+    runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy"), MemoryError()]))
+    job = submit("flaky")
+
+    runner.run_next()  # attempt 1 fails: back in the queue for 2 s
+    job, message = _reload(job)
+    assert (job.status, job.attempts) == ("queued", 1)
+    assert message.metadata["retrying"] is True
+
+    runner.run_next()  # waits 2 s, attempt 2 fails: 4 s
+    runner.run_next()  # waits 4 s, attempt 3 succeeds
+
+    job, message = _reload(job)
+    assert (job.status, job.attempts) == ("complete", 3)
+    assert message.content == "Your image is ready."
+    assert sum(fake_clock.sleeps) == pytest.approx(6, abs=0.1)
+
+
+def test_a_job_that_keeps_failing_transiently_gives_up_after_the_last_attempt(settings, runner_for, submit):
+    settings.IMAGEGEN_MAX_ATTEMPTS = 2
+    runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy")] * 5))
+    job = submit("never")
+
+    runner.run_next()
+    runner.run_next()
+
+    job, message = _reload(job)
+    assert (job.status, job.attempts) == ("error", 2)
+    assert "temporarily unavailable" in job.error
+    assert message.metadata["status"] == "error"
+
+
+def test_jobs_behind_a_retrying_job_run_while_it_waits(settings, runner_for, submit, fake_clock):
+    settings.IMAGEGEN_RETRY_BASE_SECONDS = 30
+    runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy")]))
+    flaky, other = submit("flaky"), submit("other")
+
+    runner.run_next()
+    assert runner.run_next() == other
+    assert fake_clock.sleeps == []
+    assert runner.run_next() == flaky
+    assert ImageJob.objects.get(pk=flaky.pk).status == "complete"

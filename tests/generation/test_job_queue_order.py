@@ -1,0 +1,26 @@
+from generation.models import ImageJob
+from generation.tasks import process_next_job
+from tests.generation.conftest import FakeGenerator
+
+
+def test_the_job_table_decides_the_order_whatever_the_broker_delivers(monkeypatch, submit, bob_chat):
+    """Doorbells carry no job: early, doubled or extra deliveries run each job once, oldest first."""
+    generator = FakeGenerator()
+    monkeypatch.setattr("generation.worker.get_generator", lambda: generator)
+    jobs = [submit("first"), submit("second", conversation=bob_chat), submit("third")]
+
+    results = [process_next_job() for _ in range(5)]  # five deliveries for three jobs
+
+    assert results == [jobs[0].pk, jobs[1].pk, jobs[2].pk, None, None]
+    assert generator.prompts == ["first", "second", "third"]
+    assert list(ImageJob.objects.values_list("status", "attempts")) == [("complete", 1)] * 3
+
+
+def test_a_job_submitted_while_others_wait_goes_to_the_back(runner_for, submit):
+    runner = runner_for(FakeGenerator())
+    first = submit("first")
+    second = submit("second")
+    assert runner.run_next() == first
+    third = submit("third")
+    assert [runner.run_next(), runner.run_next()] == [second, third]
+    assert runner.run_next() is None

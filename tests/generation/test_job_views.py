@@ -1,0 +1,56 @@
+from django.urls import reverse
+
+from generation.models import ImageJob
+from tests.generation.conftest import FakeGenerator
+
+
+def test_the_owner_downloads_the_finished_image(client, alice, submit, runner_for):
+    job = submit("a kite")
+    runner_for(FakeGenerator()).run_next()
+    client.force_login(alice)
+
+    response = client.get(reverse("generation:job_image", args=[job.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+
+    download = client.get(reverse("generation:job_image", args=[job.pk]) + "?download=1")
+    assert "attachment" in download["Content-Disposition"]
+
+
+def test_another_user_gets_404_for_the_image_and_the_cancel(client, bob, submit, runner_for):
+    done, waiting = submit("mine"), None
+    runner_for(FakeGenerator()).run_next()
+    waiting = submit("also mine")
+    client.force_login(bob)
+    assert client.get(reverse("generation:job_image", args=[done.pk])).status_code == 404
+    assert client.post(reverse("generation:job_cancel", args=[waiting.pk])).status_code == 404
+    assert ImageJob.objects.get(pk=waiting.pk).status == "queued"
+
+
+def test_anonymous_requests_go_to_login(client, submit):
+    job = submit("a kite")
+    response = client.get(reverse("generation:job_image", args=[job.pk]))
+    assert response.status_code == 302 and "/login/" in response.url
+
+
+def test_an_unfinished_job_has_no_image(client, alice, submit):
+    job = submit("not yet")
+    client.force_login(alice)
+    assert client.get(reverse("generation:job_image", args=[job.pk])).status_code == 404
+
+
+def test_the_owner_cancels_a_queued_job_from_the_page(client, alice, submit):
+    job = submit("never mind")
+    client.force_login(alice)
+    response = client.post(reverse("generation:job_cancel", args=[job.pk]), follow=True)
+    assert ImageJob.objects.get(pk=job.pk).status == "cancelled"
+    assert b"Cancelled." in response.content
+    again = client.post(reverse("generation:job_cancel", args=[job.pk]), follow=True)
+    assert b"already cancelled" in again.content
+
+
+def test_cancel_needs_a_post(client, alice, submit):
+    job = submit("x")
+    client.force_login(alice)
+    assert client.get(reverse("generation:job_cancel", args=[job.pk])).status_code == 405

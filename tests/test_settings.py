@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from imagegen_site import settings as site_settings
+from tests.helpers import BASE_DIR
+
+
+def _settings_in_child(env: dict[str, str], expression: str) -> subprocess.CompletedProcess:
+    code = f"import imagegen_site.settings as s; print({expression})"
+    clean = {"PATH": "/usr/bin:/bin", **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True)
+
+
+def test_debug_off_without_a_secret_key_fails_loudly():
+    result = _settings_in_child({}, "s.DEBUG")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+
+
+def test_debug_is_off_unless_asked_for():
+    assert _settings_in_child({"SECRET_KEY": "k"}, "s.DEBUG").stdout.strip() == "False"
+    assert _settings_in_child({"DEBUG": "1"}, "s.DEBUG").stdout.strip() == "True"
+
+
+def test_database_url_switches_to_postgresql_and_redis_url_to_redis():
+    env = {"SECRET_KEY": "k", "DATABASE_URL": "postgres://u@db:5432/app", "REDIS_URL": "redis://r:6379/0"}
+    result = _settings_in_child(
+        env, "s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'], s.Q_CLUSTER.get('redis')"
+    )
+    assert result.stdout.strip() == (
+        "django.db.backends.postgresql channels_redis.core.RedisChannelLayer redis://r:6379/0"
+    )
+
+
+def test_the_embedded_defaults_need_no_services():
+    result = _settings_in_child(
+        {"SECRET_KEY": "k"},
+        "s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'], s.Q_CLUSTER['orm']",
+    )
+    assert result.stdout.split() == ["django.db.backends.sqlite3", "channels.layers.InMemoryChannelLayer", "default"]
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"DEBUG": "maybe"}, "DEBUG must be a boolean"),
+        ({"IMAGEGEN_TIMEOUT_SECONDS": "soon"}, "IMAGEGEN_TIMEOUT_SECONDS must be an integer"),
+        ({"IMAGEGEN_TIMEOUT_SECONDS": "0"}, "IMAGEGEN_TIMEOUT_SECONDS must be at least 1"),
+        ({"IMAGEGEN_MODELS": "broken"}, "IMAGEGEN_MODELS entries must look like name=/path"),
+        ({"IMAGEGEN_MODELS": "demo=/x"}, "reserved"),
+        ({"IMAGEGEN_DEFAULT_MODEL": "sdxl"}, "is not in IMAGEGEN_MODELS"),
+        ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
+    ],
+)
+def test_bad_values_fail_loudly(env, message):
+    result = _settings_in_child({"SECRET_KEY": "k", **env}, "1")
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_env_helpers_raise_improperly_configured(monkeypatch):
+    monkeypatch.setenv("X_FLOAT", "fast")
+    with pytest.raises(ImproperlyConfigured):
+        site_settings.env_float("X_FLOAT", 1.0)
+    monkeypatch.setenv("X_LIST", " a, b ,,c ")
+    assert site_settings.env_list("X_LIST", []) == ["a", "b", "c"]
+
+
+def test_the_embedded_sqlite_database_runs_in_wal_mode_with_immediate_transactions(tmp_path):
+    code = (
+        "import django; django.setup(); from django.db import connection; "
+        "c = connection.cursor(); c.execute('PRAGMA journal_mode'); "
+        "print(c.fetchone()[0], connection.settings_dict['OPTIONS']['transaction_mode'])"
+    )
+    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
+    env["DJANGO_SETTINGS_MODULE"] = "imagegen_site.settings"
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["wal", "IMMEDIATE"], result.stderr
