@@ -19,11 +19,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and diffusers are imported where they are used, so the web process can read
+# the registry and scheduler names without loading them.
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +48,11 @@ DEFAULT_SCHEDULER = "euler"
 
 # Linear latent -> RGB approximation for SD-1.x latents (4 channels), used for cheap
 # previews without a VAE decode.
-_PREVIEW_FACTORS = torch.tensor(
-    [
-        [0.298, 0.207, 0.208],
-        [0.187, 0.286, 0.173],
-        [-0.158, 0.189, 0.264],
-        [-0.184, -0.271, -0.473],
-    ]
+_PREVIEW_FACTORS = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
 )
 
 
@@ -66,6 +69,8 @@ class TransientGenerationError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
+    import torch
+
     transient: tuple[type[BaseException], ...] = (TransientGenerationError, MemoryError, ConnectionError)
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None:
@@ -98,7 +103,7 @@ class GenerationRequest:
 
 
 # (step done, 1-based; total steps; current latents)
-StepCallback = Callable[[int, int, torch.Tensor], None]
+StepCallback = Callable[[int, int, "torch.Tensor"], None]
 
 
 class ModelRegistry:
@@ -165,6 +170,7 @@ def _write_demo_tokenizer(folder: Path) -> int:
 
 def build_demo_pipeline(target: Path) -> None:
     """Build the demo pipeline from configs with seeded random weights and save it."""
+    import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -254,11 +260,14 @@ def demo_pipeline_path(cache_dir: Path) -> Path:
 def resolve_device(preference: str = "auto") -> str:
     if preference != "auto":
         return preference
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_pipeline(info: ModelInfo, *, cache_dir: Path, device: str):
     """Load a model's pipeline offline onto `device` (fp16 on CUDA)."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
@@ -311,6 +320,8 @@ class Generator:
             info = self.registry.get(name)
             self._pipe = None
             if self.device.startswith("cuda"):
+                import torch
+
                 torch.cuda.empty_cache()
             self._pipe = load_pipeline(info, cache_dir=self.cache_dir, device=self.device)
             self._loaded_name = name
@@ -319,6 +330,8 @@ class Generator:
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Image.Image:
         """Run one request; `on_step` may raise to abort (cancel, timeout)."""
+        import torch
+
         with self._lock:
             pipe = self.pipeline(request.model)
             set_scheduler(pipe, request.scheduler)
@@ -369,8 +382,10 @@ def save_png(image: Image.Image, fp: IO[bytes], *, parameters: str) -> None:
 
 def latents_preview(latents: torch.Tensor, *, max_size: int = 128) -> Image.Image:
     """A small RGB picture from SD latents, without a VAE decode."""
+    import torch
+
     sample = latents[0].detach().float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", sample, _PREVIEW_FACTORS.to(sample.dtype))
+    rgb = torch.einsum("chw,cr->hwr", sample, torch.tensor(_PREVIEW_FACTORS, dtype=sample.dtype))
     rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     picture = Image.fromarray(rgb, mode="RGB")
     picture.thumbnail((max_size, max_size))

@@ -7,8 +7,10 @@ from generation.worker import JobRunner
 
 def process_next_job() -> int | None:
     """A doorbell: run the oldest runnable job, if any. Returns its id."""
-    job = JobRunner().run_next()
-    if job is not None and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
-        # Keep the queue moving even if a doorbell was lost; a spare one finds nothing.
+    runner = JobRunner()
+    job = runner.run_next()
+    if (job is not None or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
+        # Keep the queue moving even if a doorbell was lost, or the device was busy
+        # this time; a spare doorbell finds nothing and stops.
         ring_worker()
     return job.pk if job is not None else None

@@ -62,6 +62,7 @@ class JobRunner:
         self.now = now
         self.sleep = sleep
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.device_busy = False
 
     def run_next(self) -> ImageJob | None:
         """Claim the oldest runnable job and run it; None when there was nothing to run."""
@@ -79,8 +80,9 @@ class JobRunner:
                     self._run(job)
                 return job
         except DeviceBusy as exc:
-            # Nothing was claimed: the queue is untouched and a later doorbell retries.
+            # Nothing was claimed: the queue is untouched, for a later try.
             logger.warning("%s", exc)
+            self.device_busy = True
             return None
 
     def _claim_when_ready(self) -> ImageJob | None:

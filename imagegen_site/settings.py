@@ -205,8 +205,6 @@ IMAGEGEN_BREAKER_THRESHOLD = env_int("IMAGEGEN_BREAKER_THRESHOLD", 5, minimum=1)
 IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0)
 IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
-# Test-only: make the backend raise on purpose ("error", "transient").
-IMAGEGEN_FAULT_INJECTION = env_str("IMAGEGEN_FAULT_INJECTION", "")
 
 # A hard timeout above our own soft one, and a broker retry well above the longest
 # task, so django-q2 never re-delivers a task that is still running.

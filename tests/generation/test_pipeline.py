@@ -128,3 +128,13 @@ def test_a_preview_is_a_small_rgb_picture_made_from_latents():
     picture = latents_preview(torch.randn(1, 4, 64, 48), max_size=32)
     assert picture.mode == "RGB"
     assert max(picture.size) == 32
+
+
+def test_the_web_process_does_not_load_torch():
+    code = (
+        "import os, sys, django; os.environ.setdefault('SECRET_KEY', 'k'); "
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'imagegen_site.settings'; "
+        "import imagegen_site.asgi, imagegen_site.urls; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
