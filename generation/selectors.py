@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from statistics import median
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -45,6 +46,80 @@ def queue_positions() -> dict[int, int]:
     return dict(rows)
 
 
+def duration_estimator(*, history: int = 200):
+    """A function (model, width, height, steps) -> seconds, from recently finished jobs.
+
+    Seconds per step are measured per model and size; a size with no history is
+    scaled from the model's (or any model's) seconds per step per megapixel; with no
+    history at all a configured default is used.
+    """
+    recent = (
+        ImageJob.objects.filter(status=Status.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
+        .order_by("-finished_at")
+        .values_list("model", "width", "height", "steps", "started_at", "finished_at")[:history]
+    )
+    per_size: dict[tuple[str, int, int], list[float]] = {}
+    per_model: dict[str, list[float]] = {}
+    overall: list[float] = []
+    for model, width, height, steps, started, finished in recent:
+        per_step = max((finished - started).total_seconds(), 0.0) / max(steps, 1)
+        per_size.setdefault((model, width, height), []).append(per_step)
+        per_megapixel = per_step / (width * height / 1e6)
+        per_model.setdefault(model, []).append(per_megapixel)
+        overall.append(per_megapixel)
+    default = settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP / (512 * 512 / 1e6)
+
+    def estimate(model: str, width: int, height: int, steps: int) -> float:
+        measured = per_size.get((model, width, height))
+        if measured:
+            return median(measured) * steps
+        scaled = per_model.get(model) or overall
+        per_megapixel = median(scaled) if scaled else default
+        return per_megapixel * (width * height / 1e6) * steps
+
+    return estimate
+
+
+def queue_eta() -> list[dict]:
+    """Every queued job with its position and ETA, in queue order (a window function).
+
+    `estimated_start_seconds` counts what is left of the running jobs plus the jobs
+    ahead; `estimated_seconds` adds the job's own duration (seconds until done).
+    """
+    estimate = duration_estimator()
+    fields = ("model", "width", "height", "steps")
+    ahead = 0.0
+    for job in ImageJob.objects.filter(status=Status.PROCESSING).values("progress", *fields):
+        ahead += estimate(*(job[f] for f in fields)) * (100 - job["progress"]) / 100
+    rows = (
+        ImageJob.objects.filter(status=Status.QUEUED)
+        .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
+        .order_by("sequence")
+        .values("pk", "owner_id", "message_id", "position", "message__metadata", *fields)
+    )
+    entries = []
+    for row in rows:
+        own = estimate(*(row[f] for f in fields))
+        entries.append(
+            {
+                "job_id": row["pk"],
+                "owner_id": row["owner_id"],
+                "message_id": row["message_id"],
+                "metadata": row["message__metadata"],
+                "position": row["position"],
+                "estimated_start_seconds": round(ahead),
+                "estimated_seconds": round(ahead + own),
+            }
+        )
+        ahead += own
+    return entries
+
+
+def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
+    estimate = estimate or duration_estimator()
+    return round(estimate(job.model, job.width, job.height, job.steps) * (100 - job.progress) / 100)
+
+
 def queued_jobs() -> QuerySet[ImageJob]:
     return ImageJob.objects.filter(status=Status.QUEUED).select_related("owner").order_by("sequence")
 
@@ -78,23 +153,25 @@ def queue_blocked_until(*, now: datetime) -> datetime | None:
     return max(jobs_ready, breaker_ready)
 
 
-def job_card_state(*, job: ImageJob, positions: dict[int, int] | None = None) -> dict:
-    """What a job card shows, as plain JSON-ready values."""
-    if positions is None:
-        positions = queue_positions() if job.status == Status.QUEUED else {}
-    return {
-        "job_id": job.pk,
-        "message_id": job.message_id,
-        "conversation_id": job.conversation_id,
-        "status": job.status,
-        "position": positions.get(job.pk),
-        "progress": job.progress,
-        "error": job.error or None,
-    }
-
-
 def user_active_jobs(*, user: AbstractBaseUser) -> list[dict]:
-    """The user's queued and processing jobs with fresh positions, in two queries."""
-    positions = queue_positions()
-    jobs = ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by("sequence")
-    return [job_card_state(job=job, positions=positions) for job in jobs]
+    """The user's queued and processing jobs with fresh positions, progress and ETA."""
+    estimate = duration_estimator()
+    queue = {entry["job_id"]: entry for entry in queue_eta()}
+    jobs = []
+    for job in ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by("sequence"):
+        entry = queue.get(job.pk, {})
+        jobs.append(
+            {
+                "job_id": job.pk,
+                "message_id": job.message_id,
+                "conversation_id": job.conversation_id,
+                "status": job.status,
+                "position": entry.get("position"),
+                "progress": job.progress,
+                "estimated_start_seconds": entry.get("estimated_start_seconds"),
+                "estimated_seconds": entry.get("estimated_seconds")
+                if job.status == Status.QUEUED
+                else job_remaining_seconds(job=job, estimate=estimate),
+            }
+        )
+    return jobs

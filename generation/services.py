@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Status = ImageJob.Status
 BREAKER_NAME = "generation"
+QUEUE_LOCK_KEY = 7_301_001  # pg_advisory_xact_lock key for queue broadcasts
 
 READY_TEXT = "Your image is ready."
 QUEUED_TEXT = "Your image is queued."
@@ -71,7 +72,39 @@ def _transition(
         return None
     job = ImageJob.objects.get(pk=job_id)
     message_update(job.message_id, content=content, metadata={"status": to, **(metadata or {})})
+    _queue_changed()
     return job
+
+
+def _queue_changed() -> None:
+    transaction.on_commit(queue_broadcast)
+
+
+def queue_broadcast() -> None:
+    """Send every user with a queued job fresh positions and ETAs, and refresh the copies.
+
+    Positions are derived from the job table, never stored as the truth; the copy
+    in each message's metadata is refreshed only so a reload shows the right number.
+    Runs after the change commits. Broadcasts are serialised (IMMEDIATE on SQLite,
+    an advisory lock on PostgreSQL) so an older one cannot overwrite a newer one.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [QUEUE_LOCK_KEY])
+        for entry in selectors.queue_eta():
+            fresh = {"queue_position": entry["position"], "estimated_seconds": entry["estimated_seconds"]}
+            known = entry["metadata"] or {}
+            if any(known.get(key) != value for key, value in fresh.items()):
+                message_update(entry["message_id"], metadata=fresh)
+            events.send_to_user(
+                entry["owner_id"],
+                "job.position",
+                job_id=entry["job_id"],
+                position=entry["position"],
+                estimated_start_seconds=entry["estimated_start_seconds"],
+                estimated_seconds=entry["estimated_seconds"],
+            )
 
 
 # --- Submit ------------------------------------------------------------------------
@@ -130,6 +163,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
             status=Status.QUEUED,
             position=position,
         )
+        _queue_changed()
         transaction.on_commit(ring_worker)
     return job
 

@@ -185,7 +185,31 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Events cross from the worker processes to the web process through a SQLite
+    # file of their own (channels-lite), so the embedded default needs no Redis.
+    DATABASES["channels"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": Path(env_str("CHANNELS_SQLITE_PATH", str(DATA_DIR / "channels.sqlite3"))),
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 10,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": str(DATA_DIR / "test-channels.sqlite3")},
+    }
+    DATABASE_ROUTERS = ["channels_lite.router.ChannelsRouter"]
+    INSTALLED_APPS.append("channels_lite")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_lite.layers.core.SQLiteChannelLayer",
+            "CONFIG": {
+                "database": "channels",
+                "polling_interval": env_float("CHANNELS_POLL_SECONDS", 0.05, minimum=0.005),
+                "expiry": 60,
+                "capacity": 500,
+            },
+        }
+    }
 
 # --- Generation ------------------------------------------------------------------
 
@@ -204,6 +228,8 @@ IMAGEGEN_LOCK_DIR = Path(env_str("IMAGEGEN_LOCK_DIR", str(DATA_DIR / "locks")))
 IMAGEGEN_BREAKER_THRESHOLD = env_int("IMAGEGEN_BREAKER_THRESHOLD", 5, minimum=1)
 IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0)
 IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+# ETA before there is any history: seconds per step of a 512x512 image.
+IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
 
 # A hard timeout above our own soft one, and a broker retry well above the longest

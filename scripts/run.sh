@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 .venv/bin/python manage.py migrate --noinput
+if [ -z "${REDIS_URL:-}" ]; then
+  .venv/bin/python manage.py migrate --noinput --database channels
+fi
 .venv/bin/python manage.py collectstatic --noinput --verbosity 0
 echo "Imagegen on http://${WEB_HOST:-127.0.0.1}:${WEB_PORT:-8000}/ (Ctrl-C stops everything)"
 exec .venv/bin/honcho --no-prefix start -f Procfile

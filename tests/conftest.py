@@ -3,12 +3,20 @@ from django.contrib.auth import get_user_model
 
 from chat.services import conversation_create
 
+IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 
 @pytest.fixture(autouse=True)
-def _private_dirs(settings, tmp_path):
-    """Images and device locks go to a fresh folder per test."""
+def _isolated(settings, tmp_path, request):
+    """Images and device locks go to a fresh folder per test; events stay in-process.
+
+    Tests marked `configured_layer` use the channel layer the settings configure
+    (channels-lite without Redis, channels-redis with it) instead.
+    """
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.IMAGEGEN_LOCK_DIR = tmp_path / "locks"
+    if not request.node.get_closest_marker("configured_layer"):
+        settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 
 
 def make_user(username: str):
@@ -33,3 +41,8 @@ def alice_chat(alice):
 @pytest.fixture
 def bob_chat(bob):
     return conversation_create(owner=bob, title="Bob's pictures")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"

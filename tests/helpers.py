@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 BASE_DIR = Path(settings.BASE_DIR)
 
 
 def worker_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a child process that uses this test run's database."""
-    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "SQLITE_PATH"}}
+    drop = {"DATABASE_URL", "SQLITE_PATH", "CHANNELS_SQLITE_PATH"}
+    env = {key: value for key, value in os.environ.items() if key not in drop}
     db = connection.settings_dict
     if connection.vendor == "sqlite":
         env["SQLITE_PATH"] = str(db["NAME"])
@@ -23,6 +24,8 @@ def worker_env(data_dir: Path, **extra: str) -> dict[str, str]:
         user = db["USER"] or ""
         auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else (f"{user}@" if user else "")
         env["DATABASE_URL"] = f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    if "channels" in settings.DATABASES:
+        env["CHANNELS_SQLITE_PATH"] = str(connections["channels"].settings_dict["NAME"])
     env.update(
         DATA_DIR=str(data_dir),
         IMAGEGEN_MODEL_CACHE=str(settings.IMAGEGEN_MODEL_CACHE),
@@ -66,3 +69,7 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
             return value
         time.sleep(interval)
     raise AssertionError(f"Timed out after {timeout} s waiting for {message}")
+
+
+# The databases a test that uses the configured channel layer needs.
+LAYER_DATABASES = ["default", "channels"] if "channels" in settings.DATABASES else ["default"]

@@ -40,7 +40,11 @@ def test_the_embedded_defaults_need_no_services():
         {"SECRET_KEY": "k"},
         "s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'], s.Q_CLUSTER['orm']",
     )
-    assert result.stdout.split() == ["django.db.backends.sqlite3", "channels.layers.InMemoryChannelLayer", "default"]
+    assert result.stdout.split() == [
+        "django.db.backends.sqlite3",
+        "channels_lite.layers.core.SQLiteChannelLayer",
+        "default",
+    ]
 
 
 @pytest.mark.parametrize(

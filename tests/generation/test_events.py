@@ -1,0 +1,92 @@
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from generation import events
+
+SAMPLES = {
+    "job.queued": dict(job_id=1, message_id=2, conversation_id=3, status="queued", position=4),
+    "job.position": dict(job_id=1, position=2, estimated_start_seconds=30, estimated_seconds=45),
+    "job.progress": dict(job_id=1, status="processing", step=5, total=20, progress=25),
+    "job.preview": dict(job_id=1, step=5, image="data:image/jpeg;base64,AAAA"),
+    "job.complete": dict(job_id=1, status="complete", image_url="/jobs/1/image.png"),
+    "job.error": dict(job_id=1, status="error", error="Image generation timed out after 180 s. Please try again."),
+    "job.cancelled": dict(job_id=1, status="cancelled"),
+    "service.status": dict(state="open", message="Image generation is paused."),
+    "snapshot": dict(jobs=[{"job_id": 1, "position": 1}], service={"state": "closed", "message": ""}),
+    "error": dict(message="Messages must be small JSON text."),
+}
+
+
+def test_every_event_type_has_a_sample():
+    assert set(SAMPLES) == set(events.SCHEMA)
+
+
+@pytest.mark.parametrize("event_type", sorted(SAMPLES))
+def test_every_event_round_trips_through_json_with_its_type(event_type):
+    event = events.build_event(event_type, **SAMPLES[event_type])
+    assert event["type"] == event_type
+    assert json.loads(json.dumps(event)) == event
+    assert set(event) == {"type", *events.SCHEMA[event_type]}
+
+
+def test_a_payload_that_is_not_json_fails_loudly():
+    with pytest.raises(TypeError):
+        events.build_event("job.cancelled", job_id=object(), status="cancelled")
+    with pytest.raises(ValueError):
+        events.build_event("job.progress", job_id=1, status="processing", step=1, total=2, progress=float("nan"))
+
+
+def test_missing_extra_or_unknown_fields_fail_loudly():
+    with pytest.raises(ValueError, match="missing"):
+        events.build_event("job.cancelled", job_id=1)
+    with pytest.raises(ValueError, match="unexpected"):
+        events.build_event("job.cancelled", job_id=1, status="cancelled", secret="x")
+    with pytest.raises(ValueError, match="Unknown event type"):
+        events.build_event("job.exploded", job_id=1)
+
+
+def _listen(group: str):
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(group, channel)
+    return layer, channel
+
+
+def _drain(layer, channel) -> list[dict]:
+    received = []
+
+    async def pull():
+        import asyncio
+
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), timeout=0.2)
+            except TimeoutError:
+                return
+            received.append(message["event"])
+
+    async_to_sync(pull)()
+    return received
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_are_sent_only_after_the_transaction_commits():
+    layer, channel = _listen(events.user_group(7))
+
+    with transaction.atomic():
+        events.send_to_user(7, "job.cancelled", job_id=1, status="cancelled")
+        assert _drain(layer, channel) == []
+    assert _drain(layer, channel) == [{"type": "job.cancelled", "job_id": 1, "status": "cancelled"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_transaction_sends_nothing():
+    layer, channel = _listen(events.user_group(7))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        events.send_to_user(7, "job.cancelled", job_id=1, status="cancelled")
+        raise RuntimeError("rolled back")
+    assert _drain(layer, channel) == []
