@@ -181,7 +181,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "imagegen")},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, the same as
+                # channels-redis' 5 s blocking pop: an idle consumer would then fail
+                # with "Timeout reading". The read timeout must be above the pop's.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": env_str("CHANNELS_PREFIX", "imagegen"),
+            },
         }
     }
 else:
