@@ -23,11 +23,13 @@ def conversation_new(request):
 
 
 def _message_items(conversation) -> list[dict]:
-    positions = generation_selectors.queue_positions()
+    messages = list(selectors.message_list(conversation=conversation))
+    jobs = [message.image_job for message in messages if hasattr(message, "image_job")]
+    states = generation_selectors.job_live_states(jobs=jobs)
     items = []
-    for message in selectors.message_list(conversation=conversation):
+    for message in messages:
         job = getattr(message, "image_job", None)
-        items.append({"message": message, "job": job, "position": positions.get(job.pk) if job else None})
+        items.append({"message": message, "job": job, "live": states.get(job.pk, {}) if job else {}})
     return items
 
 

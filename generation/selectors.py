@@ -153,25 +153,40 @@ def queue_blocked_until(*, now: datetime) -> datetime | None:
     return max(jobs_ready, breaker_ready)
 
 
+def job_live_states(*, jobs: list[ImageJob]) -> dict[int, dict]:
+    """Position and ETA of each pending job in `jobs`, keyed by job id (a few queries in all)."""
+    pending = [job for job in jobs if job.status in ImageJob.PENDING]
+    if not pending:
+        return {}
+    estimate = duration_estimator()
+    queue = {entry["job_id"]: entry for entry in queue_eta()} if any(j.status == Status.QUEUED for j in pending) else {}
+    states = {}
+    for job in pending:
+        entry = queue.get(job.pk, {})
+        if job.status == Status.QUEUED:
+            eta = entry.get("estimated_seconds")
+        else:
+            eta = job_remaining_seconds(job=job, estimate=estimate)
+        states[job.pk] = {
+            "position": entry.get("position"),
+            "estimated_start_seconds": entry.get("estimated_start_seconds"),
+            "estimated_seconds": eta,
+        }
+    return states
+
+
 def user_active_jobs(*, user: AbstractBaseUser) -> list[dict]:
     """The user's queued and processing jobs with fresh positions, progress and ETA."""
-    estimate = duration_estimator()
-    queue = {entry["job_id"]: entry for entry in queue_eta()}
-    jobs = []
-    for job in ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by("sequence"):
-        entry = queue.get(job.pk, {})
-        jobs.append(
-            {
-                "job_id": job.pk,
-                "message_id": job.message_id,
-                "conversation_id": job.conversation_id,
-                "status": job.status,
-                "position": entry.get("position"),
-                "progress": job.progress,
-                "estimated_start_seconds": entry.get("estimated_start_seconds"),
-                "estimated_seconds": entry.get("estimated_seconds")
-                if job.status == Status.QUEUED
-                else job_remaining_seconds(job=job, estimate=estimate),
-            }
-        )
-    return jobs
+    jobs = list(ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by("sequence"))
+    states = job_live_states(jobs=jobs)
+    return [
+        {
+            "job_id": job.pk,
+            "message_id": job.message_id,
+            "conversation_id": job.conversation_id,
+            "status": job.status,
+            "progress": job.progress,
+            **states[job.pk],
+        }
+        for job in jobs
+    ]

@@ -54,3 +54,15 @@ def test_cancel_needs_a_post(client, alice, submit):
     job = submit("x")
     client.force_login(alice)
     assert client.get(reverse("generation:job_cancel", args=[job.pk])).status_code == 405
+
+
+def test_the_card_endpoint_renders_the_owners_card_with_position_and_eta(client, alice, bob, submit):
+    submit("ahead")
+    job = submit("mine")
+    client.force_login(alice)
+    body = client.get(reverse("generation:job_card", args=[job.pk])).content.decode()
+    assert f'id="job-{job.pk}"' in body
+    assert "Position: 2" in body
+    assert "Starts in" in body and "ready in" in body
+    client.force_login(bob)
+    assert client.get(reverse("generation:job_card", args=[job.pk])).status_code == 404

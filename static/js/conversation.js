@@ -1,0 +1,155 @@
+// Live job cards on the conversation page.
+//
+// One WebSocket per page. Small events (position, progress, preview) update the card
+// in place; a change of state fetches the card again from the server, so the page and
+// the live updates render the same template. On every (re)connect the server sends a
+// snapshot, which repairs whatever was missed while disconnected.
+(() => {
+  "use strict";
+
+  const root = document.querySelector("[data-conversation-id]");
+  if (!root) return;
+  const notice = document.getElementById("service-notice");
+  const connection = document.getElementById("connection-status");
+  let attempt = 0;
+
+  const card = (jobId) => document.getElementById(`job-${jobId}`);
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    seconds = Math.max(Math.round(seconds), 0);
+    if (seconds < 5) return "a few seconds";
+    if (seconds < 90) return `about ${seconds} s`;
+    if (seconds < 5400) return `about ${Math.round(seconds / 60)} min`;
+    return `about ${Math.round(seconds / 360) / 10} h`;
+  }
+
+  function setText(el, role, text) {
+    const target = el.querySelector(`[data-role="${role}"]`);
+    if (target && target.textContent !== text) target.textContent = text;
+  }
+
+  const refreshing = new Map();
+  async function refreshCard(jobId) {
+    // One fetch at a time per card; a request during a fetch asks for one more.
+    if (refreshing.has(jobId)) {
+      refreshing.set(jobId, true);
+      return;
+    }
+    refreshing.set(jobId, false);
+    try {
+      const response = await fetch(`/jobs/${jobId}/card/`, { headers: { "X-Requested-With": "fetch" } });
+      const current = card(jobId);
+      if (response.ok && current) {
+        const holder = document.createElement("div");
+        holder.innerHTML = (await response.text()).trim();
+        current.replaceWith(holder.firstElementChild);
+      }
+    } finally {
+      const again = refreshing.get(jobId);
+      refreshing.delete(jobId);
+      if (again) refreshCard(jobId);
+    }
+  }
+
+  function showPosition(el, position, startSeconds, doneSeconds) {
+    if (position !== null && position !== undefined) setText(el, "position", `Position: ${position}`);
+    if (startSeconds !== null && startSeconds !== undefined) {
+      setText(el, "eta", `Starts in ${duration(startSeconds)}, ready in ${duration(doneSeconds)}`);
+    }
+  }
+
+  function showProgress(el, event) {
+    const bar = el.querySelector("progress");
+    if (bar) bar.value = event.progress;
+    setText(el, "percent", `${event.progress}%`);
+    if (event.total) setText(el, "step", `Step ${event.step} of ${event.total}`);
+  }
+
+  function showService(service) {
+    if (!notice) return;
+    notice.textContent = service.message;
+    notice.hidden = !service.message;
+  }
+
+  // A card the page shows as pending whose status differs from the server's is
+  // fetched again; any other pending card the snapshot no longer lists has finished.
+  function applySnapshot(event) {
+    const listed = new Set();
+    for (const job of event.jobs) {
+      listed.add(String(job.job_id));
+      const el = card(job.job_id);
+      if (!el) continue;
+      if (el.dataset.status !== job.status) {
+        refreshCard(job.job_id);
+      } else if (job.status === "queued") {
+        showPosition(el, job.position, job.estimated_start_seconds, job.estimated_seconds);
+      } else {
+        showProgress(el, { progress: job.progress });
+      }
+    }
+    document.querySelectorAll(".job-card").forEach((el) => {
+      const pending = el.dataset.status === "queued" || el.dataset.status === "processing";
+      if (pending && !listed.has(el.dataset.jobId)) refreshCard(el.dataset.jobId);
+    });
+    showService(event.service);
+  }
+
+  function apply(event) {
+    if (event.type === "snapshot") return applySnapshot(event);
+    if (event.type === "service.status") return showService(event);
+    if (event.type === "error") return console.warn("Live updates:", event.message);
+    const el = card(event.job_id);
+    if (!el) return; // a job of another conversation
+    switch (event.type) {
+      case "job.position":
+        if (el.dataset.status === "queued") {
+          showPosition(el, event.position, event.estimated_start_seconds, event.estimated_seconds);
+        }
+        break;
+      case "job.progress":
+        if (el.dataset.status !== "processing") refreshCard(event.job_id);
+        else showProgress(el, event);
+        break;
+      case "job.preview": {
+        const img = el.querySelector('[data-role="preview"]');
+        if (img) {
+          img.src = event.image;
+          img.hidden = false;
+        }
+        break;
+      }
+      case "job.queued":
+      case "job.complete":
+      case "job.error":
+      case "job.cancelled":
+        if (el.dataset.status !== event.status || event.type !== "job.queued") refreshCard(event.job_id);
+        break;
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws/events/`);
+    socket.addEventListener("open", () => {
+      attempt = 0;
+      if (connection) connection.hidden = true;
+    });
+    socket.addEventListener("message", (message) => {
+      try {
+        apply(JSON.parse(message.data));
+      } catch (error) {
+        console.error("Could not apply a live update", error);
+      }
+    });
+    socket.addEventListener("close", () => {
+      if (connection) connection.hidden = false;
+      // Exponential backoff with jitter, capped at 15 s.
+      const delay = Math.min(15000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+      attempt += 1;
+      setTimeout(connect, delay);
+    });
+  }
+
+  connect();
+})();
