@@ -68,16 +68,12 @@ def run_layer(name: str, env_changes: dict[str, str | None], count: int, interva
             env.pop(key, None)
         else:
             env[key] = value
-    code = (
-        "import sys, json, asyncio; sys.path.insert(0, %r); import bench.event_latency as b; "
-        "b._setup_django(); from bench._common import summary_ms; "
-        "print(json.dumps(summary_ms(asyncio.run(b.receive(%d, dict(__import__('os').environ), %r)))))"
-    ) % (str(ROOT), count, interval)
     if "REDIS_URL" not in env:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--database", "channels", "-v0"], env=env, cwd=ROOT, check=True
         )
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    command = [sys.executable, __file__, "--receive", str(count), "--interval", str(interval)]
+    out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
     import json
@@ -90,10 +86,19 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.02)
     parser.add_argument("--send", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--receive", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     args = parser.parse_args()
     if args.send is not None:
         send(args.send, args.interval)
+        return
+    if args.receive is not None:
+        import json
+
+        from bench._common import summary_ms
+
+        _setup_django()
+        print(json.dumps(summary_ms(asyncio.run(receive(args.receive, dict(os.environ), args.interval)))))
         return
 
     from bench._common import write_result

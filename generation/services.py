@@ -8,6 +8,7 @@ metadata, in one transaction. Events go out after commit, from `generation.event
 from __future__ import annotations
 
 import logging
+import socket
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from chat.models import Conversation
 from chat.services import message_post, message_update
 from generation import events, selectors
 from generation.forms import JobForm
+from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket
 
 logger = logging.getLogger(__name__)
@@ -336,6 +338,74 @@ def job_cancel(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
             raise JobError(f"This job is already {job.get_status_display().lower()} and cannot be cancelled.")
         events.send_to_user(cancelled.owner_id, "job.cancelled", job_id=cancelled.pk, status=cancelled.status)
     return cancelled
+
+
+# --- Maintenance: nothing stuck, nothing lost ---------------------------------------
+
+STUCK_MESSAGE = "Generation timed out (stuck job guard)"
+WORKER_LOST_MESSAGE = "Image generation stopped unexpectedly. Please try again."
+
+
+def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
+    """Put a job whose worker died back in the queue, in its old place."""
+    with transaction.atomic():
+        job = _transition(
+            job_id,
+            expected=(Status.PROCESSING,),
+            to=Status.QUEUED,
+            fields={"error_detail": detail, "progress": 0, "not_before": None},
+            metadata={"progress": 0, "retrying": True},
+            content="The worker restarted; your image will be made again shortly…",
+        )
+        if job is not None:
+            transaction.on_commit(ring_worker)
+    return job
+
+
+def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None) -> dict[str, list[int]]:
+    """Resolve processing jobs whose worker process on this host has died.
+
+    Such a job is retried while attempts allow, else it fails with a clear message.
+    """
+    host = host or socket.gethostname()
+    now = now or timezone.now()
+    requeued: list[int] = []
+    failed: list[int] = []
+    for job in ImageJob.objects.filter(status=Status.PROCESSING).only("pk", "worker", "attempts"):
+        if not worker_is_gone(job.worker, host=host):
+            continue
+        detail = f"Worker {job.worker} died during attempt {job.attempts}"
+        if job.attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
+            if job_requeue_lost(job_id=job.pk, detail=detail):
+                requeued.append(job.pk)
+        elif job_fail(job_id=job.pk, error=WORKER_LOST_MESSAGE, detail=detail, now=now):
+            failed.append(job.pk)
+    return {"requeued": requeued, "failed": failed}
+
+
+def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
+    """The stuck-job guard, run every minute by the maintenance cluster.
+
+    - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails;
+    - a processing job whose worker died is retried or failed;
+    - queued jobs with no worker at them get the worker rung again.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.IMAGEGEN_STUCK_AFTER_SECONDS)
+    expired = []
+    stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
+    for job_id, heartbeat in stale.values_list("pk", "heartbeat_at"):
+        detail = f"No heartbeat since {heartbeat.isoformat()}"
+        if job_fail(job_id=job_id, error=STUCK_MESSAGE, detail=detail, now=now):
+            expired.append(job_id)
+    orphans = jobs_recover_orphans(now=now)
+    idle = not ImageJob.objects.filter(status=Status.PROCESSING).exists()
+    waiting = ImageJob.objects.filter(status=Status.QUEUED).exists()
+    if idle and waiting:
+        # The doorbell may have been lost, or the worker was down: ring again. A
+        # spare doorbell finds nothing to do.
+        ring_worker()
+    return {"expired": expired, **orphans, "rang": idle and waiting}
 
 
 # --- Circuit breaker ----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """django-q2 task entry points. They take ids (or nothing), never objects."""
 
 from generation.models import ImageJob
-from generation.services import ring_worker
+from generation.services import jobs_expire_stuck, ring_worker
 from generation.worker import JobRunner
 
 
@@ -14,3 +14,8 @@ def process_next_job() -> int | None:
         # this time; a spare doorbell finds nothing and stops.
         ring_worker()
     return job.pk if job is not None else None
+
+
+def expire_stuck_jobs() -> dict:
+    """The maintenance cluster's guard, every 60 s."""
+    return jobs_expire_stuck()

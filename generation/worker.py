@@ -18,6 +18,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.utils import timezone
+from django_q.exceptions import TimeoutException
 
 from generation import selectors, services
 from generation.locks import DeviceBusy, device_lock
@@ -77,7 +78,19 @@ class JobRunner:
             ):
                 job = self._claim_when_ready()
                 if job is not None:
-                    self._run(job)
+                    try:
+                        self._run(job)
+                    except TimeoutException as exc:
+                        # django-q2's hard timeout fired (our soft one did not: a hang
+                        # outside the steps). End the job; the worker lives on.
+                        seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
+                        services.job_fail(job_id=job.pk, error=timeout_message(seconds), detail=str(exc))
+                        services.breaker_record_failure(now=self.now())
+                    except Exception as exc:
+                        # Something outside the generation failed (the database, the
+                        # disk): the job must still end, and the task report it.
+                        services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
+                        raise
                 return job
         except DeviceBusy as exc:
             # Nothing was claimed: the queue is untouched, for a later try.

@@ -203,7 +203,7 @@ else:
         },
         "TEST": {"NAME": str(DATA_DIR / "test-channels.sqlite3")},
     }
-    DATABASE_ROUTERS = ["channels_lite.router.ChannelsRouter"]
+    DATABASE_ROUTERS = ["imagegen_site.routers.ChannelLayerRouter"]
     INSTALLED_APPS.append("channels_lite")
     CHANNEL_LAYERS = {
         "default": {
@@ -234,13 +234,19 @@ IMAGEGEN_LOCK_DIR = Path(env_str("IMAGEGEN_LOCK_DIR", str(DATA_DIR / "locks")))
 IMAGEGEN_BREAKER_THRESHOLD = env_int("IMAGEGEN_BREAKER_THRESHOLD", 5, minimum=1)
 IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0)
 IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+# The stuck-job guard fails a processing job with no heartbeat for this long.
+IMAGEGEN_STUCK_AFTER_SECONDS = env_int("IMAGEGEN_STUCK_AFTER_SECONDS", 300, minimum=1)
 # ETA before there is any history: seconds per step of a 512x512 image.
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
 
-# A hard timeout above our own soft one, and a broker retry well above the longest
-# task, so django-q2 never re-delivers a task that is still running.
-_HARD_TIMEOUT = IMAGEGEN_TIMEOUT_SECONDS + int(IMAGEGEN_BREAKER_COOLDOWN_SECONDS) + 120
+# A hard timeout above our own soft one (a task may also wait out the breaker's
+# cool-down), and a broker retry well above the longest task, so django-q2 never
+# re-delivers a task that is still running.
+IMAGEGEN_HARD_TIMEOUT_SECONDS = env_int(
+    "IMAGEGEN_HARD_TIMEOUT_SECONDS", IMAGEGEN_TIMEOUT_SECONDS + int(IMAGEGEN_BREAKER_COOLDOWN_SECONDS) + 120, minimum=1
+)
+_HARD_TIMEOUT = IMAGEGEN_HARD_TIMEOUT_SECONDS
 
 Q_CLUSTER = {
     "name": "imagegen",
@@ -258,7 +264,7 @@ Q_CLUSTER = {
             "workers": 1,
             "recycle": 1_000_000,
             "timeout": _HARD_TIMEOUT,
-            "retry": _HARD_TIMEOUT * 3,
+            "retry": max(_HARD_TIMEOUT * 3, 600),
             "scheduler": False,
         },
         "maintenance": {

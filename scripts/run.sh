@@ -8,5 +8,7 @@ if [ -z "${REDIS_URL:-}" ]; then
   .venv/bin/python manage.py migrate --noinput --database channels
 fi
 .venv/bin/python manage.py collectstatic --noinput --verbosity 0
+# Jobs a previous run left behind: retried or failed, and the queue rung again.
+.venv/bin/python manage.py expire_stuck_jobs
 echo "Imagegen on http://${WEB_HOST:-127.0.0.1}:${WEB_PORT:-8000}/ (Ctrl-C stops everything)"
 exec .venv/bin/honcho --no-prefix start -f Procfile

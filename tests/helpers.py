@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, connections
 
@@ -73,3 +75,27 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
 
 # The databases a test that uses the configured channel layer needs.
 LAYER_DATABASES = ["default", "channels"] if "channels" in settings.DATABASES else ["default"]
+
+
+def listen(group: str):
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(group, channel)
+    return layer, channel
+
+
+def drain(layer, channel) -> list[dict]:
+    received = []
+
+    async def pull():
+        import asyncio
+
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), timeout=0.2)
+            except TimeoutError:
+                return
+            received.append(message["event"])
+
+    async_to_sync(pull)()
+    return received

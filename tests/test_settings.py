@@ -83,3 +83,32 @@ def test_the_embedded_sqlite_database_runs_in_wal_mode_with_immediate_transactio
     env["DJANGO_SETTINGS_MODULE"] = "imagegen_site.settings"
     result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True)
     assert result.stdout.split() == ["wal", "IMMEDIATE"], result.stderr
+
+
+def test_a_fresh_data_dir_migrates_and_the_channel_layer_file_holds_only_its_own_tables(tmp_path):
+    import sqlite3
+
+    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
+    for database in ("default", "channels"):
+        result = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--database", database, "-v0"],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+    tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "channels.sqlite3").execute(
+            "SELECT name FROM sqlite_master WHERE type='table'"
+        )
+    }
+    assert {t for t in tables if not t.startswith(("sqlite_", "django_migrations"))} == {
+        "channels_lite_event",
+        "channels_lite_groupmembership",
+    }
+    schedule = (
+        sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT func, cluster FROM django_q_schedule").fetchall()
+    )
+    assert schedule == [("generation.tasks.expire_stuck_jobs", "maintenance")]

@@ -1,11 +1,11 @@
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import transaction
 
 from generation import events
+from tests.helpers import drain as _drain
+from tests.helpers import listen as _listen
 
 SAMPLES = {
     "job.queued": dict(job_id=1, message_id=2, conversation_id=3, status="queued", position=4),
@@ -47,30 +47,6 @@ def test_missing_extra_or_unknown_fields_fail_loudly():
         events.build_event("job.cancelled", job_id=1, status="cancelled", secret="x")
     with pytest.raises(ValueError, match="Unknown event type"):
         events.build_event("job.exploded", job_id=1)
-
-
-def _listen(group: str):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(group, channel)
-    return layer, channel
-
-
-def _drain(layer, channel) -> list[dict]:
-    received = []
-
-    async def pull():
-        import asyncio
-
-        while True:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), timeout=0.2)
-            except TimeoutError:
-                return
-            received.append(message["event"])
-
-    async_to_sync(pull)()
-    return received
 
 
 @pytest.mark.django_db(transaction=True)
