@@ -90,3 +90,21 @@ def message_post(
     message = Message.objects.create(conversation=conversation, role=role, content=content, metadata=metadata)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=message.created_at)
     return message
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation with its messages and jobs; running jobs are cancelled first."""
+    from generation.services import JobError, job_cancel
+
+    for job in conversation.image_jobs.filter(status__in=("queued", "processing")):
+        try:
+            job_cancel(job=job)
+        except JobError:
+            pass  # it finished meanwhile
+    image_names = [name for name in conversation.image_jobs.values_list("image", flat=True) if name]
+    conversation.delete()
+    if image_names:
+        from generation.models import ImageJob
+
+        storage = ImageJob._meta.get_field("image").storage
+        transaction.on_commit(lambda: [storage.delete(name) for name in image_names])

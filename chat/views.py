@@ -1,3 +1,4 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
@@ -7,6 +8,10 @@ from chat import selectors, services
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.forms import JobForm
+
+
+def _is_fetch(request) -> bool:
+    return request.headers.get("X-Requested-With") == "fetch"
 
 
 @login_required
@@ -22,12 +27,32 @@ def conversation_new(request):
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
-def _message_items(conversation) -> list[dict]:
-    messages = list(selectors.message_list(conversation=conversation))
-    jobs = [message.image_job for message in messages if hasattr(message, "image_job")]
+@require_POST
+@login_required
+def conversation_rename(request, conversation_id: int):
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    try:
+        services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@require_POST
+@login_required
+def conversation_delete(request, conversation_id: int):
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    title = conversation.title
+    services.conversation_delete(conversation=conversation)
+    messages.success(request, f"Deleted “{title}”.")
+    return redirect("chat:home")
+
+
+def _message_items(messages_list) -> list[dict]:
+    jobs = [message.image_job for message in messages_list if hasattr(message, "image_job")]
     states = generation_selectors.job_live_states(jobs=jobs)
     items = []
-    for message in messages:
+    for message in messages_list:
         job = getattr(message, "image_job", None)
         items.append({"message": message, "job": job, "live": states.get(job.pk, {}) if job else {}})
     return items
@@ -36,7 +61,7 @@ def _message_items(conversation) -> list[dict]:
 def _render_conversation(request, conversation, form, status=200):
     context = {
         "conversation": conversation,
-        "items": _message_items(conversation),
+        "items": _message_items(list(selectors.message_list(conversation=conversation))),
         "form": form,
         "service": generation_selectors.service_status(),
     }
@@ -52,16 +77,25 @@ def conversation_detail(request, conversation_id: int):
 @require_POST
 @login_required
 def job_submit(request, conversation_id: int):
+    """Queue a prompt. The page posts with fetch and gets the new messages back as HTML."""
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
     form = JobForm(data=request.POST)
     if form.is_valid():
         params = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST and key != "prompt"}
         try:
-            generation_services.job_submit(
+            job = generation_services.job_submit(
                 user=request.user, conversation=conversation, prompt=request.POST.get("prompt", ""), **params
             )
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            return redirect("chat:conversation", conversation_id=conversation.pk)
+            if not _is_fetch(request):
+                return redirect("chat:conversation", conversation_id=conversation.pk)
+            prompt_message = (
+                conversation.messages.filter(role="user", pk__lt=job.message_id).order_by("-pk").values("pk")[:1]
+            )
+            new = selectors.message_list(conversation=conversation).filter(pk__in=[job.message_id, prompt_message])
+            return render(request, "chat/_messages.html", {"items": _message_items(list(new))}, status=201)
+    if _is_fetch(request):
+        return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=400)
     return _render_conversation(request, conversation, form, status=400)

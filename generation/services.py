@@ -340,6 +340,54 @@ def job_cancel(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     return cancelled
 
 
+def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
+    """Give a failed or cancelled job a new attempt, at the back of the queue.
+
+    The same job (and card) comes back to life with the same parameters and seed.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        if job.owner_id is not None:
+            pending = ImageJob.objects.filter(owner_id=job.owner_id, status__in=ImageJob.PENDING).count()
+            if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
+                raise JobError(f"You already have {pending} images waiting. Please wait for one to finish.")
+        retried = _transition(
+            job.pk,
+            expected=(Status.ERROR, Status.CANCELLED),
+            to=Status.QUEUED,
+            fields={
+                "sequence": QueueTicket.objects.create().pk,
+                "attempts": 0,
+                "progress": 0,
+                "error": "",
+                "error_detail": "",
+                "image": "",
+                "not_before": None,
+                "started_at": None,
+                "heartbeat_at": None,
+                "finished_at": None,
+            },
+            metadata={"progress": 0, "error": None, "finished_at": None, "started_at": None, "retrying": False},
+            content=QUEUED_TEXT,
+        )
+        if retried is None:
+            job.refresh_from_db(fields=["status"])
+            raise JobError(
+                f"Only failed or cancelled jobs can be retried; this one is {job.get_status_display().lower()}."
+            )
+        events.send_to_user(
+            retried.owner_id,
+            "job.queued",
+            job_id=retried.pk,
+            message_id=retried.message_id,
+            conversation_id=retried.conversation_id,
+            status=retried.status,
+            position=selectors.queue_position(job=retried),
+        )
+        transaction.on_commit(ring_worker)
+    return retried
+
+
 # --- Maintenance: nothing stuck, nothing lost ---------------------------------------
 
 STUCK_MESSAGE = "Generation timed out (stuck job guard)"

@@ -7,6 +7,11 @@ from django.views.decorators.http import require_POST
 from generation import selectors, services
 
 
+def _card(request, job, status=200):
+    live = selectors.job_live_states(jobs=[job]).get(job.pk, {})
+    return render(request, "generation/_job_card.html", {"job": job, "live": live}, status=status)
+
+
 @login_required
 def job_image(request, job_id: int):
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
@@ -18,20 +23,35 @@ def job_image(request, job_id: int):
     )
 
 
-@require_POST
-@login_required
-def job_cancel(request, job_id: int):
-    job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-    try:
-        services.job_cancel(job=job)
-    except services.JobError as exc:
-        messages.error(request, str(exc))
-    return redirect("chat:conversation", conversation_id=job.conversation_id)
-
-
 @login_required
 def job_card(request, job_id: int):
     """The job card alone: the live updates fetch it when a job changes state."""
+    return _card(request, selectors.job_get_for_user(user=request.user, job_id=job_id))
+
+
+def _act(request, job_id: int, action):
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-    live = selectors.job_live_states(jobs=[job]).get(job.pk, {})
-    return render(request, "generation/_job_card.html", {"job": job, "live": live})
+    try:
+        job = action(job=job)
+    except services.JobError as exc:
+        if request.headers.get("X-Requested-With") == "fetch":
+            job.refresh_from_db()
+            response = _card(request, job, status=409)
+            response["X-Error"] = str(exc)
+            return response
+        messages.error(request, str(exc))
+    if request.headers.get("X-Requested-With") == "fetch":
+        return _card(request, selectors.job_get_for_user(user=request.user, job_id=job_id))
+    return redirect("chat:conversation", conversation_id=job.conversation_id)
+
+
+@require_POST
+@login_required
+def job_cancel(request, job_id: int):
+    return _act(request, job_id, services.job_cancel)
+
+
+@require_POST
+@login_required
+def job_retry(request, job_id: int):
+    return _act(request, job_id, services.job_retry)

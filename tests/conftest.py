@@ -2,6 +2,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from chat.services import conversation_create
+from generation import services
+from generation.worker import JobRunner
+from tests.fakes import FakeClock
 
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -46,3 +49,36 @@ def bob_chat(bob):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture
+def fake_clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def runner_for(fake_clock):
+    def make(generator):
+        return JobRunner(generator, clock=fake_clock.clock, now=fake_clock.now, sleep=fake_clock.sleep)
+
+    return make
+
+
+@pytest.fixture
+def submit(alice_chat):
+    def submit_job(prompt="a lighthouse at dusk", conversation=None, **params):
+        conversation = conversation or alice_chat
+        params.setdefault("steps", 4)
+        params.setdefault("width", 64)
+        params.setdefault("height", 64)
+        return services.job_submit(user=conversation.owner, conversation=conversation, prompt=prompt, **params)
+
+    return submit_job
+
+
+@pytest.fixture
+def sync_q(monkeypatch):
+    """django-q2 runs tasks in-process, at once, through the real task path."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)

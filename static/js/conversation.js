@@ -128,6 +128,71 @@
     }
   }
 
+  // --- Forms: the prompt posts without a reload; card buttons swap the card. -----------
+
+  const csrfHeaders = { "X-Requested-With": "fetch" };
+
+  function bindPromptForm(form) {
+    const input = form.querySelector("#prompt-input");
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("#submit-button");
+      button.disabled = true;
+      try {
+        const response = await fetch(form.action, { method: "POST", body: new FormData(form), headers: csrfHeaders });
+        const html = await response.text();
+        if (response.status === 201) {
+          document.getElementById("empty-state")?.setAttribute("hidden", "");
+          document.getElementById("empty-state")?.insertAdjacentHTML("beforebegin", html);
+          input.value = "";
+          form.querySelectorAll(".errorlist, .form-errors").forEach((el) => el.remove());
+          form.querySelectorAll(".has-error").forEach((el) => el.classList.remove("has-error"));
+          input.focus();
+        } else if (response.status === 400) {
+          const holder = document.createElement("div");
+          holder.innerHTML = html.trim();
+          const fresh = holder.firstElementChild;
+          form.replaceWith(fresh);
+          bindPromptForm(fresh);
+          fresh.querySelector(".has-error input, .has-error select, #prompt-input")?.focus();
+        } else {
+          alert("Sorry, the prompt could not be sent. Please try again.");
+        }
+      } catch (error) {
+        alert("The server could not be reached. Please try again.");
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (form.matches("[data-confirm]") && !confirm(form.dataset.confirm)) {
+      event.preventDefault();
+      return;
+    }
+    if (!form.matches("[data-live]")) return;
+    event.preventDefault();
+    const current = form.closest(".job-card");
+    const response = await fetch(form.action, { method: "POST", body: new FormData(form), headers: csrfHeaders });
+    if (response.headers.get("X-Error")) alert(response.headers.get("X-Error"));
+    if (current && (response.ok || response.status === 409)) {
+      const holder = document.createElement("div");
+      holder.innerHTML = (await response.text()).trim();
+      current.replaceWith(holder.firstElementChild);
+    }
+  });
+
+  const promptForm = document.getElementById("prompt-form");
+  if (promptForm) bindPromptForm(promptForm);
+
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/events/`);

@@ -5,7 +5,7 @@ import pytest
 from generation import services
 from generation.models import CircuitBreaker, ImageJob
 from generation.selectors import service_status
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def _breaker():

@@ -10,7 +10,7 @@ from generation import services
 from generation.models import ImageJob
 from imagegen_site.asgi import application
 from tests.conftest import make_user
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 from tests.helpers import LAYER_DATABASES
 
 pytestmark = [

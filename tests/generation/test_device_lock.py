@@ -8,7 +8,7 @@ import pytest
 
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 from tests.helpers import BASE_DIR
 
 HOLDER = """

@@ -3,7 +3,7 @@ import pytest
 from chat.models import Message
 from generation import services
 from generation.models import ImageJob
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def test_a_queued_job_is_cancelled_at_once_and_never_runs(runner_for, submit):

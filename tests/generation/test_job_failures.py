@@ -3,7 +3,7 @@ import pytest
 from chat.models import Message
 from generation.models import ImageJob
 from generation.pipeline import TransientGenerationError
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def _reload(job):

@@ -1,6 +1,6 @@
 from generation.models import ImageJob
 from generation.tasks import process_next_job
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def test_the_job_table_decides_the_order_whatever_the_broker_delivers(monkeypatch, submit, bob_chat):

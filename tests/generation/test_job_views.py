@@ -1,7 +1,7 @@
 from django.urls import reverse
 
 from generation.models import ImageJob
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def test_the_owner_downloads_the_finished_image(client, alice, submit, runner_for):

@@ -9,7 +9,7 @@ from chat.models import Message
 from generation import selectors, services
 from generation.models import ImageJob
 from tests.conftest import make_user
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 
 
 def _finish(job, *, seconds, progress=100, status="complete"):

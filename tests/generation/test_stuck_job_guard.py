@@ -10,7 +10,7 @@ from django.core.management import call_command
 from chat.models import Message
 from generation import events, services
 from generation.models import ImageJob
-from tests.generation.conftest import FakeGenerator
+from tests.fakes import FakeGenerator
 from tests.helpers import drain, listen
 
 ELSEWHERE = "gpu-box-2:4242"  # a worker on another host: only its heartbeat tells

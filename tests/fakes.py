@@ -1,11 +1,9 @@
+"""Stand-ins for time and for the diffusers pipeline."""
+
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import torch
 from PIL import Image
-
-from generation import services
-from generation.worker import JobRunner
 
 
 class FakeClock:
@@ -59,36 +57,3 @@ class FakeGenerator:
             if on_step:
                 on_step(step, request.steps, latents)
         return Image.new("RGB", (request.width, request.height), (10, 20, 30))
-
-
-@pytest.fixture
-def fake_clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def runner_for(fake_clock):
-    def make(generator):
-        return JobRunner(generator, clock=fake_clock.clock, now=fake_clock.now, sleep=fake_clock.sleep)
-
-    return make
-
-
-@pytest.fixture
-def submit(alice_chat):
-    def submit_job(prompt="a lighthouse at dusk", conversation=None, **params):
-        conversation = conversation or alice_chat
-        params.setdefault("steps", 4)
-        params.setdefault("width", 64)
-        params.setdefault("height", 64)
-        return services.job_submit(user=conversation.owner, conversation=conversation, prompt=prompt, **params)
-
-    return submit_job
-
-
-@pytest.fixture
-def sync_q(monkeypatch):
-    """django-q2 runs tasks in-process, at once, through the real task path."""
-    from django_q.conf import Conf
-
-    monkeypatch.setattr(Conf, "SYNC", True)

@@ -1,0 +1,99 @@
+import pytest
+from django.urls import reverse
+
+from chat.models import Conversation, Message
+from generation.models import ImageJob
+from tests.fakes import FakeGenerator
+
+FETCH = {"HTTP_X_REQUESTED_WITH": "fetch"}
+
+
+def test_a_prompt_posted_by_the_page_returns_the_two_new_messages(client, alice, alice_chat):
+    client.force_login(alice)
+    url = reverse("chat:job_submit", args=[alice_chat.pk])
+    response = client.post(url, {"prompt": "a paper boat"}, **FETCH)
+    assert response.status_code == 201
+    body = response.content.decode()
+    job = ImageJob.objects.get()
+    assert body.count('class="message role-') == 2
+    assert "a paper boat" in body
+    assert f'id="job-{job.pk}"' in body and "Position: 1" in body
+
+
+def test_bad_input_posted_by_the_page_returns_the_form_with_its_errors(client, alice, alice_chat):
+    client.force_login(alice)
+    url = reverse("chat:job_submit", args=[alice_chat.pk])
+    response = client.post(url, {"prompt": "ok", "guidance": "99", "seed": "-5"}, **FETCH)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert 'id="prompt-form"' in body
+    assert "less than or equal to 30" in body and "greater than or equal to 0" in body
+    assert not ImageJob.objects.exists() and not Message.objects.exists()
+
+
+def test_the_owner_renames_a_conversation(client, alice, alice_chat):
+    client.force_login(alice)
+    client.post(reverse("chat:conversation_rename", args=[alice_chat.pk]), {"title": "  Castles  "})
+    alice_chat.refresh_from_db()
+    assert alice_chat.title == "Castles"
+
+
+def test_an_empty_title_is_refused_with_a_message(client, alice, alice_chat):
+    client.force_login(alice)
+    response = client.post(reverse("chat:conversation_rename", args=[alice_chat.pk]), {"title": "  "}, follow=True)
+    assert "A title is required." in response.content.decode()
+    alice_chat.refresh_from_db()
+    assert alice_chat.title == "Alice's pictures"
+
+
+def test_deleting_a_conversation_cancels_its_jobs_and_removes_its_images(
+    client, alice, alice_chat, submit, runner_for, settings
+):
+    submit("done")
+    runner_for(FakeGenerator()).run_next()
+    submit("waiting")
+    client.force_login(alice)
+    response = client.post(reverse("chat:conversation_delete", args=[alice_chat.pk]), follow=True)
+    assert "Deleted" in response.content.decode()
+    assert not Conversation.objects.exists() and not ImageJob.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["chat:conversation_rename", "chat:conversation_delete"])
+def test_another_users_conversation_cannot_be_renamed_or_deleted(client, bob, alice_chat, name):
+    client.force_login(bob)
+    assert client.post(reverse(name, args=[alice_chat.pk]), {"title": "mine"}).status_code == 404
+    alice_chat.refresh_from_db()
+    assert alice_chat.title == "Alice's pictures"
+
+
+def test_a_failed_job_is_retried_at_the_back_of_the_queue(client, alice, submit, runner_for):
+    failed = submit("flaky")
+    runner_for(FakeGenerator(failures=[RuntimeError("boom")])).run_next()
+    other = submit("other")
+    client.force_login(alice)
+
+    response = client.post(reverse("generation:job_retry", args=[failed.pk]), **FETCH)
+
+    assert response.status_code == 200
+    failed.refresh_from_db()
+    assert (failed.status, failed.error, failed.attempts) == ("queued", "", 0)
+    assert failed.sequence > other.sequence
+    assert "Position: 2" in response.content.decode()
+    assert Message.objects.get(pk=failed.message_id).metadata["status"] == "queued"
+
+
+def test_a_queued_job_cannot_be_retried(client, alice, submit):
+    job = submit("fine")
+    client.force_login(alice)
+    response = client.post(reverse("generation:job_retry", args=[job.pk]), **FETCH)
+    assert response.status_code == 409
+    assert "Only failed or cancelled jobs" in response["X-Error"]
+
+
+def test_cancel_from_the_page_swaps_the_card(client, alice, submit):
+    job = submit("never mind")
+    client.force_login(alice)
+    response = client.post(reverse("generation:job_cancel", args=[job.pk]), **FETCH)
+    assert response.status_code == 200
+    assert 'data-status="cancelled"' in response.content.decode()
+    assert "Try again" in response.content.decode()

@@ -1,0 +1,140 @@
+"""End-to-end: the real web server (daphne), the real gpu worker and the demo model,
+driven through Debian's Chromium by Playwright."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.conftest import make_user
+from tests.helpers import BASE_DIR, LAYER_DATABASES, start_cluster, stop, worker_env
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+ARTIFACTS = BASE_DIR / "test-artifacts"
+
+# Small cool-down so the circuit-breaker scenario recovers within the test.
+STACK_ENV = {"IMAGEGEN_TEST_FAULTS": "1", "IMAGEGEN_BREAKER_COOLDOWN_SECONDS": "4", "LOG_LEVEL": "WARNING"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.configured_layer)
+            item.add_marker(pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the web server exited:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the web server did not open port {port}")
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup, tmp_path_factory):
+    """daphne and a gpu cluster against the test database, for the whole session."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is needed for the browser tests: {CHROMIUM} is missing (apt-get install chromium)")
+    data_dir = tmp_path_factory.mktemp("stack")
+    env = worker_env(data_dir, **STACK_ENV)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
+    )
+    port = _free_port()
+    web_log = data_dir / "web.log"
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=open(web_log, "ab"),  # noqa: SIM115 - lives as long as the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", **STACK_ENV)
+    try:
+        _wait_for_port(port, web, web_log)
+        yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir}
+    finally:
+        stop(gpu)
+        stop(web)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser, stack, request):
+    """Log a named user in, in a fresh browser context; returns (page, user)."""
+    contexts = []
+
+    def login(username: str, *, width: int = 1100, height: int = 900) -> tuple[Page, object]:
+        user = make_user(username)
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(f"{stack['url']}/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", f"{username}-secret-pw")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{stack['url']}/")
+        return page, user
+
+    yield login
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for n, context in enumerate(contexts):
+            for page in context.pages:
+                shot(page, f"FAILED-{request.node.name}-{n}")
+    for context in contexts:
+        context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def new_conversation(page: Page) -> None:
+    page.click("#new-conversation")
+    page.wait_for_selector("#prompt-input")
+
+
+def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
+    """Type a prompt and press Enter; wait until its card is on the page."""
+    count = page.locator(".job-card").count()
+    if advanced:
+        page.evaluate("document.querySelector('details.advanced').open = true")
+        for field, value in advanced.items():
+            page.fill(f"#id_{field}", value)
+    page.fill("#prompt-input", prompt)
+    page.press("#prompt-input", "Enter")
+    page.wait_for_function(f"document.querySelectorAll('.job-card').length > {count}")
