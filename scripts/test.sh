@@ -11,6 +11,16 @@ export SECRET_KEY="${SECRET_KEY:-tests-only-not-a-secret}"
 PG_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS="${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
 
+# The browser tests drive Debian's Chromium (never a downloaded browser build).
+if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "=== Installing Chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "The browser tests need Chromium: run 'sudo apt-get install chromium' (or set CHROMIUM_PATH)." >&2
+  fi
+fi
+
 echo "=== Tests on SQLite with the embedded defaults"
 env -u DATABASE_URL -u REDIS_URL .venv/bin/python -m pytest "$@"
 

@@ -33,8 +33,8 @@ def worker_env(data_dir: Path, **extra: str) -> dict[str, str]:
         IMAGEGEN_MODEL_CACHE=str(settings.IMAGEGEN_MODEL_CACHE),
         IMAGEGEN_LOCK_DIR=str(settings.IMAGEGEN_LOCK_DIR),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

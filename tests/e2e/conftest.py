@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(items):
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.configured_layer)
             item.add_marker(pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES))
+    # The browser tests run last: while Playwright runs, this thread has an event loop.
+    items.sort(key=lambda item: "tests/e2e/" in str(item.fspath))
 
 
 def _free_port() -> int:
@@ -47,13 +49,13 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
     raise RuntimeError(f"the web server did not open port {port}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(django_db_setup, tmp_path_factory):
     """daphne and a gpu cluster against the test database, for the whole session."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is needed for the browser tests: {CHROMIUM} is missing (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("stack")
-    env = worker_env(data_dir, **STACK_ENV)
+    env = worker_env(data_dir, IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
@@ -67,7 +69,7 @@ def stack(django_db_setup, tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", **STACK_ENV)
+    gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     try:
         _wait_for_port(port, web, web_log)
         yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir}
@@ -76,12 +78,19 @@ def stack(django_db_setup, tmp_path_factory):
         stop(web)
 
 
-@pytest.fixture(scope="session")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+@pytest.fixture(scope="module")
+def browser(stack):
+    # Playwright's sync API keeps an event loop on this thread, which makes Django
+    # refuse ORM calls from the test itself; the tests only use the ORM to arrange
+    # and check, never concurrently with the loop, so the check is lifted here.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture
@@ -103,12 +112,34 @@ def open_page(browser, stack, request):
         return page, user
 
     yield login
+    _settle_worker(stack["data_dir"] / "locks")
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for n, context in enumerate(contexts):
             for page in context.pages:
                 shot(page, f"FAILED-{request.node.name}-{n}")
     for context in contexts:
         context.close()
+
+
+def _settle_worker(lock_dir: Path) -> None:
+    """Stop what the test left running, so the database is emptied with no writer busy."""
+    from django_q.brokers import get_broker
+
+    from generation.locks import DeviceBusy, device_lock
+    from generation.models import ImageJob
+
+    ImageJob.objects.filter(status__in=["queued", "processing"]).update(status="cancelled")
+    broker = get_broker("gpu")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        # The worker holds the device lock while it claims and runs a job.
+        try:
+            with device_lock("cpu", lock_dir=lock_dir, wait=0):
+                if not broker.queue_size():
+                    return
+        except DeviceBusy:
+            pass
+        time.sleep(0.2)
 
 
 @pytest.hookimpl(hookwrapper=True)
