@@ -1,11 +1,29 @@
 """The WebSocket a logged-in user's pages connect to, for their own job events."""
 
+import json
+
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from generation import events, selectors
 
 MAX_MESSAGE_BYTES = 1024
+SYNC = "sync"
+
+
+def parse_client_message(text_data: str | None, bytes_data: bytes | None) -> dict | str:
+    """Check what a browser sent: SYNC for a valid request, else an error event to answer."""
+    if bytes_data is not None or text_data is None:
+        return events.build_event("error", message="Send text, not binary frames.")
+    if len(text_data.encode("utf-8", errors="replace")) > MAX_MESSAGE_BYTES:
+        return events.build_event("error", message=f"Messages are at most {MAX_MESSAGE_BYTES} bytes.")
+    try:
+        content = json.loads(text_data)
+    except ValueError:
+        return events.build_event("error", message="Messages must be JSON.")
+    if isinstance(content, dict) and content.get("type") == SYNC:
+        return SYNC
+    return events.build_event("error", message='Unknown message; send {"type": "sync"}.')
 
 
 class JobEventsConsumer(AsyncJsonWebsocketConsumer):
@@ -25,23 +43,11 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        if bytes_data is not None or text_data is None or len(text_data.encode()) > MAX_MESSAGE_BYTES:
-            await self.send_json(events.build_event("error", message="Messages must be small JSON text."))
-            return
-        await super().receive(text_data=text_data, **kwargs)
-
-    @classmethod
-    async def decode_json(cls, text_data):
-        try:
-            return await super().decode_json(text_data)
-        except ValueError:
-            return None
-
-    async def receive_json(self, content, **kwargs):
-        if isinstance(content, dict) and content.get("type") == "sync":
+        parsed = parse_client_message(text_data, bytes_data)
+        if parsed == SYNC:
             await self.send_snapshot()
         else:
-            await self.send_json(events.build_event("error", message='Unknown message; send {"type": "sync"}.'))
+            await self.send_json(parsed)
 
     async def send_snapshot(self):
         user = self.scope["user"]

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -125,12 +126,18 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         raise ValidationError(form.errors.as_data())
     data = form.cleaned_data
     with transaction.atomic():
+        # One user's submissions queue behind each other here, so the caps hold
+        # even when several tabs or scripts submit at the same moment.
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        now = timezone.now()
         pending = ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).count()
         if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
             raise ValidationError(
                 f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
             )
-        now = timezone.now()
+        recent = ImageJob.objects.filter(owner=user, created_at__gte=now - timedelta(minutes=1)).count()
+        if recent >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+            raise ValidationError("You are sending prompts too quickly. Please wait a minute and try again.")
         message_post(conversation=conversation, role="user", content=data["prompt"])
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
         assistant = message_post(

@@ -93,6 +93,22 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# Behind HTTPS (a TLS-terminating proxy in production): secure cookies, HSTS and
+# redirects to https. Off by default so `make run` works on plain http://127.0.0.1.
+SECURE_HTTPS = env_bool("SECURE_HTTPS", False)
+if SECURE_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
 # Where the embedded database, generated images, locks and the demo model live.
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -242,6 +258,8 @@ IMAGEGEN_TEST_FAULTS = env_bool("IMAGEGEN_TEST_FAULTS", False)
 # ETA before there is any history: seconds per step of a 512x512 image.
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
+# At most this many prompts per user per minute.
+IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 
 # A hard timeout above our own soft one (a task may also wait out the breaker's
 # cool-down), and a broker retry well above the longest task, so django-q2 never

@@ -112,3 +112,35 @@ def test_a_fresh_data_dir_migrates_and_the_channel_layer_file_holds_only_its_own
         sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT func, cluster FROM django_q_schedule").fetchall()
     )
     assert schedule == [("generation.tasks.expire_stuck_jobs", "maintenance")]
+
+
+def test_production_settings_pass_the_deploy_check():
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SECRET_KEY": "x7!Qm2#vR9$kL4@pW8^zN3&cT6*yB1(hJ5)dF0-gS2+eA7=uK9_oI4~rM8",
+        "SECURE_HTTPS": "1",
+        "ALLOWED_HOSTS": "imagegen.example.org",
+        "DATA_DIR": "/tmp",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_the_default_settings_are_not_production_ready_and_the_check_says_so():
+    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "short", "DATA_DIR": "/tmp"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "SECURE_HSTS_SECONDS" in result.stderr + result.stdout

@@ -35,7 +35,9 @@ def test_three_prompts_get_their_own_positions_which_move_up_live_and_survive_a_
     _block_the_worker(carol)
     new_conversation(page)
 
-    for n in range(3):
+    # The first takes a few seconds, so the moved-up positions can be seen while it runs.
+    submit_prompt(page, "castle number 0", steps="40", width="512", height="512")
+    for n in (1, 2):
         submit_prompt(page, f"castle number {n}", **FAST)
 
     cards = _cards(page)
@@ -65,7 +67,7 @@ def test_three_prompts_get_their_own_positions_which_move_up_live_and_survive_a_
     expect(cards.nth(2).locator("#job-complete img")).to_be_visible(timeout=60_000)
     shot(page, "complete")
     natural = page.evaluate("document.querySelector('#job-complete img').naturalWidth")
-    assert natural == 256, "the image came through the access-checked view"
+    assert natural == 512, "the image came through the access-checked view"
     page2.close()
 
 

@@ -97,3 +97,44 @@ def test_it_rejects_another_users_conversation(bob, alice_chat):
     with pytest.raises(ValidationError):
         job_submit(user=bob, conversation=alice_chat, prompt="mine now")
     assert not ImageJob.objects.exists()
+
+
+def test_a_user_sending_prompts_too_quickly_is_told_to_wait(settings, submit):
+    settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 3
+    for n in range(3):
+        submit(f"quick {n}")
+    with pytest.raises(ValidationError, match="too quickly"):
+        submit("one too many")
+    assert ImageJob.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pending_cap_holds_when_one_user_submits_from_many_threads_at_once(settings, alice, alice_chat):
+    import threading
+
+    from django.db import connection
+
+    from generation.services import job_submit
+
+    settings.IMAGEGEN_MAX_PENDING_PER_USER = 3
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit_one(n):
+        try:
+            barrier.wait()
+            job_submit(user=alice, conversation=alice_chat, prompt=f"burst {n}", steps=2, width=64, height=64)
+            outcomes.append("queued")
+        except ValidationError:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit_one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["queued"] * 3 + ["refused"] * 5
+    assert ImageJob.objects.count() == 3
+    assert Message.objects.count() == 6
