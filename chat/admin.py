@@ -1,20 +1,31 @@
+import json
+
 from django.contrib import admin
+from django.utils.html import format_html
 
 from chat.models import Conversation, Message
 
 
+def _pretty(value) -> str:
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', json.dumps(value, indent=2))
+
+
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ("role", "content", "metadata", "created_at")
+    fields = ("role", "content", "metadata_pretty", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    @admin.display(description="Metadata")
+    def metadata_pretty(self, message):
+        return _pretty(message.metadata)
 
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ("title", "owner", "created_at", "updated_at")
-    list_filter = ("created_at",)
+    list_filter = ("created_at", "owner")
     search_fields = ("title", "owner__username")
     list_select_related = ("owner",)
     inlines = [MessageInline]
@@ -22,9 +33,18 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "conversation", "role", "content", "created_at")
-    list_filter = ("role",)
-    search_fields = ("content",)
+    list_display = ("id", "conversation", "role", "content", "status", "created_at")
+    list_filter = ("role", "created_at")
+    search_fields = ("content", "conversation__title")
     list_select_related = ("conversation",)
     # Metadata changes only through the locked deep merge, never by hand.
-    readonly_fields = ("conversation", "role", "metadata", "created_at", "updated_at")
+    fields = ("conversation", "role", "content", "metadata_pretty", "created_at", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description="Status")
+    def status(self, message):
+        return message.metadata.get("status", "") if isinstance(message.metadata, dict) else ""
+
+    @admin.display(description="Metadata")
+    def metadata_pretty(self, message):
+        return _pretty(message.metadata)

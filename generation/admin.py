@@ -1,21 +1,157 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
+from generation import selectors, services
 from generation.models import CircuitBreaker, ImageJob
+
+TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
 
 
 @admin.register(ImageJob)
 class ImageJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "status", "owner", "model", "width", "height", "progress", "attempts", "created_at")
-    list_filter = ("status", "model", "created_at")
+    list_display = (
+        "id",
+        "thumbnail",
+        "status",
+        "owner",
+        "model",
+        "size",
+        "position",
+        "progress",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+    )
+    list_filter = ("status", "model", "owner", "created_at")
     search_fields = ("prompt", "owner__username")
     list_select_related = ("owner",)
-    readonly_fields = [field.name for field in ImageJob._meta.fields]
+    date_hierarchy = "created_at"
+    actions = ["cancel_jobs", "retry_jobs", "requeue_jobs_at_end", "mark_jobs_as_error"]
+    readonly_fields = [field.name for field in ImageJob._meta.fields] + ["thumbnail", "duration", "position"]
+    fieldsets = [
+        (None, {"fields": ("thumbnail", "status", "owner", "conversation", "message", "prompt", "negative_prompt")}),
+        ("Parameters", {"fields": ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}),
+        ("Queue", {"fields": ("position", "sequence", "progress", "attempts", "not_before", "worker")}),
+        ("Outcome", {"fields": ("error", "error_detail", "image")}),
+        ("Timings", {"fields": (*TIMINGS, "duration")}),
+    ]
 
     def has_add_permission(self, request):
-        return False
+        return False  # jobs are made by submitting prompts
+
+    # --- Columns ----------------------------------------------------------------------
+
+    @admin.display(description="Size")
+    def size(self, job):
+        return f"{job.width}×{job.height}"
+
+    @admin.display(description="Position")
+    def position(self, job):
+        positions = getattr(self, "_positions", None)
+        if positions is None:
+            positions = selectors.queue_positions()
+        return positions.get(job.pk, "—")
+
+    @admin.display(description="Duration")
+    def duration(self, job):
+        if job.started_at and job.finished_at:
+            return f"{(job.finished_at - job.started_at).total_seconds():.1f} s"
+        return "—"
+
+    @admin.display(description="Image")
+    def thumbnail(self, job):
+        if job.status != ImageJob.Status.COMPLETE or not job.image:
+            return "—"
+        url = reverse("admin:generation_imagejob_image", args=[job.pk])
+        return format_html('<a href="{0}"><img src="{0}" alt="" width="64" height="64" loading="lazy"></a>', url)
+
+    def changelist_view(self, request, extra_context=None):
+        # Positions are global, whatever the filters: one query for the whole page.
+        self._positions = selectors.queue_positions()
+        try:
+            extra_context = {**(extra_context or {}), "queue_url": reverse("admin:generation_imagejob_queue")}
+            return super().changelist_view(request, extra_context)
+        finally:
+            self._positions = None
+
+    # --- Views ------------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path("queue/", self.admin_site.admin_view(self.queue_view), name="generation_imagejob_queue"),
+            path(
+                "<int:job_id>/image.png", self.admin_site.admin_view(self.image_view), name="generation_imagejob_image"
+            ),
+            *super().get_urls(),
+        ]
+
+    def queue_view(self, request):
+        """The queue in position order, with ETAs, and what is running now."""
+        if not self.has_view_permission(request):
+            raise Http404
+        entries = selectors.queue_eta()
+        jobs = ImageJob.objects.in_bulk([entry["job_id"] for entry in entries])
+        rows = [{**entry, "job": jobs[entry["job_id"]]} for entry in entries if entry["job_id"] in jobs]
+        running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Queue",
+            "rows": rows,
+            "running": running,
+            "service": selectors.service_status(),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/generation/queue.html", context)
+
+    def image_view(self, request, job_id: int):
+        if not self.has_view_permission(request):
+            raise Http404
+        job = get_object_or_404(ImageJob, pk=job_id, status=ImageJob.Status.COMPLETE)
+        if not job.image:
+            raise Http404
+        return FileResponse(job.image.open("rb"), content_type="image/png")
+
+    # --- Actions: the same services as the users' buttons -------------------------------
+
+    def _apply(self, request, queryset, service, done: str):
+        changed, refused = 0, []
+        for job in queryset:
+            try:
+                service(job=job)
+                changed += 1
+            except services.JobError as exc:
+                refused.append(f"#{job.pk}: {exc}")
+        if changed:
+            self.message_user(request, f"{done}: {changed} job(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused), messages.WARNING)
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset):
+        self._apply(request, queryset, services.job_cancel, "Cancelled")
+
+    @admin.action(description="Retry selected jobs (failed or cancelled)", permissions=["change"])
+    def retry_jobs(self, request, queryset):
+        self._apply(request, queryset, services.job_retry, "Queued again")
+
+    @admin.action(description="Move selected queued jobs to the end of the queue", permissions=["change"])
+    def requeue_jobs_at_end(self, request, queryset):
+        self._apply(request, queryset.order_by("sequence"), services.job_requeue_at_end, "Moved to the end")
+
+    @admin.action(description="Mark selected jobs as error", permissions=["change"])
+    def mark_jobs_as_error(self, request, queryset):
+        self._apply(request, queryset, services.job_mark_error, "Marked as error")
 
 
 @admin.register(CircuitBreaker)
 class CircuitBreakerAdmin(admin.ModelAdmin):
     list_display = ("name", "state", "failures", "opened_at", "updated_at")
     readonly_fields = ("name", "state", "failures", "opened_at", "updated_at")
+
+    def has_add_permission(self, request):
+        return False

@@ -395,6 +395,31 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     return retried
 
 
+def job_requeue_at_end(*, job: ImageJob) -> ImageJob:
+    """Send a queued job to the back of the queue (a new ticket)."""
+    with transaction.atomic():
+        moved = _transition(
+            job.pk,
+            expected=(Status.QUEUED,),
+            to=Status.QUEUED,
+            fields={"sequence": QueueTicket.objects.create().pk},
+        )
+        if moved is None:
+            raise JobError("Only queued jobs can be moved to the end of the queue.")
+    return moved
+
+
+ADMIN_FAILED_MESSAGE = "This image was stopped by an administrator."
+
+
+def job_mark_error(*, job: ImageJob, error: str = ADMIN_FAILED_MESSAGE) -> ImageJob:
+    """Fail a queued or processing job by hand; a running one stops at its next step."""
+    failed = job_fail(job_id=job.pk, error=error, detail="Marked as error in admin")
+    if failed is None:
+        raise JobError("Only queued or processing jobs can be marked as error.")
+    return failed
+
+
 # --- Maintenance: nothing stuck, nothing lost ---------------------------------------
 
 STUCK_MESSAGE = "Generation timed out (stuck job guard)"

@@ -1,0 +1,102 @@
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from chat.models import Conversation
+from chat.services import conversation_create
+from generation.models import ImageJob
+from generation.services import job_submit
+
+CONVERSATION_TITLE = "Command line"
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue an image through the same services as the chat page. With --wait, follow it "
+        "with a progress bar until it is done and print the image's path."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("prompt", help="What the image should show.")
+        parser.add_argument("--negative-prompt", default="", help="What it should not show.")
+        parser.add_argument("--model", help="A registered model (default: IMAGEGEN_DEFAULT_MODEL).")
+        parser.add_argument("--steps", type=int, help="Sampling steps, 1-100 (default 20).")
+        parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default 512x512).")
+        parser.add_argument("--seed", type=int, help="0 to 2**32-1 (default: random).")
+        parser.add_argument("--guidance", type=float, help="Guidance scale, 0-30 (default 7).")
+        parser.add_argument(
+            "--user", help="Whose job it is (default: the only superuser). It goes to their 'Command line' chat."
+        )
+        parser.add_argument("--wait", action="store_true", help="Follow the job until it is done.")
+        parser.add_argument(
+            "--pickup-timeout",
+            type=float,
+            default=60.0,
+            help="With --wait: give up if no worker starts the job within this many seconds (default 60).",
+        )
+
+    def handle(self, *args, **options):
+        user = self._user(options["user"])
+        params = {"negative_prompt": options["negative_prompt"]}
+        for key in ("model", "steps", "seed", "guidance"):
+            if options[key] is not None:
+                params[key] = options[key]
+        if options["size"]:
+            width, sep, height = options["size"].lower().partition("x")
+            if not sep or not width.isdigit() or not height.isdigit():
+                raise CommandError(f"--size must look like 512x512, got {options['size']!r}")
+            params.update(width=int(width), height=int(height))
+        conversation = Conversation.objects.filter(owner=user, title=CONVERSATION_TITLE).first()
+        conversation = conversation or conversation_create(owner=user, title=CONVERSATION_TITLE)
+        try:
+            job = job_submit(user=user, conversation=conversation, prompt=options["prompt"], **params)
+        except ValidationError as exc:
+            problems = [f"{field}: {' '.join(errors)}" for field, errors in getattr(exc, "message_dict", {}).items()]
+            raise CommandError("; ".join(problems) or " ".join(exc.messages)) from None
+        self.stdout.write(f"Queued job {job.pk} for {user} (seed {job.seed}).")
+        if options["wait"]:
+            self._follow(job, pickup_timeout=options["pickup_timeout"])
+
+    def _user(self, username):
+        users = get_user_model().objects
+        if username:
+            try:
+                return users.get(username=username)
+            except users.model.DoesNotExist:
+                raise CommandError(f"No user named {username!r}.") from None
+        superusers = list(users.filter(is_superuser=True)[:2])
+        if len(superusers) != 1:
+            raise CommandError("Say whose job it is with --user USERNAME.")
+        return superusers[0]
+
+    def _follow(self, job, *, pickup_timeout: float) -> None:
+        queued_since = time.monotonic()
+        last = None
+        while True:
+            job.refresh_from_db()
+            if job.status == ImageJob.Status.QUEUED:
+                if time.monotonic() - queued_since > pickup_timeout:
+                    raise CommandError(
+                        f"No worker started job {job.pk} within {pickup_timeout:g} s; it stays queued. "
+                        "Is the gpu cluster running (make run)?"
+                    )
+                line = "queued"
+            elif job.status == ImageJob.Status.PROCESSING:
+                filled = job.progress * 30 // 100
+                line = f"[{'#' * filled}{'.' * (30 - filled)}] {job.progress:3d}%"
+            else:
+                break
+            if line != last:
+                self.stdout.write(f"\r{line}", ending="")
+                self.stdout.flush()
+                last = line
+            time.sleep(0.25)
+        self.stdout.write("")
+        if job.status == ImageJob.Status.COMPLETE:
+            self.stdout.write(self.style.SUCCESS(job.image.path))
+            return
+        if job.status == ImageJob.Status.ERROR:
+            raise CommandError(f"Job {job.pk} failed: {job.error}")
+        raise CommandError(f"Job {job.pk} was {job.status}.")

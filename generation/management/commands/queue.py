@@ -1,0 +1,41 @@
+from django.core.management.base import BaseCommand
+
+from generation import selectors
+from generation.models import ImageJob
+from generation.templatetags.jobs import duration
+
+
+class Command(BaseCommand):
+    help = "Print what is running and the queue, in order, with positions and ETAs."
+
+    def handle(self, *args, **options):
+        service = selectors.service_status()
+        if service["message"]:
+            self.stdout.write(self.style.WARNING(service["message"]))
+        running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
+        for job in running:
+            self.stdout.write(f"Running: job {job.pk} for {job.owner}, {job.progress}% ({job.worker})")
+        entries = selectors.queue_eta()
+        if not entries:
+            self.stdout.write("The queue is empty.")
+            return
+        jobs = ImageJob.objects.select_related("owner").in_bulk([entry["job_id"] for entry in entries])
+        rows = [("POS", "JOB", "USER", "MODEL", "SIZE", "STEPS", "STARTS IN", "READY IN", "PROMPT")]
+        for entry in entries:
+            job = jobs[entry["job_id"]]
+            rows.append(
+                (
+                    str(entry["position"]),
+                    str(job.pk),
+                    job.owner.get_username(),
+                    job.model,
+                    f"{job.width}x{job.height}",
+                    str(job.steps),
+                    duration(entry["estimated_start_seconds"]),
+                    duration(entry["estimated_seconds"]),
+                    job.prompt[:40].replace("\n", " "),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

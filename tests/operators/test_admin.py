@@ -1,0 +1,106 @@
+import pytest
+from django.urls import reverse
+
+from chat.models import Message
+from generation.models import ImageJob
+from tests.conftest import make_user
+from tests.fakes import FakeGenerator
+
+
+@pytest.fixture
+def admin_client(client, db):
+    root = make_user("root")
+    root.is_staff = root.is_superuser = True
+    root.save()
+    client.force_login(root)
+    return client
+
+
+def _action(admin_client, action, jobs):
+    return admin_client.post(
+        reverse("admin:generation_imagejob_changelist"),
+        {"action": action, "_selected_action": [job.pk for job in jobs]},
+        follow=True,
+    )
+
+
+def test_the_job_list_shows_status_positions_timings_and_thumbnails(admin_client, submit, runner_for):
+    done = submit("a finished kite")
+    runner_for(FakeGenerator()).run_next()
+    waiting = submit("a waiting kite")
+    response = admin_client.get(reverse("admin:generation_imagejob_changelist"))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert reverse("admin:generation_imagejob_image", args=[done.pk]) in body
+    assert "64×64" in body and "Queue in order" in body
+    image = admin_client.get(reverse("admin:generation_imagejob_image", args=[done.pk]))
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    detail = admin_client.get(reverse("admin:generation_imagejob_change", args=[waiting.pk])).content.decode()
+    assert "a waiting kite" in detail
+
+
+@pytest.mark.parametrize("query", ["status__exact=queued", "model__exact=demo", "q=kite", "q=alice"])
+def test_filters_and_search_work(admin_client, submit, query):
+    submit("a kite")
+    response = admin_client.get(reverse("admin:generation_imagejob_changelist") + "?" + query)
+    assert response.status_code == 200
+    assert "1 image job" in response.content.decode()
+
+
+def test_the_queue_view_lists_queued_jobs_in_position_order(admin_client, submit, bob_chat):
+    first, second = submit("first"), submit("second", conversation=bob_chat)
+    body = admin_client.get(reverse("admin:generation_imagejob_queue")).content.decode()
+    assert body.index(f"#{first.pk}<") < body.index(f"#{second.pk}<")
+    assert "Nothing is running." in body
+
+
+def test_cancel_action_goes_through_the_service(admin_client, submit):
+    job = submit("stop")
+    response = _action(admin_client, "cancel_jobs", [job])
+    assert "Cancelled: 1 job(s)." in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert Message.objects.get(pk=job.message_id).metadata["status"] == "cancelled"
+
+
+def test_retry_action_queues_a_failed_job_again(admin_client, submit, runner_for):
+    job = submit("flaky")
+    runner_for(FakeGenerator(failures=[RuntimeError("x")])).run_next()
+    _action(admin_client, "retry_jobs", [job])
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("queued", "")
+
+
+def test_requeue_action_moves_a_job_to_the_end(admin_client, submit):
+    first, second = submit("first"), submit("second")
+    _action(admin_client, "requeue_jobs_at_end", [first])
+    order = list(ImageJob.objects.filter(status="queued").order_by("sequence").values_list("pk", flat=True))
+    assert order == [second.pk, first.pk]
+
+
+def test_mark_error_action_fails_a_job_with_a_message(admin_client, submit):
+    job = submit("bad")
+    _action(admin_client, "mark_jobs_as_error", [job])
+    job.refresh_from_db()
+    assert job.status == "error" and job.error == "This image was stopped by an administrator."
+
+
+def test_an_action_on_jobs_in_the_wrong_state_says_which_were_not_changed(admin_client, submit):
+    job = submit("queued")
+    response = _action(admin_client, "retry_jobs", [job])
+    assert "Not changed" in response.content.decode()
+    assert ImageJob.objects.get(pk=job.pk).status == "queued"
+
+
+def test_messages_show_their_metadata_readable(admin_client, submit):
+    job = submit("meta")
+    body = admin_client.get(reverse("admin:chat_message_change", args=[job.message_id])).content.decode()
+    assert "&quot;status&quot;: &quot;queued&quot;" in body
+
+
+def test_staff_without_job_permissions_cannot_see_the_queue(client, db):
+    staff = make_user("helper")
+    staff.is_staff = True
+    staff.save()
+    client.force_login(staff)
+    assert client.get(reverse("admin:generation_imagejob_queue")).status_code == 404

@@ -1,0 +1,101 @@
+import io
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command, load_command_class
+from django.core.management.base import CommandError
+
+from generation.models import ImageJob
+from tests.conftest import make_user
+from tests.fakes import FakeGenerator
+
+COMMANDS = ["generate", "queue", "expire_stuck_jobs", "retry_failed", "build_demo_model"]
+
+
+def _run(*args, **options) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_explains_itself(name):
+    parser = load_command_class("generation", name).create_parser("manage.py", name)
+    assert len(parser.format_help()) > 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_generate_waits_with_a_progress_bar_and_prints_the_image_path(sync_q, monkeypatch, alice):
+    generator = FakeGenerator()
+    monkeypatch.setattr("generation.worker.get_generator", lambda: generator)
+
+    out = _run("generate", "a comet over a lake", "--user", "alice", "--size", "128x96", "--steps", "4", "--wait")
+
+    job = ImageJob.objects.get()
+    assert (job.owner, job.width, job.height, job.steps) == (alice, 128, 96, 4)
+    assert job.conversation.title == "Command line"
+    assert out.strip().splitlines()[-1] == job.image.path
+    assert Path(job.image.path).exists()
+
+
+def test_generate_without_a_worker_gives_up_clearly_and_leaves_the_job_queued(alice):
+    with pytest.raises(CommandError, match="No worker started job .* within 0.5 s; it stays queued"):
+        _run("generate", "nobody home", "--user", "alice", "--wait", "--pickup-timeout", "0.5")
+    assert ImageJob.objects.get().status == "queued"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--size", "huge"], "--size must look like 512x512"),
+        (["--size", "100x100"], "width: Use a multiple of 8 pixels."),
+        (["--steps", "0"], "steps: Ensure this value is greater than or equal to 1."),
+        (["--model", "sdxl"], "model: Select a valid choice."),
+        (["--user", "nobody"], "No user named 'nobody'"),
+    ],
+)
+def test_generate_refuses_bad_input_with_a_clear_message(alice, args, message):
+    with pytest.raises(CommandError, match=message):
+        _run("generate", "x", *(args if "--user" in args else ["--user", "alice", *args]))
+    assert not ImageJob.objects.exists()
+
+
+def test_generate_uses_the_only_superuser_by_default(db):
+    root = make_user("root")
+    root.is_superuser = True
+    root.save()
+    _run("generate", "for root")
+    assert ImageJob.objects.get().owner == root
+
+
+def test_queue_prints_positions_and_etas_in_order(submit, bob_chat, runner_for):
+    submit("done first")
+    runner_for(FakeGenerator()).run_next()
+    submit("alice waits", steps=20, width=512, height=512)
+    submit("bob waits", conversation=bob_chat)
+    lines = _run("queue").splitlines()
+    assert lines[0].split()[:3] == ["POS", "JOB", "USER"]
+    assert lines[1].split()[0:3][0] == "1" and "alice" in lines[1] and "alice waits" in lines[1]
+    assert lines[2].split()[0] == "2" and "bob" in lines[2]
+
+
+def test_queue_says_when_it_is_empty(db):
+    assert "The queue is empty." in _run("queue")
+
+
+def test_retry_failed_requeues_recent_failures(submit):
+    from generation.worker import JobRunner
+
+    job = submit("flaky")
+    JobRunner(FakeGenerator(failures=[RuntimeError("x")])).run_next()  # on the real clock
+    assert "Would retry job" in _run("retry_failed", "--dry-run")
+    assert ImageJob.objects.get(pk=job.pk).status == "error"
+    assert "Retried 1 failed job(s)" in _run("retry_failed", "--minutes", "5")
+    assert ImageJob.objects.get(pk=job.pk).status == "queued"
+
+
+def test_build_demo_model_reports_where_it_is(settings, tmp_path):
+    settings.IMAGEGEN_MODEL_CACHE = tmp_path
+    out = _run("build_demo_model")
+    assert "Demo model ready in" in out
+    assert (tmp_path / "demo-v1" / "model_index.json").exists()
