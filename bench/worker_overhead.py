@@ -1,0 +1,103 @@
+"""Worker overhead: a backlog of N jobs through the real worker path against the raw
+pipeline called N times in a loop, same model and parameters, in one run.
+
+The system run submits N jobs at once to a real `gpu` cluster (warmed up by one job
+first) and measures from the first job's start to the last one's finish; the raw run
+calls the same Generator.generate N times. Reports the throughput ratio (system / raw)
+and the idle gaps between consecutive jobs.
+
+    .venv/bin/python bench/worker_overhead.py [--jobs 10] [--size 512] [--steps 20]
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import write_result  # noqa: E402
+from bench._django import ROOT, bench_env, migrate, setup, start_cluster, stop  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default="demo")
+    args = parser.parse_args()
+
+    env = bench_env()
+    migrate(env)
+    setup(env)
+    from django.contrib.auth import get_user_model
+
+    from chat.services import conversation_create
+    from generation.models import ImageJob
+    from generation.pipeline import GenerationRequest
+    from generation.registry import get_generator
+    from generation.services import job_submit
+
+    params = {"steps": args.steps, "width": args.size, "height": args.size, "seed": 1234, "model": args.model}
+    request = GenerationRequest(prompt="benchmark", negative_prompt="", guidance=7.0, **params)
+
+    # Raw: the pipeline in a loop, warmed up by one call.
+    generator = get_generator()
+    generator.generate(request)
+    started = time.perf_counter()
+    for _ in range(args.jobs):
+        generator.generate(request)
+    raw_seconds = time.perf_counter() - started
+
+    # System: the same jobs through job_submit, the broker and a real gpu cluster.
+    user = get_user_model().objects.create_user("bench", password="bench-password-1")
+    conversation = conversation_create(owner=user, title="bench")
+    log = Path(env["DATA_DIR"]) / "gpu.log"
+    cluster = start_cluster(env, "gpu", log)
+    try:
+        warm = job_submit(user=user, conversation=conversation, prompt="warm-up", **params)
+        _wait(lambda: ImageJob.objects.get(pk=warm.pk).status == "complete", 300, log)
+        ids = [
+            job_submit(user=user, conversation=conversation, prompt="benchmark", **params).pk for _ in range(args.jobs)
+        ]
+        _wait(lambda: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
+    finally:
+        stop(cluster)
+    jobs = list(ImageJob.objects.filter(pk__in=ids).order_by("started_at"))
+    system_seconds = (jobs[-1].finished_at - jobs[0].started_at).total_seconds()
+    gaps = [(b.started_at - a.finished_at).total_seconds() * 1000 for a, b in zip(jobs, jobs[1:], strict=False)]
+    busy = [(job.finished_at - job.started_at).total_seconds() for job in jobs]
+
+    result = {
+        "command": "bench/worker_overhead.py " + " ".join(sys.argv[1:]),
+        "model": args.model,
+        "params": params,
+        "jobs": args.jobs,
+        "device": generator.device,
+        "raw_seconds": round(raw_seconds, 3),
+        "system_seconds": round(system_seconds, 3),
+        "raw_jobs_per_minute": round(60 * args.jobs / raw_seconds, 2),
+        "system_jobs_per_minute": round(60 * args.jobs / system_seconds, 2),
+        "throughput_ratio": round(raw_seconds / system_seconds, 4),
+        "gap_ms_median": round(statistics.median(gaps), 1) if gaps else None,
+        "gap_ms_max": round(max(gaps), 1) if gaps else None,
+        "job_seconds_median": round(statistics.median(busy), 3),
+    }
+    for key, value in result.items():
+        print(f"{key:24} {value}")
+    print(f"written to {write_result('worker_overhead', result).relative_to(ROOT)}")
+
+
+def _wait(predicate, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"timed out; worker log:\n{log.read_text()[-3000:]}")
+
+
+if __name__ == "__main__":
+    main()
