@@ -79,6 +79,18 @@ def _transition(
     return job
 
 
+def _announce_queued(job: ImageJob, *, position: int | None = None) -> None:
+    events.send_to_user(
+        job.owner_id,
+        "job.queued",
+        job_id=job.pk,
+        message_id=job.message_id,
+        conversation_id=job.conversation_id,
+        status=job.status,
+        position=position if position is not None else selectors.queue_position(job=job),
+    )
+
+
 def _queue_changed() -> None:
     transaction.on_commit(queue_broadcast)
 
@@ -163,15 +175,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         )
         position = selectors.queue_position(job=job)
         job.message = message_update(assistant.pk, metadata={"job_id": job.pk, "queue_position": position})
-        events.send_to_user(
-            user.pk,
-            "job.queued",
-            job_id=job.pk,
-            message_id=assistant.pk,
-            conversation_id=conversation.pk,
-            status=Status.QUEUED,
-            position=position,
-        )
+        _announce_queued(job, position=position)
         _queue_changed()
         transaction.on_commit(ring_worker)
     return job
@@ -312,15 +316,7 @@ def job_retry_later(*, job_id: int, delay: float, detail: str, now: datetime | N
             content="A temporary problem; trying again shortly…",
         )
         if job is not None:
-            events.send_to_user(
-                job.owner_id,
-                "job.queued",
-                job_id=job.pk,
-                message_id=job.message_id,
-                conversation_id=job.conversation_id,
-                status=job.status,
-                position=selectors.queue_position(job=job),
-            )
+            _announce_queued(job)
     return job
 
 
@@ -382,15 +378,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
             raise JobError(
                 f"Only failed or cancelled jobs can be retried; this one is {job.get_status_display().lower()}."
             )
-        events.send_to_user(
-            retried.owner_id,
-            "job.queued",
-            job_id=retried.pk,
-            message_id=retried.message_id,
-            conversation_id=retried.conversation_id,
-            status=retried.status,
-            position=selectors.queue_position(job=retried),
-        )
+        _announce_queued(retried)
         transaction.on_commit(ring_worker)
     return retried
 
@@ -438,6 +426,7 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
             content="The worker restarted; your image will be made again shortly…",
         )
         if job is not None:
+            _announce_queued(job)
             transaction.on_commit(ring_worker)
     return job
 

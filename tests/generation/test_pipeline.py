@@ -12,8 +12,10 @@ from generation.pipeline import (
     Generator,
     ModelRegistry,
     demo_pipeline_path,
+    demo_tokenizer,
     infotext,
     latents_preview,
+    random_modules,
     save_png,
 )
 from tests.helpers import BASE_DIR
@@ -56,6 +58,17 @@ def test_the_demo_model_keeps_the_usual_x8_latent_scale(demo_dir):
     shapes = []
     generator.generate(_request(width=128, height=96), on_step=lambda s, t, latents: shapes.append(latents.shape))
     assert shapes[0][-2:] == (12, 16)
+
+
+def test_the_sd15_shape_has_the_parameter_counts_of_stable_diffusion_1_5(tmp_path):
+    # The GPU benchmark's model: the real model's compute without its weights. Built on
+    # the meta device, so no memory is spent on the 1.07 billion parameters.
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        modules = random_modules("sd15", demo_tokenizer(tmp_path / "tokenizer"))
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_another(demo_dir):

@@ -97,5 +97,5 @@ def test_retry_failed_requeues_recent_failures(submit):
 def test_build_demo_model_reports_where_it_is(settings, tmp_path):
     settings.IMAGEGEN_MODEL_CACHE = tmp_path
     out = _run("build_demo_model")
-    assert "Demo model ready in" in out
+    assert "demo model ready in" in out
     assert (tmp_path / "demo-v1" / "model_index.json").exists()

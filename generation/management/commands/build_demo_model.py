@@ -1,12 +1,20 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.pipeline import demo_pipeline_path
+from generation.pipeline import DEMO, RANDOM_SHAPES, random_pipeline_path
 
 
 class Command(BaseCommand):
-    help = "Build the offline demo model (random weights) ahead of the first job."
+    help = (
+        "Build a random-weight model offline: the demo model ahead of the first job, or with "
+        "--shape sd15 one with Stable Diffusion 1.5's layer sizes, for benchmarks on a GPU."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--shape", choices=sorted(RANDOM_SHAPES), default=DEMO)
 
     def handle(self, *args, **options):
-        path = demo_pipeline_path(settings.IMAGEGEN_MODEL_CACHE)
-        self.stdout.write(self.style.SUCCESS(f"Demo model ready in {path}"))
+        path = random_pipeline_path(settings.IMAGEGEN_MODEL_CACHE, options["shape"])
+        self.stdout.write(self.style.SUCCESS(f"{options['shape']} model ready in {path}"))
+        if options["shape"] != DEMO:
+            self.stdout.write(f"Register it with IMAGEGEN_MODELS={options['shape']}={path}")
