@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--pool", type=int, default=20, help="the web process's connection pool; 0 = none")
     args = parser.parse_args()
 
     import psycopg
@@ -57,7 +58,7 @@ def main() -> None:
     web = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
         cwd=ROOT,
-        env=env,
+        env={**env, "DATABASE_POOL_MAX_SIZE": str(args.pool)},  # as the Procfile's web process
         stdout=open(log, "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -109,6 +110,7 @@ def main() -> None:
         "database": "PostgreSQL",
         "channel_layer": "channels-redis",
         "server": "one daphne process",
+        "connection_pool": args.pool,
         "requests": args.requests,
         "created_201": statuses.count(201),
         "other_statuses": sorted(set(statuses) - {201}),

@@ -49,23 +49,35 @@ def build_event(event_type: str, **fields: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"type": event_type, **fields}, allow_nan=False))
 
 
-def _send(group: str, event: dict[str, Any]) -> None:
+def _send_many(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send (group, event) pairs in order, in one trip into the event loop."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not messages:
         return
-    try:
-        async_to_sync(layer.group_send)(group, {"type": "event.forward", "event": event})
-    except Exception:
-        # A lost push is repaired by the snapshot on the next (re)connect; the job
-        # itself must never fail because a browser could not be told.
-        logger.exception("Could not send %s to %s", event["type"], group)
+
+    async def send_all() -> None:
+        for group, event in messages:
+            try:
+                await layer.group_send(group, {"type": "event.forward", "event": event})
+            except Exception:
+                # A lost push is repaired by the snapshot on the next (re)connect; the
+                # job itself must never fail because a browser could not be told.
+                logger.exception("Could not send %s to %s", event["type"], group)
+
+    async_to_sync(send_all)()
 
 
 def send_to_user(user_id: int, event_type: str, **fields: Any) -> None:
     event = build_event(event_type, **fields)
-    transaction.on_commit(lambda: _send(user_group(user_id), event))
+    transaction.on_commit(lambda: _send_many([(user_group(user_id), event)]))
+
+
+def send_to_users(events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """Several (user id, type, fields) events, sent together after commit (a broadcast)."""
+    messages = [(user_group(user_id), build_event(event_type, **fields)) for user_id, event_type, fields in events]
+    transaction.on_commit(lambda: _send_many(messages))
 
 
 def send_to_all(event_type: str, **fields: Any) -> None:
     event = build_event(event_type, **fields)
-    transaction.on_commit(lambda: _send(SERVICE_GROUP, event))
+    transaction.on_commit(lambda: _send_many([(SERVICE_GROUP, event)]))

@@ -107,19 +107,20 @@ def queue_broadcast() -> None:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [QUEUE_LOCK_KEY])
+        updates = []
         for entry in selectors.queue_eta():
             fresh = {"queue_position": entry["position"], "estimated_seconds": entry["estimated_seconds"]}
             known = entry["metadata"] or {}
             if any(known.get(key) != value for key, value in fresh.items()):
                 message_update(entry["message_id"], metadata=fresh)
-            events.send_to_user(
-                entry["owner_id"],
-                "job.position",
-                job_id=entry["job_id"],
-                position=entry["position"],
-                estimated_start_seconds=entry["estimated_start_seconds"],
-                estimated_seconds=entry["estimated_seconds"],
-            )
+            fields = {
+                "job_id": entry["job_id"],
+                "position": entry["position"],
+                "estimated_start_seconds": entry["estimated_start_seconds"],
+                "estimated_seconds": entry["estimated_seconds"],
+            }
+            updates.append((entry["owner_id"], "job.position", fields))
+        events.send_to_users(updates)
 
 
 # --- Submit ------------------------------------------------------------------------

@@ -166,6 +166,17 @@ if DATABASE_URL:
         DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    # The web server runs each request's sync code on a thread of its own, so a burst of
+    # requests would open a connection each, past PostgreSQL's max_connections. The web
+    # process (only: a pool must not cross the workers' fork) borrows from a pool instead;
+    # a request waits up to DATABASE_POOL_TIMEOUT seconds for a free connection.
+    DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
+    if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 30.0, minimum=1.0),
+        }
 else:
     SQLITE_PATH = Path(env_str("SQLITE_PATH", str(DATA_DIR / "db.sqlite3")))
     DATABASES = {

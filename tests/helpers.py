@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,16 +52,60 @@ def start_cluster(name: str, data_dir: Path, log_path: Path, **extra: str) -> su
     )
 
 
+# The web process borrows PostgreSQL connections from a pool, as in the Procfile.
+WEB_ENV = {"DATABASE_POOL_MAX_SIZE": "20"}
+
+
+def start_web(data_dir: Path, log_path: Path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """daphne against the test database on a free port; returns (process, base URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
+        cwd=BASE_DIR,
+        env=worker_env(data_dir, **WEB_ENV, **extra),
+        stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if web.poll() is not None:
+            raise RuntimeError(f"the web server exited:\n{Path(log_path).read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return web, f"http://127.0.0.1:{port}"
+        time.sleep(0.2)
+    stop(web)
+    raise RuntimeError(f"the web server did not open port {port}")
+
+
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) -> None:
+    """Stop a process group started with start_new_session, children included."""
     if process.poll() is None:
         try:
             os.killpg(process.pid, sig)
             process.wait(timeout=wait)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    if process.poll() is None:
+    # A cluster's workers may outlive their parent for a moment, holding database
+    # connections; wait for the whole group, then kill what is left.
+    deadline = time.monotonic() + wait
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_alive(process.pid):
         os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
         process.wait(timeout=10)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str = "condition"):

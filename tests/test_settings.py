@@ -35,6 +35,17 @@ def test_database_url_switches_to_postgresql_and_redis_url_to_redis():
     )
 
 
+def test_the_web_process_pools_postgresql_connections_and_the_workers_do_not():
+    postgres = {"SECRET_KEY": "k", "DATABASE_URL": "postgres://u@db:5432/app"}
+    pooled = _settings_in_child({**postgres, "DATABASE_POOL_MAX_SIZE": "20"}, "s.DATABASES['default']['OPTIONS']")
+    assert pooled.stdout.strip() == "{'pool': {'min_size': 1, 'max_size': 20, 'timeout': 30.0}}"
+    assert "pool" not in _settings_in_child(postgres, "s.DATABASES['default'].get('OPTIONS', {})").stdout
+    # The Procfile sets the pool for the web process only: a pool must not cross a fork.
+    procfile = {line.split(":")[0]: line for line in (BASE_DIR / "Procfile").read_text().splitlines()}
+    assert "DATABASE_POOL_MAX_SIZE" in procfile["web"]
+    assert "DATABASE_POOL_MAX_SIZE" not in procfile["gpu"] + procfile["maintenance"]
+
+
 def test_the_embedded_defaults_need_no_services():
     result = _settings_in_child(
         {"SECRET_KEY": "k"},
@@ -57,6 +68,7 @@ def test_the_embedded_defaults_need_no_services():
         ({"IMAGEGEN_MODELS": "demo=/x"}, "reserved"),
         ({"IMAGEGEN_DEFAULT_MODEL": "sdxl"}, "is not in IMAGEGEN_MODELS"),
         ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
+        ({"DATABASE_URL": "postgres://u@db/app", "DATABASE_POOL_MAX_SIZE": "-1"}, "must be at least 0"),
     ],
 )
 def test_bad_values_fail_loudly(env, message):

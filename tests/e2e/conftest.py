@@ -2,7 +2,6 @@
 driven through Debian's Chromium by Playwright."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.conftest import make_user
-from tests.helpers import BASE_DIR, LAYER_DATABASES, start_cluster, stop, worker_env
+from tests.helpers import BASE_DIR, LAYER_DATABASES, start_cluster, start_web, stop, worker_env
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -31,24 +30,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "tests/e2e/" in str(item.fspath))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the web server exited:\n{log.read_text()[-3000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the web server did not open port {port}")
-
-
 @pytest.fixture(scope="module")
 def stack(django_db_setup, tmp_path_factory):
     """daphne and a gpu cluster against the test database, for the whole session."""
@@ -59,20 +40,10 @@ def stack(django_db_setup, tmp_path_factory):
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
-    port = _free_port()
-    web_log = data_dir / "web.log"
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=open(web_log, "ab"),  # noqa: SIM115 - lives as long as the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    web, url = start_web(data_dir, data_dir / "web.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     try:
-        _wait_for_port(port, web, web_log)
-        yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir}
+        yield {"url": url, "data_dir": data_dir}
     finally:
         stop(gpu)
         stop(web)

@@ -66,3 +66,39 @@ def test_a_rolled_back_transaction_sends_nothing():
         events.send_to_user(7, "job.cancelled", job_id=1, status="cancelled")
         raise RuntimeError("rolled back")
     assert _drain(layer, channel) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broadcast_reaches_each_user_in_order_after_commit_and_only_theirs():
+    seven, eight = _listen(events.user_group(7)), _listen(events.user_group(8))
+    position = SAMPLES["job.position"]
+    with transaction.atomic():
+        events.send_to_users(
+            [
+                (7, "job.position", {**position, "job_id": 1, "position": 1}),
+                (8, "job.position", {**position, "job_id": 2, "position": 2}),
+                (7, "job.position", {**position, "job_id": 3, "position": 3}),
+            ]
+        )
+        assert _drain(*seven) == []
+    assert [(e["job_id"], e["position"]) for e in _drain(*seven)] == [(1, 1), (3, 3)]
+    assert [(e["job_id"], e["position"]) for e in _drain(*eight)] == [(2, 2)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_failed_push_in_a_broadcast_does_not_stop_the_others(monkeypatch):
+    layer, channel = _listen(events.user_group(8))
+    real_send = layer.group_send
+    failed = []
+
+    async def flaky(group, message):
+        if group == events.user_group(7):
+            failed.append(group)
+            raise ConnectionError("layer hiccup")
+        await real_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", flaky)
+    position = SAMPLES["job.position"]
+    events.send_to_users([(7, "job.position", position), (8, "job.position", position)])
+    assert failed == ["user.7"]
+    assert [e["type"] for e in _drain(layer, channel)] == ["job.position"]
