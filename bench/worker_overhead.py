@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--redis", help="a Redis URL: channel layer and broker on Redis (default: embedded)")
     parser.add_argument("--sd15-shaped", action="store_true", help="an SD-1.5-shaped model instead of demo")
     args = parser.parse_args()
 
@@ -43,6 +44,8 @@ def main() -> None:
         model = "sd15"
         path = random_pipeline_path(Path(os.environ.get("IMAGEGEN_MODEL_CACHE", ROOT / "var" / "models")), "sd15")
         overrides["IMAGEGEN_MODELS"] = f"sd15={path}"
+    if args.redis:
+        overrides["REDIS_URL"] = args.redis
     env = bench_env(**overrides)
     migrate(env)
     setup(env)
@@ -90,6 +93,7 @@ def main() -> None:
         "params": params,
         "jobs": args.jobs,
         "device": generator.device,
+        "layer_and_broker": "Redis" if args.redis else "embedded (SQLite)",
         "raw_seconds": round(raw_seconds, 3),
         "system_seconds": round(system_seconds, 3),
         "raw_jobs_per_minute": round(60 * args.jobs / raw_seconds, 2),
