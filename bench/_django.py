@@ -62,3 +62,40 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def user_with_conversation(username: str = "bench", title: str = "bench"):
+    """A user (password bench-password-1) and a conversation of theirs."""
+    from django.contrib.auth import get_user_model
+
+    from chat.services import conversation_create
+
+    user = get_user_model().objects.create_user(username, password="bench-password-1")
+    return user, conversation_create(owner=user, title=title)
+
+
+def start_web(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """daphne on a free port, as the Procfile runs it; returns it and its base URL once it answers."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
+        cwd=ROOT,
+        env={"DATABASE_POOL_MAX_SIZE": "20", **env},
+        stdout=open(log, "ab"),  # noqa: SIM115 - lives as long as the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    for _ in range(300):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return web, f"http://127.0.0.1:{port}"
+        if web.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop(web)
+    raise SystemExit(f"the web server did not start:\n{log.read_text()[-3000:]}")

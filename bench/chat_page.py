@@ -38,7 +38,7 @@ def main() -> None:
     from generation.services import job_submit
 
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    client = Client()
+    client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     rows = {}
     for messages in (100, 1000):

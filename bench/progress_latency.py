@@ -12,7 +12,6 @@ thread and notes when each step callback began. Same machine, same wall clock.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import summary_ms, write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup, stop  # noqa: E402
+from bench._django import ROOT, bench_env, migrate, setup, start_web, stop, user_with_conversation  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 LISTEN = """
@@ -42,27 +41,14 @@ def measure(steps: int) -> dict:
     migrate(env)
     setup(env)
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright keeps a loop on this thread
-    from django.contrib.auth import get_user_model
     from playwright.sync_api import sync_playwright
 
-    from chat.services import conversation_create
     from generation.registry import get_generator
     from generation.services import job_submit
     from generation.worker import JobRunner
 
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    conversation = conversation_create(owner=user, title="latency")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    user, conversation = user_with_conversation(title="latency")
+    web, base = start_web(env, Path(env["DATA_DIR"]) / "web.log")
     callback_at: dict[int, float] = {}
 
     class Timed:
@@ -80,15 +66,14 @@ def measure(steps: int) -> dict:
             return self.inner.generate(request, timed)
 
     try:
-        time.sleep(2)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/login/")
+            page.goto(f"{base}/login/")
             page.fill("#id_username", "bench")
             page.fill("#id_password", "bench-password-1")
             page.click("button[type=submit]")
-            page.wait_for_url(f"http://127.0.0.1:{port}/")
+            page.wait_for_url(f"{base}/")
             page.evaluate(LISTEN)
             time.sleep(1)
             get_generator().pipeline("demo")  # warm

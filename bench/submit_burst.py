@@ -9,8 +9,6 @@ p95 latency. No worker runs, so the jobs stay queued.
 """
 
 import argparse
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import summary_ms, write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup, stop  # noqa: E402
+from bench._django import ROOT, bench_env, migrate, setup, start_web, stop  # noqa: E402
 
 USERS = 20
 
@@ -50,21 +48,8 @@ def main() -> None:
     users = [get_user_model().objects.create_user(f"user{n}", password="bench-password-1") for n in range(USERS)]
     chats = [conversation_create(owner=user, title="burst").pk for user in users]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    log = Path(env["DATA_DIR"]) / "web.log"
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
-        cwd=ROOT,
-        env={**env, "DATABASE_POOL_MAX_SIZE": str(args.pool)},  # as the Procfile's web process
-        stdout=open(log, "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    web, base = start_web({**env, "DATABASE_POOL_MAX_SIZE": str(args.pool)}, Path(env["DATA_DIR"]) / "web.log")
     try:
-        _wait_for(base)
         cookies = []
         for n in range(USERS):
             session = requests.Session()
@@ -122,18 +107,6 @@ def main() -> None:
     for key, value in result.items():
         print(f"{key:24} {value}")
     print(f"written to {write_result('submit_burst', result).relative_to(ROOT)}")
-
-
-def _wait_for(base: str) -> None:
-    import requests
-
-    for _ in range(200):
-        try:
-            requests.get(f"{base}/login/", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise SystemExit("the web server did not start")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup  # noqa: E402
+from bench._django import ROOT, bench_env, migrate, setup, user_with_conversation  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -43,15 +43,11 @@ def main() -> None:
     env = bench_env()
     migrate(env)
     setup(env)
-    from django.contrib.auth import get_user_model
-
-    from chat.services import conversation_create
     from generation.models import ImageJob
     from generation.services import job_submit
     from generation.worker import JobRunner
 
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    conversation = conversation_create(owner=user, title="memory")
+    user, conversation = user_with_conversation(title="memory")
     runner = JobRunner()
     samples: list[tuple[int, float]] = []
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup, start_cluster, stop  # noqa: E402
+from bench._django import ROOT, bench_env, migrate, setup, start_cluster, stop, user_with_conversation  # noqa: E402
 
 
 def main() -> None:
@@ -49,9 +49,6 @@ def main() -> None:
     env = bench_env(**overrides)
     migrate(env)
     setup(env)
-    from django.contrib.auth import get_user_model
-
-    from chat.services import conversation_create
     from generation.models import ImageJob
     from generation.pipeline import GenerationRequest
     from generation.registry import get_generator
@@ -69,8 +66,7 @@ def main() -> None:
     raw_seconds = time.perf_counter() - started
 
     # System: the same jobs through job_submit, the broker and a real gpu cluster.
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    conversation = conversation_create(owner=user, title="bench")
+    user, conversation = user_with_conversation(title="bench")
     log = Path(env["DATA_DIR"]) / "gpu.log"
     cluster = start_cluster(env, "gpu", log)
     try:
@@ -105,7 +101,8 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:24} {value}")
-    print(f"written to {write_result('worker_overhead', result).relative_to(ROOT)}")
+    name = "worker_overhead" + ("_sd15" if args.sd15_shaped else "") + ("_redis" if args.redis else "")
+    print(f"written to {write_result(name, result).relative_to(ROOT)}")
 
 
 def _wait(predicate, timeout: float, log: Path) -> None:

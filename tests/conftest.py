@@ -1,5 +1,6 @@
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from chat.services import conversation_create
 from generation import services
@@ -7,6 +8,23 @@ from generation.worker import JobRunner
 from tests.fakes import FakeClock
 
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The test databases, and on PostgreSQL no stray session left when they are dropped.
+
+    Threads that ran ORM code for async tests (asgiref's executors) keep their own
+    connections open until the process ends, which would stop the test database from
+    being dropped at the end of the run.
+    """
+    yield
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)
