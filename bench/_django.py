@@ -74,28 +74,11 @@ def user_with_conversation(username: str = "bench", title: str = "bench"):
     return user, conversation_create(owner=user, title=title)
 
 
-def start_web(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    """daphne on a free port, as the Procfile runs it; returns it and its base URL once it answers."""
-    import socket
-    import time
+def start_web(log: Path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """daphne on a free port against this benchmark's database, as the Procfile runs it
+    (the same launcher the tests use); returns it and its base URL once it answers."""
+    from django.conf import settings
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
-        cwd=ROOT,
-        env={"DATABASE_POOL_MAX_SIZE": "20", **env},
-        stdout=open(log, "ab"),  # noqa: SIM115 - lives as long as the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    for _ in range(300):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return web, f"http://127.0.0.1:{port}"
-        if web.poll() is not None:
-            break
-        time.sleep(0.2)
-    stop(web)
-    raise SystemExit(f"the web server did not start:\n{log.read_text()[-3000:]}")
+    from tests.helpers import start_web as launch
+
+    return launch(Path(settings.DATA_DIR), log, **extra)

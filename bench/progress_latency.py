@@ -3,7 +3,7 @@ WebSocket client (a real browser), on the embedded layer and on Redis, in one ru
 
 For each layer a child process starts daphne, logs a user into headless Chromium,
 which opens its own WebSocket to /ws/events/ and notes when each job.progress event
-arrives; the child runs a demo job through the worker's own path (JobRunner) in a
+arrives; the child runs a 512x512 demo job through the worker's own path (JobRunner) in a
 thread and notes when each step callback began. Same machine, same wall clock.
 
     .venv/bin/python bench/progress_latency.py [--steps 60]
@@ -48,7 +48,7 @@ def measure(steps: int) -> dict:
     from generation.worker import JobRunner
 
     user, conversation = user_with_conversation(title="latency")
-    web, base = start_web(env, Path(env["DATA_DIR"]) / "web.log")
+    web, base = start_web(Path(env["DATA_DIR"]) / "web.log")
     callback_at: dict[int, float] = {}
 
     class Timed:
@@ -79,7 +79,7 @@ def measure(steps: int) -> dict:
             get_generator().pipeline("demo")  # warm
 
             def work():
-                job_submit(user=user, conversation=conversation, prompt="latency", steps=steps, width=256, height=256)
+                job_submit(user=user, conversation=conversation, prompt="latency", steps=steps, width=512, height=512)
                 JobRunner(Timed(get_generator())).run_next()
 
             worker = threading.Thread(target=work)

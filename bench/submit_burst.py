@@ -48,7 +48,7 @@ def main() -> None:
     users = [get_user_model().objects.create_user(f"user{n}", password="bench-password-1") for n in range(USERS)]
     chats = [conversation_create(owner=user, title="burst").pk for user in users]
 
-    web, base = start_web({**env, "DATABASE_POOL_MAX_SIZE": str(args.pool)}, Path(env["DATA_DIR"]) / "web.log")
+    web, base = start_web(Path(env["DATA_DIR"]) / "web.log", DATABASE_POOL_MAX_SIZE=str(args.pool))
     try:
         cookies = []
         for n in range(USERS):

@@ -64,7 +64,7 @@ def start_web(data_dir: Path, log_path: Path, **extra: str) -> tuple[subprocess.
     web = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
         cwd=BASE_DIR,
-        env=worker_env(data_dir, **WEB_ENV, **extra),
+        env=worker_env(data_dir, **{**WEB_ENV, **extra}),
         stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
