@@ -82,10 +82,18 @@ def start_web(data_dir: Path, log_path: Path, **extra: str) -> tuple[subprocess.
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) -> None:
-    """Stop a process group started with start_new_session, children included."""
+    """Stop a process started with start_new_session, and its children.
+
+    SIGKILL goes to the whole group (the power going out); another signal only to the
+    main process, as scripts/qcluster.sh does: a django-q2 cluster whose processes all
+    get SIGTERM at once hangs instead of stopping.
+    """
     if process.poll() is None:
         try:
-            os.killpg(process.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
             process.wait(timeout=wait)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass

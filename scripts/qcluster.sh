@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run one django-q2 cluster (`gpu` or `maintenance`) as the Procfile does.
+#
+# A cluster stops cleanly when its main process gets SIGTERM, but hangs when the signal
+# reaches all of its processes at once, which is what process managers and a terminal's
+# Ctrl-C do. So the cluster runs in a session of its own, and this script passes
+# SIGTERM and SIGINT on to its main process only. A cluster still busy after
+# STOP_SECONDS, or a worker left busy with a job, is killed with all its processes:
+# nothing outlives this script, and the next start runs that job again.
+set -u
+cd "$(dirname "$0")/.."
+STOP_SECONDS="${STOP_SECONDS:-4}"
+Q_CLUSTER_NAME="$1" setsid .venv/bin/python manage.py qcluster &
+cluster=$!
+
+stop() {
+  kill -TERM "$cluster" 2>/dev/null
+  for _ in $(seq "$((STOP_SECONDS * 10))"); do
+    kill -0 "$cluster" 2>/dev/null || break
+    sleep 0.1
+  done
+  # Whatever is left (a worker still busy with a job) goes now.
+  kill -KILL -- "-$cluster" 2>/dev/null
+  return 0
+}
+trap stop TERM INT
+
+wait "$cluster"
+status=$?
+# A signal ends the first wait early; the second collects the cluster's exit.
+if kill -0 "$cluster" 2>/dev/null; then
+  wait "$cluster"
+  status=$?
+fi
+exit "$status"
