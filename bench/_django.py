@@ -27,6 +27,16 @@ def bench_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+def fresh_postgres(server: str, name: str) -> str:
+    """Drop and create database `name` on `server` (postgres://user@host:port); its URL."""
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"{server}/{name}"
+
+
 def migrate(env: dict[str, str]) -> None:
     manage = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
     subprocess.run(manage, cwd=ROOT, env=env, check=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup, user_with_conversation  # noqa: E402
+from bench._django import ROOT, bench_env, fresh_postgres, migrate, setup, user_with_conversation  # noqa: E402
 
 USERS = 20
 
@@ -32,12 +32,8 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = parser.parse_args()
 
-    import psycopg
-
-    with psycopg.connect(f"{args.postgres}/postgres", autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS imagegen_bench_broadcast")
-        admin.execute("CREATE DATABASE imagegen_bench_broadcast")
-    env = bench_env(DATABASE_URL=f"{args.postgres}/imagegen_bench_broadcast", REDIS_URL=args.redis, LOG_LEVEL="WARNING")
+    database = fresh_postgres(args.postgres, "imagegen_bench_broadcast")
+    env = bench_env(DATABASE_URL=database, REDIS_URL=args.redis, LOG_LEVEL="WARNING")
     migrate(env)
     setup(env)
     from asgiref.sync import async_to_sync

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import summary_ms, write_result  # noqa: E402
-from bench._django import ROOT, bench_env, migrate, setup, start_web, stop  # noqa: E402
+from bench._django import ROOT, bench_env, fresh_postgres, migrate, setup, start_web, stop  # noqa: E402
 
 USERS = 20
 
@@ -30,13 +30,10 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20, help="the web process's connection pool; 0 = none")
     args = parser.parse_args()
 
-    import psycopg
     import requests
 
-    with psycopg.connect(f"{args.postgres}/postgres", autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS imagegen_bench")
-        admin.execute("CREATE DATABASE imagegen_bench")
-    env = bench_env(DATABASE_URL=f"{args.postgres}/imagegen_bench", REDIS_URL=args.redis, LOG_LEVEL="WARNING")
+    database = fresh_postgres(args.postgres, "imagegen_bench")
+    env = bench_env(DATABASE_URL=database, REDIS_URL=args.redis, LOG_LEVEL="WARNING")
     migrate(env)
     setup(env)
     from django.contrib.auth import get_user_model
