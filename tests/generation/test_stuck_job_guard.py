@@ -93,6 +93,19 @@ def test_a_job_whose_worker_died_is_retried_in_its_place(settings, submit, fake_
     assert _status(behind) == "queued"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_owner_sees_a_requeued_job_back_in_the_queue_live(alice, settings, submit, fake_clock):
+    settings.IMAGEGEN_MAX_ATTEMPTS = 3
+    orphan = submit("orphan")
+    _claim(worker=f"{socket.gethostname()}:{_dead_pid()}", now=fake_clock.now())
+    layer, channel = listen(events.user_group(alice.pk))
+
+    services.jobs_expire_stuck(now=fake_clock.now())
+
+    queued = [event for event in drain(layer, channel) if event["type"] == "job.queued"]
+    assert [(event["job_id"], event["status"], event["position"]) for event in queued] == [(orphan.pk, "queued", 1)]
+
+
 def test_a_job_whose_worker_died_on_its_last_attempt_fails_clearly(settings, submit, fake_clock):
     settings.IMAGEGEN_MAX_ATTEMPTS = 1
     orphan = submit("orphan")
