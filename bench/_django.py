@@ -32,7 +32,7 @@ def fresh_postgres(server: str, name: str) -> str:
     import psycopg
 
     with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     return f"{server}/{name}"
 

@@ -68,21 +68,30 @@ class _SenderLoop:
     """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # Also in a forked child: the parent's loop thread does not exist there.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid: int | None = None
 
     def run(self, make: Callable[[], Awaitable[None]]) -> None:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():  # none yet, or a fork's copy
+            if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                self._pid = os.getpid()
                 threading.Thread(target=self._loop.run_forever, name="event-sender", daemon=True).start()
             loop = self._loop
-        asyncio.run_coroutine_threadsafe(make(), loop).result(timeout=SEND_TIMEOUT)
+        future = asyncio.run_coroutine_threadsafe(make(), loop)
+        try:
+            future.result(timeout=SEND_TIMEOUT)
+        except TimeoutError:
+            # Given up: cancelled, so a late send cannot overtake the next ones.
+            future.cancel()
+            raise
 
 
 _sender = _SenderLoop()
+os.register_at_fork(after_in_child=_sender.reset)
 
 
 def _send_many(messages: list[tuple[str, dict[str, Any]]]) -> None:

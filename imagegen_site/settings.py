@@ -7,6 +7,7 @@ the task broker to Redis.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -163,15 +164,17 @@ ASGI_APPLICATION = "imagegen_site.asgi.application"
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     # The web server runs each request's sync code on a thread of its own, so a burst of
     # requests would open a connection each, past PostgreSQL's max_connections. The web
-    # process (only: a pool must not cross the workers' fork) borrows from a pool instead;
-    # a request waits up to DATABASE_POOL_TIMEOUT seconds for a free connection.
+    # process borrows from a pool instead; a request waits up to DATABASE_POOL_TIMEOUT
+    # seconds for a free connection. Never in a django-q2 cluster: its workers are forked,
+    # and a pool's connections and threads must not cross a fork.
     DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
-    if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    in_cluster = sys.argv[1:2] == ["qcluster"]
+    if DATABASE_POOL_MAX_SIZE and not in_cluster and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": DATABASE_POOL_MAX_SIZE,

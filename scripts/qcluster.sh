@@ -9,7 +9,8 @@
 # nothing outlives this script, and the next start runs that job again.
 set -u
 cd "$(dirname "$0")/.."
-STOP_SECONDS="${STOP_SECONDS:-4}"
+# Under honcho's 5 s between SIGTERM and SIGKILL, which would leave a busy cluster behind.
+STOP_SECONDS="${STOP_SECONDS:-3}"
 Q_CLUSTER_NAME="$1" setsid .venv/bin/python manage.py qcluster &
 cluster=$!
 
@@ -24,6 +25,8 @@ stop() {
   return 0
 }
 trap stop TERM INT
+# If the cluster's main process ends by itself, its workers go with it.
+trap 'kill -KILL -- "-$cluster" 2>/dev/null' EXIT
 
 wait "$cluster"
 status=$?

@@ -100,12 +100,15 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) 
     # A cluster's workers may outlive their parent for a moment, holding database
     # connections; wait for the whole group, then kill what is left.
     deadline = time.monotonic() + wait
-    while _group_alive(process.pid) and time.monotonic() < deadline:
+    while process.poll() is None or _group_alive(process.pid):  # poll() reaps the main process
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
         time.sleep(0.05)
-    if _group_alive(process.pid):
-        os.killpg(process.pid, signal.SIGKILL)
-    if process.poll() is None:
-        process.wait(timeout=10)
+    process.wait(timeout=10)
 
 
 def _group_alive(pgid: int) -> bool:

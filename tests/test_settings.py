@@ -40,10 +40,18 @@ def test_the_web_process_pools_postgresql_connections_and_the_workers_do_not():
     pooled = _settings_in_child({**postgres, "DATABASE_POOL_MAX_SIZE": "20"}, "s.DATABASES['default']['OPTIONS']")
     assert pooled.stdout.strip() == "{'pool': {'min_size': 1, 'max_size': 20, 'timeout': 30.0}}"
     assert "pool" not in _settings_in_child(postgres, "s.DATABASES['default'].get('OPTIONS', {})").stdout
-    # The Procfile sets the pool for the web process only: a pool must not cross a fork.
     procfile = {line.split(":")[0]: line for line in (BASE_DIR / "Procfile").read_text().splitlines()}
     assert "DATABASE_POOL_MAX_SIZE" in procfile["web"]
-    assert "DATABASE_POOL_MAX_SIZE" not in procfile["gpu"] + procfile["maintenance"]
+    # A cluster forks its workers, and a pool must not cross a fork: even given the
+    # variable (from .env, say), `manage.py qcluster` does not pool.
+    code = (
+        "import sys; sys.argv = ['manage.py', 'qcluster']; import imagegen_site.settings as s;"
+        " print(s.DATABASES['default'].get('OPTIONS', {}))"
+    )
+    env = {"PATH": "/usr/bin:/bin", **postgres, "DATABASE_POOL_MAX_SIZE": "20"}
+    cluster = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True)
+    assert cluster.returncode == 0, cluster.stderr
+    assert "pool" not in cluster.stdout
 
 
 def test_the_embedded_defaults_need_no_services():

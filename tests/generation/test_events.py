@@ -102,3 +102,31 @@ def test_one_failed_push_in_a_broadcast_does_not_stop_the_others(monkeypatch):
     events.send_to_users([(7, "job.position", position), (8, "job.position", position)])
     assert failed == ["user.7"]
     assert [e["type"] for e in _drain(layer, channel)] == ["job.position"]
+
+
+def test_a_send_that_times_out_is_cancelled_so_it_cannot_arrive_late(monkeypatch):
+    import asyncio
+    import threading
+
+    monkeypatch.setattr(events, "SEND_TIMEOUT", 0.1)
+    cancelled = threading.Event()
+
+    async def slow_layer():
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sender = events._SenderLoop()
+    with pytest.raises(TimeoutError):
+        sender.run(slow_layer)
+    assert cancelled.wait(2), "the late send is still running"
+
+    arrived = []
+
+    async def quick():
+        arrived.append("next")
+
+    sender.run(quick)
+    assert arrived == ["next"]
