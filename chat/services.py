@@ -1,11 +1,12 @@
 """Writes for conversations and messages."""
 
 import json
+import re
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -37,26 +38,108 @@ def _check_metadata(metadata: Any) -> None:
         raise ValidationError({"metadata": f"Metadata must be JSON-serialisable: {exc}"}) from None
 
 
-def message_update(message_id: int, *, content: str | None = None, metadata: dict | None = None) -> Message:
+_SCALARS = (str, int, float, bool, type(None))
+_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _is_flat(metadata: dict[str, Any]) -> bool:
+    return all(isinstance(value, _SCALARS) for value in metadata.values())
+
+
+def _merge_flat_sql(column: str, *, vendor: str, keys: list[str]) -> str:
+    """SQL that sets top-level `keys` of a JSON column from a JSON object parameter.
+
+    For scalar values a top-level set is exactly the deep merge. The statement is
+    one UPDATE, which locks the row itself, so it needs no separate locked read.
+    """
+    if vendor == "postgresql":
+        return f"{column} || %s::jsonb"
+    paths = ", ".join(f"'$.\"{key}\"', json(%s -> '$.\"{key}\"')" for key in keys)
+    return f"json_set({column}, {paths})"
+
+
+def message_update(message_id: int, *, content: str | None = None, metadata: dict | None = None) -> None:
     """Deep-merge `metadata` into a message and optionally replace its content.
 
-    The row is locked for the read-modify-write, so concurrent updates from the web
-    process and the workers never lose each other's keys. On SQLite the IMMEDIATE
-    transaction mode takes the database write lock at BEGIN, which does the same.
+    Nested dicts merge, other values replace, keys the update does not name stay.
+    An update of scalar values only (progress, status, positions: nearly all of
+    them) is one UPDATE statement that merges in the database under the row lock
+    it takes; anything nested is merged in Python under `select_for_update`. Either
+    way concurrent updates from the web process and the workers never lose each
+    other's keys. On SQLite the IMMEDIATE transaction mode takes the database write
+    lock at BEGIN, which does the same.
     """
     if metadata is not None:
         _check_metadata(metadata)
+    now = timezone.now()
+    if metadata and _is_flat(metadata) and all(_KEY.fullmatch(key) for key in metadata):
+        _message_merge_flat(message_id, content=content, metadata=metadata, now=now)
+        return
     with transaction.atomic():
         message = Message.objects.select_for_update().get(pk=message_id)
-        changes: dict[str, Any] = {"updated_at": timezone.now()}
+        changes: dict[str, Any] = {"updated_at": now}
         if metadata:
             changes["metadata"] = deep_merge(message.metadata or {}, metadata)
         if content is not None:
             changes["content"] = content
         Message.objects.filter(pk=message_id).update(**changes)
-        for field, value in changes.items():
-            setattr(message, field, value)
-    return message
+
+
+def _message_merge_flat(message_id: int, *, content: str | None, metadata: dict[str, Any], now) -> None:
+    keys = list(metadata)
+    patch = json.dumps(metadata, allow_nan=False)
+    merge = _merge_flat_sql("metadata", vendor=connection.vendor, keys=keys)
+    params: list[Any] = [patch] if connection.vendor == "postgresql" else [patch] * len(keys)
+    sets = [f"metadata = {merge}", "updated_at = %s"]
+    params.append(connection.ops.adapt_datetimefield_value(now))
+    if content is not None:
+        sets.append("content = %s")
+        params.append(content)
+    table = Message._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE id = %s", [*params, message_id])
+        if cursor.rowcount == 0:
+            raise Message.DoesNotExist(f"No message {message_id}")
+
+
+def message_update_many(*, updates: dict[int, dict[str, Any]], only_if: dict[str, str]) -> int:
+    """Merge flat metadata into many messages in one statement; returns how many changed.
+
+    Every update names the same keys with scalar values. A message changes only when
+    its metadata holds `only_if` (checked on the row as it is locked, so a message
+    that moved on meanwhile is left alone) and the update would change something.
+    """
+    if not updates:
+        return 0
+    keys = sorted(next(iter(updates.values())))
+    for metadata in updates.values():
+        _check_metadata(metadata)
+        if sorted(metadata) != keys or not _is_flat(metadata):
+            raise ValidationError({"metadata": "Bulk updates name the same scalar keys for every message."})
+    if not all(_KEY.fullmatch(key) for key in [*keys, *only_if]):
+        raise ValidationError({"metadata": "Bulk updates take plain key names."})
+    table = Message._meta.db_table
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    payload = json.dumps({str(pk): metadata for pk, metadata in updates.items()}, allow_nan=False)
+    if connection.vendor == "postgresql":
+        sql = (
+            f"UPDATE {table} AS m SET metadata = m.metadata || v.value, updated_at = %s"
+            " FROM jsonb_each(%s::jsonb) AS v"
+            " WHERE m.id = v.key::bigint AND m.metadata @> %s::jsonb AND NOT m.metadata @> v.value"
+        )
+        params = [now, payload, json.dumps(only_if)]
+    else:
+        merge = _merge_flat_sql("metadata", vendor="sqlite", keys=keys).replace("%s", "v.value")
+        guards = " AND ".join(f"json_extract(metadata, '$.{key}') = %s" for key in only_if)
+        changed = " OR ".join(f"(metadata -> '$.{key}') IS NOT (v.value -> '$.{key}')" for key in keys)
+        sql = (
+            f"UPDATE {table} SET metadata = {merge}, updated_at = %s"
+            f" FROM json_each(%s) AS v WHERE {table}.id = CAST(v.key AS INTEGER) AND {guards} AND ({changed})"
+        )
+        params = [now, payload, *only_if.values()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def conversation_create(*, owner: AbstractBaseUser, title: str = "") -> Conversation:

@@ -51,9 +51,11 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_snapshot(self):
         user = self.scope["user"]
+        # The version is read first: the positions read after it are at least as new.
+        version = await sync_to_async(selectors.queue_version)()
         jobs = await sync_to_async(selectors.user_active_jobs)(user=user)
         service = await sync_to_async(selectors.service_status)()
-        await self.send_json(events.build_event("snapshot", jobs=jobs, service=service))
+        await self.send_json(events.build_event("snapshot", jobs=jobs, service=service, version=version))
 
     async def event_forward(self, message):
         await self.send_json(message["event"])

@@ -23,15 +23,17 @@ logger = logging.getLogger(__name__)
 
 # type -> the fields every event of that type carries (besides `type`).
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "job.queued": ("job_id", "message_id", "conversation_id", "status", "position"),
-    "job.position": ("job_id", "position", "estimated_start_seconds", "estimated_seconds"),
+    "job.queued": ("job_id", "message_id", "conversation_id", "status"),
+    # One per user with queued jobs, all of them: {job_id, position, estimated_start_seconds,
+    # estimated_seconds} each. A page ignores one older than the last version it applied.
+    "queue.positions": ("version", "jobs"),
     "job.progress": ("job_id", "status", "step", "total", "progress"),
     "job.preview": ("job_id", "step", "image"),
     "job.complete": ("job_id", "status", "image_url"),
     "job.error": ("job_id", "status", "error"),
     "job.cancelled": ("job_id", "status"),
     "service.status": ("state", "message"),
-    "snapshot": ("jobs", "service"),
+    "snapshot": ("jobs", "service", "version"),
     "error": ("message",),
 }
 
@@ -120,15 +122,15 @@ def _send_many(messages: list[tuple[str, dict[str, Any]]]) -> None:
 
 def send_to_user(user_id: int, event_type: str, **fields: Any) -> None:
     event = build_event(event_type, **fields)
-    transaction.on_commit(lambda: _send_many([(user_group(user_id), event)]))
+    transaction.on_commit(lambda: _send_many([(user_group(user_id), event)]), robust=True)
 
 
 def send_to_users(events: list[tuple[int, str, dict[str, Any]]]) -> None:
     """Several (user id, type, fields) events, sent together after commit (a broadcast)."""
     messages = [(user_group(user_id), build_event(event_type, **fields)) for user_id, event_type, fields in events]
-    transaction.on_commit(lambda: _send_many(messages))
+    transaction.on_commit(lambda: _send_many(messages), robust=True)
 
 
 def send_to_all(event_type: str, **fields: Any) -> None:
     event = build_event(event_type, **fields)
-    transaction.on_commit(lambda: _send_many([(SERVICE_GROUP, event)]))
+    transaction.on_commit(lambda: _send_many([(SERVICE_GROUP, event)]), robust=True)

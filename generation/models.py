@@ -15,6 +15,23 @@ class QueueTicket(models.Model):
         return f"Ticket {self.pk}"
 
 
+class QueueBroadcast(models.Model):
+    """The one row that coalesces queue broadcasts (see generation.broadcasts).
+
+    `requested_at` is set by the first queue change after a broadcast and cleared by
+    the broadcast that serves it; `version` numbers broadcasts, so a page can ignore
+    one that arrives after a newer one.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    version = models.BigIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Queue broadcast {self.version}"
+
+
 class ImageJob(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

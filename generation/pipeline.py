@@ -418,10 +418,10 @@ def infotext(request: GenerationRequest) -> str:
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, fp: IO[bytes], *, parameters: str) -> None:
+def save_png(image: Image.Image, fp: IO[bytes], *, parameters: str, compress_level: int = 6) -> None:
     info = PngInfo()
     info.add_text("parameters", parameters)
-    image.save(fp, format="PNG", pnginfo=info)
+    image.save(fp, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 def latents_preview(latents: torch.Tensor, *, max_size: int = 128) -> Image.Image:

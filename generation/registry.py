@@ -3,6 +3,7 @@
 from functools import cache
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from generation.pipeline import Generator, ModelRegistry
 
@@ -15,4 +16,5 @@ def get_registry() -> ModelRegistry:
 @cache
 def get_generator() -> Generator:
     # One per worker process: the pipeline stays loaded between jobs.
-    return Generator(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)
+    cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else Generator
+    return cls(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)

@@ -11,7 +11,7 @@ from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
 
-from generation.models import CircuitBreaker, ImageJob
+from generation.models import CircuitBreaker, ImageJob, QueueBroadcast
 
 Status = ImageJob.Status
 
@@ -34,6 +34,11 @@ def queue_position(*, job: ImageJob) -> int | None:
     if job.status != Status.QUEUED:
         return None
     return ImageJob.objects.filter(status=Status.QUEUED, sequence__lt=job.sequence).count() + 1
+
+
+def queue_version() -> int:
+    """The version of the latest queue broadcast; positions read after it are at least as new."""
+    return QueueBroadcast.objects.filter(pk=1).values_list("version", flat=True).first() or 0
 
 
 def queue_positions() -> dict[int, int]:
@@ -95,7 +100,7 @@ def queue_eta() -> list[dict]:
         ImageJob.objects.filter(status=Status.QUEUED)
         .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
         .order_by("sequence")
-        .values("pk", "owner_id", "message_id", "position", "message__metadata", *fields)
+        .values("pk", "owner_id", "message_id", "position", *fields)
     )
     entries = []
     for row in rows:
@@ -105,7 +110,6 @@ def queue_eta() -> list[dict]:
                 "job_id": row["pk"],
                 "owner_id": row["owner_id"],
                 "message_id": row["message_id"],
-                "metadata": row["message__metadata"],
                 "position": row["position"],
                 "estimated_start_seconds": round(ahead),
                 "estimated_seconds": round(ahead + own),

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.services import message_post, message_update
-from generation import events, selectors
+from generation import broadcasts, events, selectors
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 Status = ImageJob.Status
 BREAKER_NAME = "generation"
-QUEUE_LOCK_KEY = 7_301_001  # pg_advisory_xact_lock key for queue broadcasts
 
 READY_TEXT = "Your image is ready."
 QUEUED_TEXT = "Your image is queued."
@@ -45,12 +44,12 @@ class JobError(Exception):
     """A request about a job that cannot be carried out (wrong state, limits)."""
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
 def ring_worker() -> None:
-    """Tell the GPU cluster there is work. The job table, not the message, is the queue."""
+    """Tell the GPU cluster there is work. The job table, not the message, is the queue.
+
+    After a commit it runs as a robust hook: a lost doorbell is rung again by the
+    stuck-job guard, and must never fail the change that rang it.
+    """
     from django_q.tasks import async_task
 
     async_task("generation.tasks.process_next_job", cluster="gpu", task_name="process next image job")
@@ -75,11 +74,13 @@ def _transition(
         return None
     job = ImageJob.objects.get(pk=job_id)
     message_update(job.message_id, content=content, metadata={"status": to, **(metadata or {})})
-    _queue_changed()
+    if Status.QUEUED in expected or to == Status.QUEUED:
+        _queue_changed()
     return job
 
 
-def _announce_queued(job: ImageJob, *, position: int | None = None) -> None:
+def _announce_queued(job: ImageJob) -> None:
+    # Its position follows in the next coalesced queue broadcast.
     events.send_to_user(
         job.owner_id,
         "job.queued",
@@ -87,40 +88,12 @@ def _announce_queued(job: ImageJob, *, position: int | None = None) -> None:
         message_id=job.message_id,
         conversation_id=job.conversation_id,
         status=job.status,
-        position=position if position is not None else selectors.queue_position(job=job),
     )
 
 
 def _queue_changed() -> None:
-    transaction.on_commit(queue_broadcast)
-
-
-def queue_broadcast() -> None:
-    """Send every user with a queued job fresh positions and ETAs, and refresh the copies.
-
-    Positions are derived from the job table, never stored as the truth; the copy
-    in each message's metadata is refreshed only so a reload shows the right number.
-    Runs after the change commits. Broadcasts are serialised (IMMEDIATE on SQLite,
-    an advisory lock on PostgreSQL) so an older one cannot overwrite a newer one.
-    """
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [QUEUE_LOCK_KEY])
-        updates = []
-        for entry in selectors.queue_eta():
-            fresh = {"queue_position": entry["position"], "estimated_seconds": entry["estimated_seconds"]}
-            known = entry["metadata"] or {}
-            if any(known.get(key) != value for key, value in fresh.items()):
-                message_update(entry["message_id"], metadata=fresh)
-            fields = {
-                "job_id": entry["job_id"],
-                "position": entry["position"],
-                "estimated_start_seconds": entry["estimated_start_seconds"],
-                "estimated_seconds": entry["estimated_seconds"],
-            }
-            updates.append((entry["owner_id"], "job.position", fields))
-        events.send_to_users(updates)
+    """Ask for a queue broadcast once the change commits; constant work, never fatal."""
+    transaction.on_commit(broadcasts.queue_broadcast_request, robust=True)
 
 
 # --- Submit ------------------------------------------------------------------------
@@ -174,11 +147,11 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
             sequence=QueueTicket.objects.create().pk,
             **job_params,
         )
-        position = selectors.queue_position(job=job)
-        job.message = message_update(assistant.pk, metadata={"job_id": job.pk, "queue_position": position})
-        _announce_queued(job, position=position)
+        message_update(assistant.pk, metadata={"job_id": job.pk})
+        assistant.metadata["job_id"] = job.pk
+        _announce_queued(job)
         _queue_changed()
-        transaction.on_commit(ring_worker)
+        transaction.on_commit(ring_worker, robust=True)
     return job
 
 
@@ -197,9 +170,13 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
     """
     now = now or timezone.now()
     with transaction.atomic():
-        breaker = _breaker_locked()
-        if not _breaker_admits(breaker, now):
-            return None
+        # A closed breaker is only read: locking its row on every claim would make
+        # every worker queue behind it. Only an open one is locked, to pick one trial.
+        breaker = CircuitBreaker.objects.filter(name=BREAKER_NAME).first()
+        if breaker is not None and breaker.state != CircuitBreaker.State.CLOSED:
+            breaker = _breaker_locked()
+            if not _breaker_admits(breaker, now):
+                return None
         runnable = ImageJob.objects.filter(status=Status.QUEUED).filter(
             Q(not_before__isnull=True) | Q(not_before__lte=now)
         )
@@ -223,7 +200,7 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
             )
             if job is None:
                 continue
-            if breaker.state == CircuitBreaker.State.OPEN:
+            if breaker is not None and breaker.state == CircuitBreaker.State.OPEN:
                 _breaker_set(breaker, state=CircuitBreaker.State.HALF_OPEN)
             events.send_to_user(
                 job.owner_id, "job.progress", job_id=job.pk, status=job.status, step=0, total=job.steps, progress=0
@@ -232,28 +209,49 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
     return None
 
 
-def job_progress(*, job_id: int, step: int, total: int, persist: bool, now: datetime | None = None) -> bool:
+def job_progress(
+    *, job: ImageJob, step: int, total: int, persist: bool, push: bool = True, now: datetime | None = None
+) -> bool:
     """Record progress; returns False when the job is no longer processing (cancelled).
 
     With `persist` the row and the message are written (every 10 % and as a
-    heartbeat); otherwise only the live event goes out.
+    heartbeat); with `push` the live event goes out. The status check is the
+    worker's way of noticing a cancel, so it runs either way.
     """
     progress = min(100, int(step * 100 / max(total, 1)))
-    with transaction.atomic():
-        if persist:
-            now = now or timezone.now()
-            job = ImageJob.objects.filter(pk=job_id, status=Status.PROCESSING)
-            if not job.update(progress=progress, heartbeat_at=now):
+    processing = ImageJob.objects.filter(pk=job.pk, status=Status.PROCESSING)
+    if persist:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Progress is re-derived by the next write; losing the last one in a
+                # crash costs nothing, so its commit need not wait for the disk.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            if not processing.update(progress=progress, heartbeat_at=now or timezone.now()):
                 return False
-            owner_id, message_id = job.values_list("owner_id", "message_id").get()
-            message_update(message_id, metadata={"progress": progress})
-        else:
-            row = ImageJob.objects.filter(pk=job_id, status=Status.PROCESSING).values_list("owner_id").first()
-            if row is None:
-                return False
-            owner_id = row[0]
+            message_update(job.message_id, metadata={"progress": progress})
+            if push:
+                events.send_to_user(
+                    job.owner_id,
+                    "job.progress",
+                    job_id=job.pk,
+                    status=Status.PROCESSING,
+                    step=step,
+                    total=total,
+                    progress=progress,
+                )
+        return True
+    if not processing.exists():
+        return False
+    if push:
         events.send_to_user(
-            owner_id, "job.progress", job_id=job_id, status=Status.PROCESSING, step=step, total=total, progress=progress
+            job.owner_id,
+            "job.progress",
+            job_id=job.pk,
+            status=Status.PROCESSING,
+            step=step,
+            total=total,
+            progress=progress,
         )
     return True
 
@@ -380,7 +378,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
                 f"Only failed or cancelled jobs can be retried; this one is {job.get_status_display().lower()}."
             )
         _announce_queued(retried)
-        transaction.on_commit(ring_worker)
+        transaction.on_commit(ring_worker, robust=True)
     return retried
 
 
@@ -428,7 +426,7 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
         )
         if job is not None:
             _announce_queued(job)
-            transaction.on_commit(ring_worker)
+            transaction.on_commit(ring_worker, robust=True)
     return job
 
 
@@ -475,6 +473,8 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
         # The doorbell may have been lost, or the worker was down: ring again. A
         # spare doorbell finds nothing to do.
         ring_worker()
+    if waiting:
+        broadcasts.queue_broadcast_request(now=now)
     return {"expired": expired, **orphans, "rang": idle and waiting}
 
 
@@ -506,6 +506,9 @@ def _breaker_set(breaker: CircuitBreaker, **changes: Any) -> None:
 
 
 def breaker_record_success() -> None:
+    state = CircuitBreaker.objects.filter(name=BREAKER_NAME).values_list("state", "failures").first()
+    if state is None or state == (CircuitBreaker.State.CLOSED, 0):
+        return  # the usual case: nothing to change, so no lock to take
     with transaction.atomic():
         breaker = _breaker_locked()
         if breaker.state != CircuitBreaker.State.CLOSED or breaker.failures:

@@ -1,19 +1,31 @@
 """django-q2 task entry points. They take ids (or nothing), never objects."""
 
+from django.conf import settings
+
+from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 from generation.services import jobs_expire_stuck, ring_worker
 from generation.worker import JobRunner
 
 
-def process_next_job() -> int | None:
-    """A doorbell: run the oldest runnable job, if any. Returns its id."""
+def process_next_job() -> list[int]:
+    """A doorbell: run queued jobs back to back, for up to IMAGEGEN_DRAIN_SECONDS.
+
+    Draining in one task keeps the broker out of the gap between two jobs; the
+    budget keeps the task under its hard timeout. Returns the ids of the jobs run.
+    """
     runner = JobRunner()
-    job = runner.run_next()
-    if (job is not None or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
+    ran = runner.run_queue(budget=settings.IMAGEGEN_DRAIN_SECONDS)
+    if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         # Keep the queue moving even if a doorbell was lost, or the device was busy
         # this time; a spare doorbell finds nothing and stops.
         ring_worker()
-    return job.pk if job is not None else None
+    return ran
+
+
+def broadcast_queue() -> int:
+    """The maintenance cluster's coalesced queue broadcast; returns its version."""
+    return queue_broadcast_run()
 
 
 def expire_stuck_jobs() -> dict:

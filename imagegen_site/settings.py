@@ -275,11 +275,23 @@ IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, min
 # At most this many prompts per user per minute.
 IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 
+# The GPU worker runs queued jobs back to back in one task for up to this long, so no
+# broker round trip sits between two jobs; then it rings itself and starts afresh.
+IMAGEGEN_DRAIN_SECONDS = env_float("IMAGEGEN_DRAIN_SECONDS", 60.0, minimum=0)
+# Queue broadcasts (positions and ETAs of waiting jobs) are at least this far apart.
+IMAGEGEN_BROADCAST_INTERVAL_SECONDS = env_float("IMAGEGEN_BROADCAST_INTERVAL_SECONDS", 0.25, minimum=0)
+# What makes the images: empty for the diffusers pipeline, or the dotted path of a
+# class with the same interface (the benchmarks' zero-cost generator, test doubles).
+IMAGEGEN_GENERATOR = env_str("IMAGEGEN_GENERATOR", "")
+
 # A hard timeout above our own soft one (a task may also wait out the breaker's
-# cool-down), and a broker retry well above the longest task, so django-q2 never
+# cool-down, and drains the queue for up to IMAGEGEN_DRAIN_SECONDS before its last
+# job), and a broker retry well above the longest task, so django-q2 never
 # re-delivers a task that is still running.
 IMAGEGEN_HARD_TIMEOUT_SECONDS = env_int(
-    "IMAGEGEN_HARD_TIMEOUT_SECONDS", IMAGEGEN_TIMEOUT_SECONDS + int(IMAGEGEN_BREAKER_COOLDOWN_SECONDS) + 120, minimum=1
+    "IMAGEGEN_HARD_TIMEOUT_SECONDS",
+    IMAGEGEN_TIMEOUT_SECONDS + int(IMAGEGEN_BREAKER_COOLDOWN_SECONDS) + int(IMAGEGEN_DRAIN_SECONDS) + 120,
+    minimum=1,
 )
 _HARD_TIMEOUT = IMAGEGEN_HARD_TIMEOUT_SECONDS
 

@@ -36,6 +36,8 @@ def _isolated(settings, tmp_path, request):
     """
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.IMAGEGEN_LOCK_DIR = tmp_path / "locks"
+    # Queue broadcasts run inline where tasks do (sync_q): no pause between them.
+    settings.IMAGEGEN_BROADCAST_INTERVAL_SECONDS = 0
     if not request.node.get_closest_marker("configured_layer"):
         settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 

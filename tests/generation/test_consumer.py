@@ -7,6 +7,7 @@ from django.test import Client
 
 from chat.services import conversation_create
 from generation import services
+from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 from imagegen_site.asgi import application
 from tests.conftest import make_user
@@ -128,19 +129,21 @@ async def test_positions_move_up_live_when_the_queue_advances(runner_for):
 
     runner = runner_for(FakeGenerator())
     assert await sync_to_async(runner.run_next)() == first
+    first_version = await sync_to_async(queue_broadcast_run)()
 
-    def moved(event):
-        return event["type"] == "job.position" and event["job_id"] == a2.pk and event["position"] == 2
-
-    seen = await _events_until(alice_ws, moved)
-    positions = {e["job_id"]: e["position"] for e in seen if e["type"] == "job.position"}
-    assert positions == {a1.pk: 1, a2.pk: 2}
+    seen = await _events_until(alice_ws, lambda e: e["type"] == "queue.positions")
+    (broadcast,) = [e for e in seen if e["type"] == "queue.positions"]
+    assert broadcast["version"] == first_version
+    assert [(job["job_id"], job["position"]) for job in broadcast["jobs"]] == [(a1.pk, 1), (a2.pk, 2)]
     assert not any(e.get("job_id") == first.pk for e in seen), "bob's job is not alice's business"
 
     assert await sync_to_async(runner.run_next)() == a1
     seen = await _events_until(alice_ws, lambda e: e["type"] == "job.complete" and e["job_id"] == a1.pk)
     assert {"job.progress"} <= {e["type"] for e in seen}
-    assert [e["position"] for e in seen if e["type"] == "job.position" and e["job_id"] == a2.pk][-1] == 1
+    second_version = await sync_to_async(queue_broadcast_run)()
+    seen = await _events_until(alice_ws, lambda e: e["type"] == "queue.positions")
+    assert seen[-1]["version"] > first_version and seen[-1]["version"] == second_version
+    assert [(job["job_id"], job["position"]) for job in seen[-1]["jobs"]] == [(a2.pk, 1)]
     metadata = (await ImageJob.objects.select_related("message").aget(pk=a2.pk)).message.metadata
     assert metadata["queue_position"] == 1, "a reload shows the fresh position too"
     await alice_ws.disconnect()

@@ -8,15 +8,17 @@ from tests.helpers import drain as _drain
 from tests.helpers import listen as _listen
 
 SAMPLES = {
-    "job.queued": dict(job_id=1, message_id=2, conversation_id=3, status="queued", position=4),
-    "job.position": dict(job_id=1, position=2, estimated_start_seconds=30, estimated_seconds=45),
+    "job.queued": dict(job_id=1, message_id=2, conversation_id=3, status="queued"),
+    "queue.positions": dict(
+        version=3, jobs=[{"job_id": 1, "position": 2, "estimated_start_seconds": 30, "estimated_seconds": 45}]
+    ),
     "job.progress": dict(job_id=1, status="processing", step=5, total=20, progress=25),
     "job.preview": dict(job_id=1, step=5, image="data:image/jpeg;base64,AAAA"),
     "job.complete": dict(job_id=1, status="complete", image_url="/jobs/1/image.png"),
     "job.error": dict(job_id=1, status="error", error="Image generation timed out after 180 s. Please try again."),
     "job.cancelled": dict(job_id=1, status="cancelled"),
     "service.status": dict(state="open", message="Image generation is paused."),
-    "snapshot": dict(jobs=[{"job_id": 1, "position": 1}], service={"state": "closed", "message": ""}),
+    "snapshot": dict(jobs=[{"job_id": 1, "position": 1}], service={"state": "closed", "message": ""}, version=3),
     "error": dict(message="Messages must be small JSON text."),
 }
 
@@ -71,18 +73,17 @@ def test_a_rolled_back_transaction_sends_nothing():
 @pytest.mark.django_db(transaction=True)
 def test_a_broadcast_reaches_each_user_in_order_after_commit_and_only_theirs():
     seven, eight = _listen(events.user_group(7)), _listen(events.user_group(8))
-    position = SAMPLES["job.position"]
     with transaction.atomic():
         events.send_to_users(
             [
-                (7, "job.position", {**position, "job_id": 1, "position": 1}),
-                (8, "job.position", {**position, "job_id": 2, "position": 2}),
-                (7, "job.position", {**position, "job_id": 3, "position": 3}),
+                (7, "queue.positions", {"version": 1, "jobs": [{"job_id": 1}]}),
+                (8, "queue.positions", {"version": 1, "jobs": [{"job_id": 2}]}),
+                (7, "queue.positions", {"version": 2, "jobs": [{"job_id": 3}]}),
             ]
         )
         assert _drain(*seven) == []
-    assert [(e["job_id"], e["position"]) for e in _drain(*seven)] == [(1, 1), (3, 3)]
-    assert [(e["job_id"], e["position"]) for e in _drain(*eight)] == [(2, 2)]
+    assert [(e["version"], e["jobs"][0]["job_id"]) for e in _drain(*seven)] == [(1, 1), (2, 3)]
+    assert [(e["version"], e["jobs"][0]["job_id"]) for e in _drain(*eight)] == [(1, 2)]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -98,10 +99,10 @@ def test_one_failed_push_in_a_broadcast_does_not_stop_the_others(monkeypatch):
         await real_send(group, message)
 
     monkeypatch.setattr(layer, "group_send", flaky)
-    position = SAMPLES["job.position"]
-    events.send_to_users([(7, "job.position", position), (8, "job.position", position)])
+    positions = SAMPLES["queue.positions"]
+    events.send_to_users([(7, "queue.positions", positions), (8, "queue.positions", positions)])
     assert failed == ["user.7"]
-    assert [e["type"] for e in _drain(layer, channel)] == ["job.position"]
+    assert [e["type"] for e in _drain(layer, channel)] == ["queue.positions"]
 
 
 def test_a_send_that_times_out_is_cancelled_so_it_cannot_arrive_late(monkeypatch):

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from chat.models import Message
 from generation import selectors, services
+from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
@@ -54,7 +55,7 @@ def test_the_running_job_delays_the_queue_by_what_is_left_of_it(settings, submit
 def test_a_broadcast_refreshes_the_position_copies_in_metadata(submit, runner_for):
     first, second, third = submit("1"), submit("2"), submit("3")
     runner_for(FakeGenerator()).run_next()  # the first leaves the queue
-    services.queue_broadcast()
+    queue_broadcast_run()
     metadata = {m.pk: m.metadata for m in Message.objects.filter(pk__in=[second.message_id, third.message_id])}
     assert metadata[second.message_id]["queue_position"] == 1
     assert metadata[third.message_id]["queue_position"] == 2
@@ -96,7 +97,9 @@ def test_concurrent_submissions_get_unique_consecutive_positions(settings):
     assert len({job.sequence for job in jobs}) == SUBMITTERS
     derived = selectors.queue_positions()
     assert [derived[job.pk] for job in jobs] == list(range(1, SUBMITTERS + 1))
-    # After every submission's broadcast, the copies a reload shows agree.
+    # After the coalesced broadcast, the copies a reload shows agree.
+    queue_broadcast_run()
+    jobs = list(ImageJob.objects.select_related("message").order_by("sequence"))
     assert [job.message.metadata["queue_position"] for job in jobs] == list(range(1, SUBMITTERS + 1))
 
 

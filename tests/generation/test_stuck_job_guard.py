@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from chat.models import Message
 from generation import events, services
+from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
 from tests.helpers import drain, listen
@@ -56,7 +57,7 @@ def test_a_long_job_with_a_fresh_heartbeat_is_left_alone(submit, fake_clock):
     submit("a long one", steps=100)
     start = fake_clock.now()
     job = _claim(worker=ELSEWHERE, now=start)
-    services.job_progress(job_id=job.pk, step=90, total=100, persist=True, now=start + timedelta(minutes=19))
+    services.job_progress(job=job, step=90, total=100, persist=True, now=start + timedelta(minutes=19))
 
     services.jobs_expire_stuck(now=start + timedelta(minutes=20))
 
@@ -102,8 +103,13 @@ def test_the_owner_sees_a_requeued_job_back_in_the_queue_live(alice, settings, s
 
     services.jobs_expire_stuck(now=fake_clock.now())
 
-    queued = [event for event in drain(layer, channel) if event["type"] == "job.queued"]
-    assert [(event["job_id"], event["status"], event["position"]) for event in queued] == [(orphan.pk, "queued", 1)]
+    queue_broadcast_run()  # what the maintenance cluster runs when asked
+
+    received = drain(layer, channel)
+    queued = [event for event in received if event["type"] == "job.queued"]
+    assert [(event["job_id"], event["status"]) for event in queued] == [(orphan.pk, "queued")]
+    (positions,) = [event for event in received if event["type"] == "queue.positions"]
+    assert [(job["job_id"], job["position"]) for job in positions["jobs"]] == [(orphan.pk, 1)]
 
 
 def test_a_job_whose_worker_died_on_its_last_attempt_fails_clearly(settings, submit, fake_clock):

@@ -1,0 +1,120 @@
+"""Positions and ETAs of waiting jobs: coalesced, and sent from off the worker's path.
+
+A change of the queue (submit, claim, cancel, retry, requeue) only asks for a
+broadcast, after it commits: one conditional UPDATE of a single row, plus a task for
+the maintenance cluster when no request is pending yet. Whatever the queue's depth,
+that is all the GPU worker and the web process do.
+
+The broadcast runs in the maintenance cluster. It reads every queued job's position
+and ETA once, refreshes the copies in message metadata (which a reload shows) with
+one statement, and sends every user with queued jobs one `queue.positions` event
+that carries all of their queued jobs, numbered by `version`. A burst of changes
+costs at most a few broadcasts a second (`IMAGEGEN_BROADCAST_INTERVAL_SECONDS`):
+the requests coalesce while one is pending, and a broadcast waits out the interval
+since the last one before it reads the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection
+from django.db.models import F, Q
+from django.utils import timezone
+
+from chat.services import message_update_many
+from generation import events, selectors
+from generation.models import QueueBroadcast
+
+logger = logging.getLogger(__name__)
+
+QUEUE_LOCK_KEY = 7_301_001  # pg_advisory_lock key: one broadcast at a time across processes
+# A request whose task never ran (a broker flushed, a cluster removed) is made again
+# by the next change after this long.
+STALE_REQUEST = timedelta(seconds=30)
+
+
+def queue_broadcast_request(*, now: datetime | None = None) -> bool:
+    """Ask for a broadcast; True when this call queued one, False when one is pending.
+
+    Runs after the change commits (`transaction.on_commit(..., robust=True)`), so a
+    failure here is logged and never undoes or strands the change.
+    """
+    from django_q.tasks import async_task
+
+    now = now or timezone.now()
+    idle = Q(requested_at__isnull=True) | Q(requested_at__lt=now - STALE_REQUEST)
+    if not QueueBroadcast.objects.filter(idle, pk=1).update(requested_at=now):
+        try:
+            _, created = QueueBroadcast.objects.get_or_create(pk=1, defaults={"requested_at": now})
+        except IntegrityError:  # created by a concurrent request
+            return False
+        if not created:
+            return False
+    async_task("generation.tasks.broadcast_queue", cluster="maintenance", task_name="queue broadcast")
+    return True
+
+
+def queue_broadcast_run(
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], datetime] = timezone.now,
+) -> int:
+    """Send everyone waiting their fresh positions and ETAs; returns the version sent."""
+    QueueBroadcast.objects.get_or_create(pk=1)
+    interval = settings.IMAGEGEN_BROADCAST_INTERVAL_SECONDS
+    last = QueueBroadcast.objects.filter(pk=1).values_list("sent_at", flat=True).get()
+    if last is not None and interval:
+        wait = interval - (now() - last).total_seconds()
+        if wait > 0:
+            sleep(min(wait, interval))
+    with _one_at_a_time():
+        # The request is cleared before the queue is read: a change that commits
+        # after the read asks for (and gets) a broadcast of its own.
+        QueueBroadcast.objects.filter(pk=1).update(requested_at=None, version=F("version") + 1, sent_at=now())
+        version = QueueBroadcast.objects.filter(pk=1).values_list("version", flat=True).get()
+        entries = selectors.queue_eta()
+        message_update_many(
+            updates={
+                entry["message_id"]: {
+                    "queue_position": entry["position"],
+                    "estimated_seconds": entry["estimated_seconds"],
+                }
+                for entry in entries
+            },
+            only_if={"status": "queued"},
+        )
+        per_user: dict[int, list[dict]] = {}
+        for entry in entries:
+            per_user.setdefault(entry["owner_id"], []).append(
+                {key: entry[key] for key in ("job_id", "position", "estimated_start_seconds", "estimated_seconds")}
+            )
+        events.send_to_users(
+            [(owner_id, "queue.positions", {"version": version, "jobs": jobs}) for owner_id, jobs in per_user.items()]
+        )
+    return version
+
+
+@contextmanager
+def _one_at_a_time():
+    """Serialise broadcasts across processes, so versions follow the order of the reads.
+
+    A session-level advisory lock on PostgreSQL, held without a transaction, so
+    the workers' requests (an UPDATE of the same row) never wait on a broadcast. On
+    SQLite there is one maintenance cluster per database file.
+    """
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [QUEUE_LOCK_KEY])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [QUEUE_LOCK_KEY])
