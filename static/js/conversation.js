@@ -12,6 +12,9 @@
   const notice = document.getElementById("service-notice");
   const connection = document.getElementById("connection-status");
   let attempt = 0;
+  // The version of the newest queue positions applied; an older broadcast that
+  // arrives late is ignored.
+  let queueVersion = -1;
 
   const card = (jobId) => document.getElementById(`job-${jobId}`);
 
@@ -75,6 +78,7 @@
   // A card the page shows as pending whose status differs from the server's is
   // fetched again; any other pending card the snapshot no longer lists has finished.
   function applySnapshot(event) {
+    queueVersion = Math.max(queueVersion, event.version);
     const listed = new Set();
     for (const job of event.jobs) {
       listed.add(String(job.job_id));
@@ -95,18 +99,25 @@
     showService(event.service);
   }
 
+  function applyPositions(event) {
+    if (event.version <= queueVersion) return;
+    queueVersion = event.version;
+    for (const job of event.jobs) {
+      const el = card(job.job_id);
+      if (el && el.dataset.status === "queued") {
+        showPosition(el, job.position, job.estimated_start_seconds, job.estimated_seconds);
+      }
+    }
+  }
+
   function apply(event) {
     if (event.type === "snapshot") return applySnapshot(event);
+    if (event.type === "queue.positions") return applyPositions(event);
     if (event.type === "service.status") return showService(event);
     if (event.type === "error") return console.warn("Live updates:", event.message);
     const el = card(event.job_id);
     if (!el) return; // a job of another conversation
     switch (event.type) {
-      case "job.position":
-        if (el.dataset.status === "queued") {
-          showPosition(el, event.position, event.estimated_start_seconds, event.estimated_seconds);
-        }
-        break;
       case "job.progress":
         if (el.dataset.status !== "processing") refreshCard(event.job_id);
         else showProgress(el, event);

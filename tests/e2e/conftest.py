@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup, tmp_path_factory):
-    """daphne and a gpu cluster against the test database, for the whole session."""
+    """daphne, a gpu cluster and the maintenance cluster (which sends the queue
+    broadcasts) against the test database, for the whole module."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is needed for the browser tests: {CHROMIUM} is missing (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("stack")
@@ -42,9 +43,11 @@ def stack(django_db_setup, tmp_path_factory):
     )
     web, url = start_web(data_dir, data_dir / "web.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
+    maintenance = start_cluster("maintenance", data_dir, data_dir / "maintenance.log", **STACK_ENV)
     try:
         yield {"url": url, "data_dir": data_dir}
     finally:
+        stop(maintenance)
         stop(gpu)
         stop(web)
 

@@ -134,7 +134,9 @@ def test_a_stuck_job_becomes_an_error_in_the_browser_without_a_reload(open_page,
         text=True,
     )
 
-    assert "Expired 1 stuck job(s)" in guard.stdout, guard.stderr
+    # The maintenance cluster's own run of the guard, every minute, may get there first.
+    assert guard.returncode == 0 and "Expired" in guard.stdout, guard.stderr
+    assert ImageJob.objects.get(pk=job.pk).error == "Generation timed out (stuck job guard)"
     expect(card.locator("#job-error")).to_contain_text("Generation timed out (stuck job guard)")
     # The worker moves on to the next job.
     submit_prompt(page, "after the stuck one", **FAST)

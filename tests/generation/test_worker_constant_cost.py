@@ -1,0 +1,43 @@
+"""The GPU worker's work per job does not grow with the queue behind it."""
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.fakes import FakeGenerator
+
+
+def _one_job(runner, layer_sends):
+    sends_before = len(layer_sends)
+    with CaptureQueriesContext(connection) as queries:
+        assert runner.run_next() is not None
+    return len(queries.captured_queries), len(layer_sends) - sends_before
+
+
+def test_the_worker_does_the_same_work_per_job_with_3_or_60_jobs_waiting(
+    settings, monkeypatch, submit, bob_chat, runner_for
+):
+    settings.IMAGEGEN_MAX_PENDING_PER_USER = 100
+    settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 100
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    sends = []
+    real_send = layer.group_send
+
+    async def counting(group, message):
+        sends.append(message["event"]["type"])
+        await real_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting)
+    runner = runner_for(FakeGenerator())
+    for n in range(4):
+        submit(f"short queue {n}", steps=25, conversation=bob_chat if n % 2 else None)
+    runner.run_next()  # warm: the breaker row and the first doorbell exist from here on
+
+    short = _one_job(runner, sends)
+    for n in range(60):
+        submit(f"long queue {n}", steps=25, conversation=bob_chat if n % 2 else None)
+    long = _one_job(runner, sends)
+
+    assert long == short, f"queries and events per job: {short} with 3 waiting, {long} with 60"
+    assert "queue.positions" not in sends, "positions are broadcast off the worker's path"
