@@ -175,6 +175,28 @@ def message_post(
     return message
 
 
+def exchange_post(
+    *, conversation: Conversation, prompt: str, reply: str, reply_metadata: dict
+) -> tuple[Message, Message]:
+    """The user's prompt and the assistant's reply, in one insert; the conversation moves to the top."""
+    _check_metadata(reply_metadata)
+    now = timezone.now()
+    asked, answered = Message.objects.bulk_create(
+        [
+            Message(conversation=conversation, role=Message.Role.USER, content=prompt, created_at=now),
+            Message(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                content=reply,
+                metadata=reply_metadata,
+                created_at=now,
+            ),
+        ]
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    return asked, answered
+
+
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with its messages and jobs; running jobs are cancelled first."""
     from generation.services import JobError, job_cancel

@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection
-from django.db.models import F, Q
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from chat.services import message_update_many
-from generation import events, selectors
+from generation import doorbells, events, selectors
 from generation.models import QueueBroadcast
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,21 @@ def queue_broadcast_request(*, now: datetime | None = None) -> bool:
     Runs after the change commits (`transaction.on_commit(..., robust=True)`), so a
     failure here is logged and never undoes or strands the change.
     """
-    from django_q.tasks import async_task
-
     now = now or timezone.now()
-    idle = Q(requested_at__isnull=True) | Q(requested_at__lt=now - STALE_REQUEST)
-    if not QueueBroadcast.objects.filter(idle, pk=1).update(requested_at=now):
-        try:
-            _, created = QueueBroadcast.objects.get_or_create(pk=1, defaults={"requested_at": now})
-        except IntegrityError:  # created by a concurrent request
+    table = QueueBroadcast._meta.db_table
+    stamp, stale = (connection.ops.adapt_datetimefield_value(moment) for moment in (now, now - STALE_REQUEST))
+    # Created on first use, else marked as requested unless a request is pending:
+    # one statement, whose answer says whether this call made the request.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (id, requested_at, version) VALUES (1, %s, 0)"
+            f" ON CONFLICT (id) DO UPDATE SET requested_at = excluded.requested_at"
+            f" WHERE {table}.requested_at IS NULL OR {table}.requested_at < %s RETURNING id",
+            [stamp, stale],
+        )
+        if cursor.fetchone() is None:
             return False
-        if not created:
-            return False
-    async_task("generation.tasks.broadcast_queue", cluster="maintenance", task_name="queue broadcast")
+    doorbells.enqueue("generation.tasks.broadcast_queue", cluster="maintenance", name="queue broadcast")
     return True
 
 

@@ -18,13 +18,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from chat.models import Conversation
-from chat.services import message_post, message_update
-from generation import broadcasts, events, selectors
+from chat.services import exchange_post, message_update
+from generation import broadcasts, doorbells, events, selectors
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket
@@ -50,9 +50,7 @@ def ring_worker() -> None:
     After a commit it runs as a robust hook: a lost doorbell is rung again by the
     stuck-job guard, and must never fail the change that rang it.
     """
-    from django_q.tasks import async_task
-
-    async_task("generation.tasks.process_next_job", cluster="gpu", task_name="process next image job")
+    doorbells.enqueue("generation.tasks.process_next_job", cluster="gpu", name="process next image job")
 
 
 def _transition(
@@ -116,21 +114,23 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         # even when several tabs or scripts submit at the same moment.
         list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
         now = timezone.now()
-        pending = ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).count()
+        counts = ImageJob.objects.filter(owner=user).aggregate(
+            pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
+            recent=Count("pk", filter=Q(created_at__gte=now - timedelta(minutes=1))),
+        )
+        pending = counts["pending"]
         if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
             raise ValidationError(
                 f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
             )
-        recent = ImageJob.objects.filter(owner=user, created_at__gte=now - timedelta(minutes=1)).count()
-        if recent >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+        if counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
             raise ValidationError("You are sending prompts too quickly. Please wait a minute and try again.")
-        message_post(conversation=conversation, role="user", content=data["prompt"])
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
-        assistant = message_post(
+        _, assistant = exchange_post(
             conversation=conversation,
-            role="assistant",
-            content=QUEUED_TEXT,
-            metadata={
+            prompt=data["prompt"],
+            reply=QUEUED_TEXT,
+            reply_metadata={
                 "status": Status.QUEUED,
                 "progress": 0,
                 "prompt": data["prompt"],

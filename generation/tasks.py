@@ -15,12 +15,28 @@ def process_next_job() -> list[int]:
     budget keeps the task under its hard timeout. Returns the ids of the jobs run.
     """
     runner = JobRunner()
-    ran = runner.run_queue(budget=settings.IMAGEGEN_DRAIN_SECONDS)
+    ran = runner.run_queue(budget=drain_budget())
     if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         # Keep the queue moving even if a doorbell was lost, or the device was busy
         # this time; a spare doorbell finds nothing and stops.
         ring_worker()
     return ran
+
+
+def drain_budget() -> float:
+    """How long one task may go on claiming jobs: the drain time, within the hard timeout.
+
+    What is left of the hard timeout after the budget must still hold a whole job
+    (its time limit, a breaker cool-down and 120 s for loading a model); with a
+    short hard timeout a task runs one job.
+    """
+    spare = (
+        settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
+        - settings.IMAGEGEN_TIMEOUT_SECONDS
+        - settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS
+        - 120
+    )
+    return max(0.0, min(settings.IMAGEGEN_DRAIN_SECONDS, spare))
 
 
 def broadcast_queue() -> int:

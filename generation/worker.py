@@ -2,10 +2,11 @@
 
 `JobRunner.run_next()` claims and runs one job; `run_queue()` runs jobs back to
 back for a bounded time, so no broker round trip sits between two jobs and
-django-q2's per-task timeout still bounds the task. While the device makes the next
-image, a finisher thread encodes and stores the last one and completes its job:
-the device never waits on PNG encoding or the completion's transaction. The clock,
-the wall-clock `now` and `sleep` are injected so tests can move time.
+django-q2's per-task timeout still bounds the task. There, the device's thread only
+claims and generates: a bookkeeping thread writes progress, sends events and
+previews, and encodes, stores and completes each image while the device makes the
+next one, so the device never waits on a database, a channel layer or a PNG encoder.
+The clock, the wall-clock `now` and `sleep` are injected so tests can move time.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import base64
 import io
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 PUSH_INTERVAL = 0.1  # seconds between live progress events (and cancel checks)
 PREVIEW_INTERVAL = 1.0  # seconds between live previews
 PROGRESS_PERSIST_EVERY = 10  # percent
-FINISHER_BACKLOG = 2  # images waiting to be encoded before the device waits for the finisher
+FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits for the bookkeeper
 PNG_COMPRESS_LEVEL = 1  # about twice as fast as the default for a few % more bytes
 
 TRANSIENT_MESSAGE = "The image generator is temporarily unavailable. Please try again in a few minutes."
@@ -72,6 +73,7 @@ class JobRunner:
         self.sleep = sleep
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.device_busy = False
+        self.out_of_time = False  # the task's hard timeout fired: claim nothing more in it
 
     def run_queue(self, *, budget: float) -> list[int]:
         """Run jobs back to back until none is runnable or `budget` seconds have passed.
@@ -80,25 +82,26 @@ class JobRunner:
         """
         started = self.clock()
         ran: list[int] = []
-        with _Finisher(self) as finisher:
+        with _Bookkeeper(self) as bookkeeper:
             while True:
-                job = self.run_next(finisher=finisher)
-                if job is None and finisher.busy:
-                    # A breaker trial may be the job being finished: once its outcome
-                    # is recorded, the queue may open again.
-                    finisher.wait_idle()
-                    job = self.run_next(finisher=finisher)
+                job = self.run_next(bookkeeper=bookkeeper)
+                if job is None and bookkeeper.busy:
+                    # A breaker trial may be the job being recorded: once its outcome
+                    # is, the queue may open again.
+                    bookkeeper.wait_idle()
+                    job = self.run_next(bookkeeper=bookkeeper)
                 if job is None:
                     break
                 ran.append(job.pk)
-                if self.clock() - started >= budget:
+                if self.out_of_time or self.clock() - started >= budget:
                     break
         return ran
 
-    def run_next(self, *, finisher: _Finisher | None = None) -> ImageJob | None:
+    def run_next(self, *, bookkeeper: _Bookkeeper | None = None) -> ImageJob | None:
         """Claim the oldest runnable job and run it; None when there was nothing to run.
 
-        Without a `finisher` the outcome is recorded before this returns.
+        Without a `bookkeeper` everything is written on this thread, and the outcome
+        is recorded before this returns.
         """
         device = self.generator.device
         try:
@@ -112,10 +115,11 @@ class JobRunner:
                 job = self._claim_when_ready()
                 if job is not None:
                     try:
-                        self._run(job, finisher)
+                        self._run(job, bookkeeper)
                     except TimeoutException as exc:
                         # django-q2's hard timeout fired (our soft one did not: a hang
                         # outside the steps). End the job; the worker lives on.
+                        self.out_of_time = True
                         seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
                         services.job_fail(job_id=job.pk, error=timeout_message(seconds), detail=str(exc))
                         services.breaker_record_failure(now=self.now())
@@ -147,7 +151,7 @@ class JobRunner:
             # Short naps, so a job submitted meanwhile is not kept waiting.
             self.sleep(min(max(delay, 0.05), 1.0))
 
-    def _run(self, job: ImageJob, finisher: _Finisher | None) -> None:
+    def _run(self, job: ImageJob, bookkeeper: _Bookkeeper | None) -> None:
         request = GenerationRequest(
             model=job.model,
             prompt=job.prompt,
@@ -165,7 +169,7 @@ class JobRunner:
                 self._injected_fault(job)
             # Loading a model is not generating: the time limit starts after it.
             self.generator.pipeline(request.model)
-            on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout)
+            on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
             image = self.generator.generate(request, on_step)
         except GenerationCancelled:
             logger.info("Job %s was cancelled while running", job.pk)
@@ -184,10 +188,10 @@ class JobRunner:
                 services.job_fail(job_id=job.pk, error=error, detail=detail, now=self.now())
             services.breaker_record_failure(now=self.now())
         else:
-            if finisher is None:
+            if bookkeeper is None:
                 self.finish(job, image, request)
             else:
-                finisher.submit(job, image, request)
+                bookkeeper.finish(job, image, request)
 
     def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
         """Encode and store the image, complete the job, and tell the breaker."""
@@ -211,13 +215,20 @@ class JobRunner:
 
 
 class _StepReporter:
-    """The per-step callback: time limit, cancel checks, persisted and live progress."""
+    """The per-step callback: time limit, cancel checks, persisted and live progress.
 
-    def __init__(self, runner: JobRunner, job: ImageJob, *, started: float, timeout: int):
+    With a bookkeeper the writes are posted to it and a cancel is noticed from its
+    last write; without one they happen here.
+    """
+
+    def __init__(
+        self, runner: JobRunner, job: ImageJob, *, started: float, timeout: int, bookkeeper: _Bookkeeper | None
+    ):
         self.runner = runner
         self.job = job
         self.started = started
         self.timeout = timeout
+        self.bookkeeper = bookkeeper
         self.persisted_decile = 0
         self.persisted_at = started
         self.pushed_at = float("-inf")
@@ -227,6 +238,8 @@ class _StepReporter:
         now = self.runner.clock()
         if now - self.started > self.timeout:
             raise GenerationTimeout()
+        if self.bookkeeper is not None and self.bookkeeper.cancelled(self.job.pk):
+            raise GenerationCancelled()
         decile = step * 100 // max(total, 1) // PROGRESS_PERSIST_EVERY
         persist = (
             decile > self.persisted_decile
@@ -235,10 +248,10 @@ class _StepReporter:
         )
         push = now - self.pushed_at >= PUSH_INTERVAL or step == total
         if persist or push:
-            still_running = services.job_progress(
-                job=self.job, step=step, total=total, persist=persist, push=push, now=self.runner.now()
-            )
-            if not still_running:
+            progress = {"step": step, "total": total, "persist": persist, "push": push, "now": self.runner.now()}
+            if self.bookkeeper is not None:
+                self.bookkeeper.progress(self.job, **progress)
+            elif not services.job_progress(job=self.job, **progress):
                 raise GenerationCancelled()
             if push:
                 self.pushed_at = now
@@ -246,59 +259,123 @@ class _StepReporter:
                 self.persisted_decile, self.persisted_at = decile, now
         if step < total and now - self.previewed_at >= PREVIEW_INTERVAL:
             self.previewed_at = now
-            buffer = io.BytesIO()
-            latents_preview(latents).save(buffer, format="JPEG", quality=70)
-            data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-            services.job_preview(job=self.job, step=step, image_data_url=data_url)
+            # Only the copy off the device happens here; the picture is made later.
+            sample = latents[:1].detach().float().cpu()
+            if self.bookkeeper is not None:
+                self.bookkeeper.preview(self.job, step, sample)
+            else:
+                send_preview(self.job, step, sample)
 
 
-class _Finisher:
-    """A thread that records finished images while the device makes the next one.
+def send_preview(job: ImageJob, step: int, latents) -> None:
+    buffer = io.BytesIO()
+    latents_preview(latents).save(buffer, format="JPEG", quality=70)
+    data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    services.job_preview(job=job, step=step, image_data_url=data_url)
 
-    The backlog is bounded, so a device faster than the finisher waits for it
-    instead of holding many images in memory. Leaving the `with` block waits for
-    every outcome to be recorded. A failure to record one fails that job alone.
+
+class _Bookkeeper:
+    """A thread that does the writing while the device makes images.
+
+    Progress for a job coalesces: when the device is ahead, only the newest state is
+    written (a persisted one if any of those it replaces was). Finished images wait
+    in a bounded backlog, so a device faster than the bookkeeper waits for it
+    instead of holding many images in memory. Leaving the `with` block waits until
+    everything is written. A failure to record an image fails that job alone.
     """
 
     def __init__(self, runner: JobRunner):
         self.runner = runner
-        self._work: queue.Queue = queue.Queue(maxsize=FINISHER_BACKLOG)
-        self._thread = threading.Thread(target=self._loop, name="image-finisher", daemon=True)
+        self._items: deque[tuple[str, ImageJob, dict]] = deque()
+        self._changed = threading.Condition()
+        self._active = 0
+        self._finishing = 0
+        self._closing = False
+        self._cancelled: set[int] = set()
+        self._thread = threading.Thread(target=self._loop, name="bookkeeper", daemon=True)
 
-    def __enter__(self) -> _Finisher:
+    def __enter__(self) -> _Bookkeeper:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._work.put(None)
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
         self._thread.join()
 
     @property
     def busy(self) -> bool:
-        return self._work.unfinished_tasks > 0
+        with self._changed:
+            return bool(self._items or self._active)
 
     def wait_idle(self) -> None:
-        self._work.join()
+        with self._changed:
+            self._changed.wait_for(lambda: not self._items and not self._active)
 
-    def submit(self, job: ImageJob, image, request: GenerationRequest) -> None:
-        self._work.put((job, image, request))
+    def cancelled(self, job_id: int) -> bool:
+        with self._changed:
+            return job_id in self._cancelled
+
+    def progress(self, job: ImageJob, *, step: int, total: int, persist: bool, push: bool, now: datetime) -> None:
+        fields = {"step": step, "total": total, "persist": persist, "push": push, "now": now}
+        with self._changed:
+            last = self._items[-1] if self._items else None
+            if last is not None and last[0] == "progress" and last[1].pk == job.pk:
+                fields["persist"] = persist or last[2]["persist"]
+                fields["push"] = push or last[2]["push"]
+                self._items[-1] = ("progress", job, fields)
+            else:
+                self._items.append(("progress", job, fields))
+            self._changed.notify_all()
+
+    def preview(self, job: ImageJob, step: int, latents) -> None:
+        with self._changed:
+            if not any(kind == "preview" for kind, *_ in self._items):  # a late preview is no use
+                self._items.append(("preview", job, {"step": step, "latents": latents}))
+                self._changed.notify_all()
+
+    def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._finishing < FINISHED_BACKLOG)
+            self._finishing += 1
+            self._items.append(("finish", job, {"image": image, "request": request}))
+            self._changed.notify_all()
 
     def _loop(self) -> None:
         try:
-            while (item := self._work.get()) is not None:
-                job, image, request = item
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._items or self._closing)
+                    if not self._items:
+                        return
+                    kind, job, fields = self._items.popleft()
+                    self._active += 1
                 try:
-                    self.runner.finish(job, image, request)
-                except Exception as exc:
-                    logger.exception("Could not record the image of job %s", job.pk)
-                    try:
-                        detail = f"{type(exc).__name__}: {exc}"
-                        services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=detail)
-                    except Exception:
-                        logger.exception("Could not fail job %s either; the guard will", job.pk)
+                    self._write(kind, job, fields)
                 finally:
-                    self._work.task_done()
-            self._work.task_done()
+                    with self._changed:
+                        self._active -= 1
+                        if kind == "finish":
+                            self._finishing -= 1
+                        self._changed.notify_all()
         finally:
-            # This thread's own database connection.
-            connection.close()
+            connection.close()  # this thread's own database connection
+
+    def _write(self, kind: str, job: ImageJob, fields: dict) -> None:
+        try:
+            if kind == "progress":
+                if not services.job_progress(job=job, **fields):
+                    with self._changed:
+                        self._cancelled.add(job.pk)
+            elif kind == "preview":
+                send_preview(job, fields["step"], fields["latents"])
+            else:
+                self.runner.finish(job, fields["image"], fields["request"])
+        except Exception as exc:
+            logger.exception("Could not record the %s of job %s", kind, job.pk)
+            if kind == "finish":
+                try:
+                    services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    logger.exception("Could not fail job %s either; the guard will", job.pk)

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 from django.urls import reverse
@@ -24,7 +26,13 @@ class Observed:
     def generate(self, request, on_step=None):
         def watching(step, total, latents):
             on_step(step, total, latents)
-            job = ImageJob.objects.get(status="processing")
+            # The worker writes on a thread of its own: wait (bounded) for this step to show.
+            expected = step * 100 // total
+            deadline = time.monotonic() + 10
+            job = ImageJob.objects.select_related("message").get(status="processing")
+            while job.progress < expected and time.monotonic() < deadline:
+                time.sleep(0.01)
+                job = ImageJob.objects.select_related("message").get(status="processing")
             self.seen.append((step, job.progress, job.message.metadata["progress"]))
 
         return self.inner.generate(request, watching)
