@@ -113,14 +113,14 @@ def message_update_many(*, updates: dict[int, dict[str, Any]], only_if: dict[str
         return 0
     keys = sorted(next(iter(updates.values())))
     for metadata in updates.values():
-        _check_metadata(metadata)
-        if sorted(metadata) != keys or not _is_flat(metadata):
+        if not isinstance(metadata, dict) or sorted(metadata) != keys or not _is_flat(metadata):
             raise ValidationError({"metadata": "Bulk updates name the same scalar keys for every message."})
     if not all(_KEY.fullmatch(key) for key in [*keys, *only_if]):
         raise ValidationError({"metadata": "Bulk updates take plain key names."})
     table = Message._meta.db_table
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    payload = json.dumps({str(pk): metadata for pk, metadata in updates.items()}, allow_nan=False)
+    _check_metadata(payload := {str(pk): metadata for pk, metadata in updates.items()})
+    payload = json.dumps(payload, allow_nan=False)
     if connection.vendor == "postgresql":
         sql = (
             f"UPDATE {table} AS m SET metadata = m.metadata || v.value, updated_at = %s"

@@ -69,13 +69,17 @@ def queue_broadcast_run(
     now: Callable[[], datetime] = timezone.now,
 ) -> int:
     """Send everyone waiting their fresh positions and ETAs; returns the version sent."""
+    global _last_duration
     QueueBroadcast.objects.get_or_create(pk=1)
-    interval = settings.IMAGEGEN_BROADCAST_INTERVAL_SECONDS
+    # A long queue makes a broadcast cost more; then they come further apart, so
+    # they never take more than about a third of a core.
+    interval = max(settings.IMAGEGEN_BROADCAST_INTERVAL_SECONDS, 3 * _last_duration)
     last = QueueBroadcast.objects.filter(pk=1).values_list("sent_at", flat=True).get()
     if last is not None and interval:
         wait = interval - (now() - last).total_seconds()
         if wait > 0:
             sleep(min(wait, interval))
+    started = time.monotonic()
     with _one_at_a_time():
         # The request is cleared before the queue is read: a change that commits
         # after the read asks for (and gets) a broadcast of its own.
@@ -100,7 +104,11 @@ def queue_broadcast_run(
         events.send_to_users(
             [(owner_id, "queue.positions", {"version": version, "jobs": jobs}) for owner_id, jobs in per_user.items()]
         )
+    _last_duration = time.monotonic() - started
     return version
+
+
+_last_duration = 0.0  # seconds the last broadcast of this process took
 
 
 @contextmanager

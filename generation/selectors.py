@@ -73,14 +73,21 @@ def duration_estimator(*, history: int = 200):
         per_model.setdefault(model, []).append(per_megapixel)
         overall.append(per_megapixel)
     default = settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP / (512 * 512 / 1e6)
+    rates: dict[tuple[str, int, int], float] = {}  # a queue repeats a few sizes many times
 
-    def estimate(model: str, width: int, height: int, steps: int) -> float:
+    def per_step(model: str, width: int, height: int) -> float:
         measured = per_size.get((model, width, height))
         if measured:
-            return median(measured) * steps
+            return median(measured)
         scaled = per_model.get(model) or overall
         per_megapixel = median(scaled) if scaled else default
-        return per_megapixel * (width * height / 1e6) * steps
+        return per_megapixel * (width * height / 1e6)
+
+    def estimate(model: str, width: int, height: int, steps: int) -> float:
+        key = (model, width, height)
+        if key not in rates:
+            rates[key] = per_step(model, width, height)
+        return rates[key] * steps
 
     return estimate
 
