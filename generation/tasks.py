@@ -14,6 +14,8 @@ def process_next_job() -> list[int]:
     Draining in one task keeps the broker out of the gap between two jobs; the
     budget keeps the task under its hard timeout. Returns the ids of the jobs run.
     """
+    if not ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
+        return []  # a spare doorbell: nothing to load, lock or claim
     runner = JobRunner()
     ran = runner.run_queue(budget=drain_budget())
     if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
