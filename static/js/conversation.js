@@ -12,7 +12,7 @@
   if (!root) return;
   const notice = document.getElementById("service-notice");
   const connection = document.getElementById("connection-status");
-  const baseTitle = document.title;
+  let baseTitle = document.title;
   let attempt = 0;
   // The highest queue version applied (from a queue.positions or a snapshot): an older
   // queue.positions that arrives late must not overwrite newer positions.
@@ -332,7 +332,13 @@
   function updateSummary(form) {
     const parts = [];
     const field = (name) => form.elements[name];
-    const differs = (name) => field(name) && field(name).value.trim() !== "" && field(name).value !== field(name).dataset.default;
+    const differs = (name) => {
+      const value = field(name)?.value.trim();
+      const fallback = field(name)?.dataset.default;
+      if (!value) return false;
+      const [a, b] = [Number(value), Number(fallback)];
+      return Number.isNaN(a) || Number.isNaN(b) ? value !== fallback : a !== b;
+    };
     if (differs("width") || differs("height")) parts.push(`${field("width").value || 512}×${field("height").value || 512}`);
     if (differs("steps")) parts.push(`${field("steps").value} steps`);
     if (differs("guidance")) parts.push(`CFG ${field("guidance").value}`);
@@ -355,6 +361,16 @@
     }
     updateCounter(form);
     updateSummary(form);
+  }
+
+  function showTitle(response) {
+    const title = response.headers.get("X-Conversation-Title");
+    if (!title) return;
+    const decoded = decodeURIComponent(title);
+    baseTitle = `${decoded} · Imagegen`;
+    const input = document.getElementById("conversation-title");
+    if (input && document.activeElement !== input) input.value = decoded;
+    tick();
   }
 
   function addMessages(html) {
@@ -410,6 +426,7 @@
         form.querySelectorAll(".has-error").forEach((el) => el.classList.remove("has-error"));
         form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
         updateCounter(form);
+        showTitle(response);
         addMessages(html);
         input.focus();
       } else if (response.status === 400 && html.includes('id="prompt-form"')) {

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, sync_playwright
 
 from tests.conftest import make_user
@@ -40,13 +41,25 @@ def stack(django_db_setup, tmp_path_factory):
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
-    web, url = start_web(data_dir, data_dir / "web.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
+    web_env = {"IMAGEGEN_LOCK_DIR": str(data_dir / "locks"), **STACK_ENV}
+    web, url = start_web(data_dir, data_dir / "web.log", **web_env)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
+    stack = {"url": url, "data_dir": data_dir, "web": web}
+
+    def stop_web():
+        stop(stack["web"])
+
+    def start_web_again():
+        """The web server comes back on the same address, as after a restart."""
+        port = int(url.rsplit(":", 1)[1])
+        stack["web"], _ = start_web(data_dir, data_dir / "web.log", port=port, **web_env)
+
+    stack.update(stop_web=stop_web, start_web_again=start_web_again)
     try:
-        yield {"url": url, "data_dir": data_dir}
+        yield stack
     finally:
         stop(gpu)
-        stop(web)
+        stop(stack["web"])
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +77,46 @@ def browser(stack):
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
+# What Chromium itself logs when a request cannot reach the server: expected while the
+# server is down, and not an error of the page.
+NETWORK_MESSAGES = ("Failed to load resource", "WebSocket connection to")
+
+
 @pytest.fixture
 def open_page(browser, stack, request):
-    """Log a named user in, in a fresh browser context; returns (page, user)."""
-    contexts = []
+    """Log a named user in, in a fresh browser context; returns (page, user).
 
-    def login(username: str, *, width: int = 1100, height: int = 900) -> tuple[Page, object]:
-        user = make_user(username)
-        context = browser.new_context(viewport={"width": width, "height": height})
+    Every console error and uncaught exception of the page fails the test, unless it
+    is the browser's own report of a request the server did not answer and the test
+    allows those (`network_errors=True`).
+    """
+    contexts = []
+    problems: list[str] = []
+
+    def login(
+        username: str,
+        *,
+        width: int = 1280,
+        height: int = 800,
+        color_scheme: str = "light",
+        network_errors: bool = False,
+        existing: bool = False,
+    ) -> tuple[Page, object]:
+        user = get_user_model().objects.get(username=username) if existing else make_user(username)
+        context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
+
+        def on_console(message):
+            if message.type != "error":
+                return
+            if network_errors and message.text.startswith(NETWORK_MESSAGES):
+                return
+            problems.append(f"{username}: console error: {message.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: problems.append(f"{username}: uncaught: {error}"))
         page.goto(f"{stack['url']}/login/")
         page.fill("#id_username", username)
         page.fill("#id_password", f"{username}-secret-pw")
@@ -90,6 +132,7 @@ def open_page(browser, stack, request):
                 shot(page, f"FAILED-{request.node.name}-{n}")
     for context in contexts:
         context.close()
+    assert problems == [], "the pages reported errors"
 
 
 def _settle_worker(lock_dir: Path) -> None:
@@ -120,14 +163,14 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-def shot(page: Page, name: str) -> None:
+def shot(page: Page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def new_conversation(page: Page) -> None:
     page.click("#new-conversation")
-    page.wait_for_selector("#prompt-input")
+    page.wait_for_selector("[data-testid=prompt-input]")
 
 
 def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
@@ -137,6 +180,6 @@ def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
         page.evaluate("document.querySelector('details.advanced').open = true")
         for field, value in advanced.items():
             page.fill(f"#id_{field}", value)
-    page.fill("#prompt-input", prompt)
-    page.press("#prompt-input", "Enter")
+    page.fill("[data-testid=prompt-input]", prompt)
+    page.press("[data-testid=prompt-input]", "Enter")
     page.wait_for_function(f"document.querySelectorAll('.job-card').length > {count}")
