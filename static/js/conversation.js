@@ -422,6 +422,8 @@
         lastPrompt = input.value.trim();
         input.value = "";
         formNotice(form, "");
+        // The open settings would cover the conversation; the summary shows what is set.
+        form.querySelector("details.advanced")?.removeAttribute("open");
         form.querySelectorAll(".errorlist, .form-errors").forEach((el) => el.remove());
         form.querySelectorAll(".has-error").forEach((el) => el.classList.remove("has-error"));
         form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
@@ -554,7 +556,9 @@
     role(viewer, "zoom").addEventListener("click", toggleZoom);
     role(viewer, "image").addEventListener("click", toggleZoom);
     viewer.addEventListener("click", (event) => event.target === viewer && viewer.close());
-    viewer.addEventListener("keydown", (event) => {
+    // On the document: a disabled button (the last image's "next") drops the focus out of the dialog.
+    document.addEventListener("keydown", (event) => {
+      if (!viewer.open) return;
       if (event.key === "ArrowLeft") showImage(shown - 1);
       else if (event.key === "ArrowRight") showImage(shown + 1);
       else if (event.key === "z") toggleZoom();

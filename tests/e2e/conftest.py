@@ -77,18 +77,13 @@ def browser(stack):
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-# What Chromium itself logs when a request cannot reach the server: expected while the
-# server is down, and not an error of the page.
-NETWORK_MESSAGES = ("Failed to load resource", "WebSocket connection to")
-
-
 @pytest.fixture
 def open_page(browser, stack, request):
     """Log a named user in, in a fresh browser context; returns (page, user).
 
-    Every console error and uncaught exception of the page fails the test, unless it
-    is the browser's own report of a request the server did not answer and the test
-    allows those (`network_errors=True`).
+    Every console error and uncaught exception of the page fails the test, except the
+    browser's own reports that the test expects (`allow`: parts of the message, such as
+    "status of 400" for a refused form or "ERR_CONNECTION_REFUSED" while the server is down).
     """
     contexts = []
     problems: list[str] = []
@@ -99,7 +94,7 @@ def open_page(browser, stack, request):
         width: int = 1280,
         height: int = 800,
         color_scheme: str = "light",
-        network_errors: bool = False,
+        allow: tuple[str, ...] = (),
         existing: bool = False,
     ) -> tuple[Page, object]:
         user = get_user_model().objects.get(username=username) if existing else make_user(username)
@@ -111,7 +106,7 @@ def open_page(browser, stack, request):
         def on_console(message):
             if message.type != "error":
                 return
-            if network_errors and message.text.startswith(NETWORK_MESSAGES):
+            if any(part in message.text for part in allow):
                 return
             problems.append(f"{username}: console error: {message.text}")
 

@@ -1,7 +1,11 @@
 """The chat as a new user meets it: layout, list, images, reuse, bad input, outages, looks."""
 
+import json
 import re
 from collections import Counter
+from datetime import timedelta
+
+from django.utils import timezone
 
 from playwright.sync_api import expect
 
@@ -224,7 +228,7 @@ def test_a_pasted_over_long_prompt_is_refused_with_a_visible_message_not_cut(ope
 
 
 def test_after_a_refused_prompt_the_first_bad_field_has_the_focus_and_every_error_shows(open_page, stack):
-    page, alice = open_page("alice")
+    page, alice = open_page("alice", allow=("status of 400",))
     new_conversation(page)
     page.locator("details.advanced summary").click()
     page.fill("#id_width", "2048")
@@ -248,7 +252,7 @@ def test_after_a_refused_prompt_the_first_bad_field_has_the_focus_and_every_erro
 
 
 def test_while_the_server_is_down_the_page_says_so_and_works_again_when_it_is_back(open_page, stack):
-    page, alice = open_page("alice", network_errors=True)
+    page, alice = open_page("alice", allow=("ERR_CONNECTION_REFUSED", "WebSocket connection to"))
     _block_the_worker(alice)
     new_conversation(page)
     submit_prompt(page, "a lantern", **TINY)
@@ -279,7 +283,7 @@ def test_while_the_server_is_down_the_page_says_so_and_works_again_when_it_is_ba
 
 
 def test_dark_mode_follows_the_system_setting(open_page, stack):
-    page, alice = open_page("alice", color_scheme="dark")
+    page, alice = open_page("alice", color_scheme="dark", allow=("status of 404",))
     conversation = _finished_conversation(alice, ["a night sky", "a dark forest"], title="Night pictures")
     _open(page, stack, conversation)
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -340,3 +344,53 @@ def test_up_in_an_empty_composer_recalls_the_last_prompt_and_the_tab_shows_progr
     expect(card.get_by_test_id("job-complete")).to_be_visible(timeout=60_000)
     expect(page).to_have_title("a slow sunrise · Imagegen")
     assert Conversation.objects.get(owner=alice).title == "a slow sunrise"
+
+
+def _hold_in_queue(job):
+    """Keep a job queued (as a retry waiting for its time) without keeping the worker busy."""
+    ImageJob.objects.filter(pk=job.pk).update(not_before=timezone.now() + timedelta(hours=1))
+
+
+def test_an_older_queue_update_never_overwrites_a_newer_one(open_page, stack):
+    page, alice = open_page("alice")
+    conversation = conversation_create(owner=alice, title="Versions")
+    job = services.job_submit(user=alice, conversation=conversation, prompt="wait here", steps=3, width=64, height=64)
+    _hold_in_queue(job)
+    sockets = []
+    # The page's WebSocket talks to this stand-in, which sends what the test says.
+    page.route_web_socket("**/ws/events/", lambda ws: sockets.append(ws))
+    _open(page, stack, conversation)
+    wait_for(lambda: sockets, timeout=10, message="the page's WebSocket")
+    socket = sockets[-1]
+    position = page.get_by_test_id("queue-position")
+
+    def positions(version, place):
+        entry = {"job_id": job.pk, "position": place, "estimated_start_seconds": 60, "estimated_seconds": 90}
+        socket.send(json.dumps({"type": "queue.positions", "version": version, "jobs": [entry]}))
+
+    entry = {
+        "job_id": job.pk,
+        "message_id": job.message_id,
+        "conversation_id": conversation.pk,
+        "status": "queued",
+        "progress": 0,
+        "position": 3,
+        "estimated_start_seconds": 120,
+        "estimated_seconds": 150,
+    }
+    socket.send(json.dumps({"type": "snapshot", "version": 5, "jobs": [entry], "service": {"state": "closed", "message": ""}}))
+    expect(position).to_have_text("Position: 3")
+    positions(4, 9)  # older than the snapshot: ignored
+    positions(6, 2)
+    expect(position).to_have_text("Position: 2")
+    positions(5, 7)  # late and older: ignored
+    socket.send(json.dumps({"type": "job.position", "job_id": job.pk, "position": 1, "estimated_start_seconds": 5, "estimated_seconds": 20}))
+    expect(position).to_have_text("Position: 1")
+    positions(7, 4)
+    expect(position).to_have_text("Position: 4")
+    page.wait_for_timeout(300)
+    expect(position).to_have_text("Position: 4")
+    # Between events the ETA counts down by itself.
+    eta = page.locator(".job-card .eta")
+    expect(eta).to_have_text("Starts in about 60 s, ready in about 90 s")
+    expect(eta).to_have_text(re.compile(r"Starts in about 5\d s"), timeout=12_000)
