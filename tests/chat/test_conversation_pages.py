@@ -141,3 +141,18 @@ def test_a_processing_card_with_no_step_yet_says_it_is_starting(client, alice, s
     client.force_login(alice)
     body = client.get(reverse("generation:job_card", args=[job.pk])).content.decode()
     assert "Starting… the model may be loading" in body
+
+
+def test_the_first_prompt_sent_by_the_page_names_the_conversation_and_says_so(client, alice):
+    from urllib.parse import unquote
+
+    from chat.services import conversation_create
+
+    conversation = conversation_create(owner=alice)
+    client.force_login(alice)
+    url = reverse("chat:job_submit", args=[conversation.pk])
+    response = client.post(url, {"prompt": "Ein Schloss im Mondschein"}, **FETCH)
+    assert response.status_code == 201
+    assert unquote(response["X-Conversation-Title"]) == "Ein Schloss im Mondschein"
+    conversation.refresh_from_db()
+    assert conversation.title == "Ein Schloss im Mondschein"

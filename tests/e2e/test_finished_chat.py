@@ -6,7 +6,6 @@ from collections import Counter
 from datetime import timedelta
 
 from django.utils import timezone
-
 from playwright.sync_api import expect
 
 from chat.models import Conversation
@@ -313,7 +312,9 @@ def test_the_main_scenario_on_a_phone(open_page, stack):
         cards = page.locator(".job-card")
         expect(cards.nth(1).get_by_test_id("job-complete")).to_be_visible(timeout=60_000)
         expect(cards.nth(0).get_by_test_id("job-complete")).to_be_visible()
-        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], "nothing is wider than the phone"
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], (
+            "nothing is wider than the phone"
+        )
         assert _composer_at_bottom(page)
         assert _in_viewport(page, cards.nth(1))
         shot(page, f"conversation-phone-{scheme}", full_page=False)
@@ -378,13 +379,25 @@ def test_an_older_queue_update_never_overwrites_a_newer_one(open_page, stack):
         "estimated_start_seconds": 120,
         "estimated_seconds": 150,
     }
-    socket.send(json.dumps({"type": "snapshot", "version": 5, "jobs": [entry], "service": {"state": "closed", "message": ""}}))
+    socket.send(
+        json.dumps({"type": "snapshot", "version": 5, "jobs": [entry], "service": {"state": "closed", "message": ""}})
+    )
     expect(position).to_have_text("Position: 3")
     positions(4, 9)  # older than the snapshot: ignored
     positions(6, 2)
     expect(position).to_have_text("Position: 2")
     positions(5, 7)  # late and older: ignored
-    socket.send(json.dumps({"type": "job.position", "job_id": job.pk, "position": 1, "estimated_start_seconds": 5, "estimated_seconds": 20}))
+    socket.send(
+        json.dumps(
+            {
+                "type": "job.position",
+                "job_id": job.pk,
+                "position": 1,
+                "estimated_start_seconds": 5,
+                "estimated_seconds": 20,
+            }
+        )
+    )
     expect(position).to_have_text("Position: 1")
     positions(7, 4)
     expect(position).to_have_text("Position: 4")
