@@ -119,7 +119,8 @@
       el.classList.toggle("starting", starting);
       if (starting) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
       const left = remainingSeconds(clock, now);
-      if (known(left)) setText(el, "remaining", left > 3 ? `About ${duration(left)} left` : "Almost done…");
+      if (starting) setText(el, "remaining", known(left) && left > 3 ? `About ${duration(left)} left` : "");
+      else if (known(left)) setText(el, "remaining", left > 3 ? `About ${duration(left)} left` : "Almost done…");
     }
   }
 

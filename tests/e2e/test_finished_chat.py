@@ -57,6 +57,24 @@ def _in_viewport(page, locator) -> bool:
     return box is not None and box["y"] < height and box["y"] + box["height"] > 0
 
 
+def _wait_in_view(page, locator) -> None:
+    """The element comes into view (above the composer) within a few seconds."""
+    locator.evaluate(
+        """(el) => new Promise((resolve, reject) => {
+            const composer = document.querySelector("[data-testid=prompt-form]").getBoundingClientRect();
+            const started = Date.now();
+            const check = () => {
+                const box = el.getBoundingClientRect();
+                const top = document.querySelector(".topbar").getBoundingClientRect().bottom;
+                if (box.top >= top - 1 && box.top < composer.top) return resolve();
+                if (Date.now() - started > 5000) return reject(new Error(`not in view: top ${box.top}`));
+                requestAnimationFrame(check);
+            };
+            check();
+        })"""
+    )
+
+
 def _composer_at_bottom(page) -> bool:
     box = page.get_by_test_id("prompt-form").bounding_box()
     return abs(box["y"] + box["height"] - page.viewport_size["height"]) <= 2
@@ -83,9 +101,9 @@ def test_a_conversation_opens_at_its_newest_card_with_the_composer_at_the_bottom
     page.evaluate("window.scrollTo(0, 0)")
     submit_prompt(page, "one more harbour", **TINY)
     expect(cards).to_have_count(6)
-    assert _in_viewport(page, cards.nth(5))
+    _wait_in_view(page, cards.nth(5))
     expect(cards.nth(5).get_by_test_id("job-complete")).to_be_visible(timeout=60_000)
-    assert _in_viewport(page, cards.nth(5))
+    _wait_in_view(page, cards.nth(5))
 
 
 def test_no_element_id_appears_twice_with_five_cards_in_every_state(open_page, stack):
@@ -99,7 +117,6 @@ def test_no_element_id_appears_twice_with_five_cards_in_every_state(open_page, s
     expect(page.get_by_test_id("cancel-button")).to_have_count(3)
     assert _duplicate_ids(page) == []
     expect(page.locator(".job-card").first.locator(".chip")).to_have_text("Complete")
-    # Queued ETAs count down between events.
     eta = page.locator(".job-card").nth(2).locator(".eta")
     expect(eta).to_contain_text("Starts in")
     shot(page, "queued-desktop-light", full_page=False)
