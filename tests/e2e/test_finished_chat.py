@@ -57,21 +57,26 @@ def _in_viewport(page, locator) -> bool:
     return box is not None and box["y"] < height and box["y"] + box["height"] > 0
 
 
-def _wait_in_view(page, locator) -> None:
-    """The element comes into view (above the composer) within a few seconds."""
-    locator.evaluate(
-        """(el) => new Promise((resolve, reject) => {
-            const composer = document.querySelector("[data-testid=prompt-form]").getBoundingClientRect();
+def _wait_in_view(page, index: int) -> None:
+    """The card comes into view (below the header, above the composer) within a few seconds.
+
+    Looked up afresh on every frame: a live update replaces the card's element.
+    """
+    page.evaluate(
+        """(index) => new Promise((resolve, reject) => {
             const started = Date.now();
             const check = () => {
-                const box = el.getBoundingClientRect();
+                const el = document.querySelectorAll(".job-card")[index];
+                const composer = document.querySelector("[data-testid=prompt-form]").getBoundingClientRect();
                 const top = document.querySelector(".topbar").getBoundingClientRect().bottom;
+                const box = el.getBoundingClientRect();
                 if (box.top >= top - 1 && box.top < composer.top) return resolve();
                 if (Date.now() - started > 5000) return reject(new Error(`not in view: top ${box.top}`));
                 requestAnimationFrame(check);
             };
             check();
-        })"""
+        })""",
+        index,
     )
 
 
@@ -101,9 +106,9 @@ def test_a_conversation_opens_at_its_newest_card_with_the_composer_at_the_bottom
     page.evaluate("window.scrollTo(0, 0)")
     submit_prompt(page, "one more harbour", **TINY)
     expect(cards).to_have_count(6)
-    _wait_in_view(page, cards.nth(5))
+    _wait_in_view(page, 5)
     expect(cards.nth(5).get_by_test_id("job-complete")).to_be_visible(timeout=60_000)
-    _wait_in_view(page, cards.nth(5))
+    _wait_in_view(page, 5)
 
 
 def test_no_element_id_appears_twice_with_five_cards_in_every_state(open_page, stack):
