@@ -1,14 +1,28 @@
 """Reads for conversations and messages."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 
 from chat.models import Conversation, Message
 
 
 def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
-    return Conversation.objects.filter(owner=user).annotate(message_count=Count("messages"))
+    """The user's conversations, most recent activity first, each with its latest image's job id."""
+    from generation.models import ImageJob
+
+    latest_image = (
+        ImageJob.objects.filter(conversation=OuterRef("pk"), status=ImageJob.Status.COMPLETE)
+        .exclude(image="")
+        .order_by("-finished_at", "-pk")
+        .values("pk")[:1]
+    )
+    # An aggregate drops Meta.ordering, so the order is spelled out here.
+    return (
+        Conversation.objects.filter(owner=user)
+        .annotate(message_count=Count("messages"), latest_image_job_id=Subquery(latest_image))
+        .order_by("-updated_at", "-id")
+    )
 
 
 def conversation_get_for_user(*, user: AbstractBaseUser, conversation_id: int) -> Conversation:

@@ -12,6 +12,17 @@ from django.utils import timezone
 from chat.models import Conversation, Message
 
 TITLE_MAX_LENGTH = Conversation._meta.get_field("title").max_length
+DEFAULT_TITLE = Conversation._meta.get_field("title").default
+AUTO_TITLE_LENGTH = 60
+
+
+def title_from_prompt(prompt: str) -> str:
+    """A short title from a prompt: its first words, cut at a word boundary."""
+    words = " ".join(prompt.split())
+    if len(words) <= AUTO_TITLE_LENGTH:
+        return words
+    cut = words[:AUTO_TITLE_LENGTH].rsplit(" ", 1)[0] or words[:AUTO_TITLE_LENGTH]
+    return cut.rstrip(",.;:-") + "…"
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +154,7 @@ def message_update_many(*, updates: dict[int, dict[str, Any]], only_if: dict[str
 
 
 def conversation_create(*, owner: AbstractBaseUser, title: str = "") -> Conversation:
-    title = " ".join(title.split())[:TITLE_MAX_LENGTH] or "New conversation"
+    title = " ".join(title.split())[:TITLE_MAX_LENGTH] or DEFAULT_TITLE
     return Conversation.objects.create(owner=owner, title=title)
 
 
@@ -165,13 +176,20 @@ def message_post(
     content: str = "",
     metadata: dict | None = None,
 ) -> Message:
-    """Add a message to a conversation and move the conversation to the top of its list."""
+    """Add a message to a conversation and move the conversation to the top of its list.
+
+    The first prompt of a conversation still called by the default title names it; a
+    title the user chose is never replaced (the title is compared and set in one update).
+    """
     if role not in Message.Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
     metadata = metadata or {}
     _check_metadata(metadata)
     message = Message.objects.create(conversation=conversation, role=role, content=content, metadata=metadata)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=message.created_at)
+    title = title_from_prompt(content) if role == Message.Role.USER else ""
+    if title and Conversation.objects.filter(pk=conversation.pk, title=DEFAULT_TITLE).update(title=title):
+        conversation.title = title
     return message
 
 

@@ -1,3 +1,5 @@
+from urllib.parse import quote
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -95,7 +97,11 @@ def job_submit(request, conversation_id: int):
                 conversation.messages.filter(role="user", pk__lt=job.message_id).order_by("-pk").values("pk")[:1]
             )
             new = selectors.message_list(conversation=conversation).filter(pk__in=[job.message_id, prompt_message])
-            return render(request, "chat/_messages.html", {"items": _message_items(list(new))}, status=201)
+            response = render(request, "chat/_messages.html", {"items": _message_items(list(new))}, status=201)
+            # The first prompt may have named the conversation; the page shows the new title.
+            conversation.refresh_from_db(fields=["title"])
+            response["X-Conversation-Title"] = quote(conversation.title)
+            return response
     if _is_fetch(request):
         return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=400)
     return _render_conversation(request, conversation, form, status=400)

@@ -17,6 +17,7 @@ class ImageJobAdmin(admin.ModelAdmin):
         "id",
         "thumbnail",
         "status",
+        "short_prompt",
         "owner",
         "model",
         "size",
@@ -30,6 +31,7 @@ class ImageJobAdmin(admin.ModelAdmin):
     list_filter = ("status", "model", "owner", "created_at")
     search_fields = ("prompt", "owner__username")
     list_select_related = ("owner",)
+    ordering = ("-created_at", "-id")  # newest first; the queue view shows the FIFO order
     date_hierarchy = "created_at"
     actions = ["cancel_jobs", "retry_jobs", "requeue_jobs_at_end", "mark_jobs_as_error"]
     readonly_fields = [field.name for field in ImageJob._meta.fields] + ["thumbnail", "duration", "position"]
@@ -44,7 +46,22 @@ class ImageJobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # jobs are made by submitting prompts
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Every field is read-only (jobs change through the actions), so there is nothing to save.
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
     # --- Columns ----------------------------------------------------------------------
+
+    @admin.display(description="Prompt")
+    def short_prompt(self, job):
+        prompt = " ".join(job.prompt.split())
+        return prompt if len(prompt) <= 60 else prompt[:59] + "…"
 
     @admin.display(description="Size")
     def size(self, job):
@@ -155,3 +172,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
+        return super().change_view(request, object_id, form_url, extra_context)

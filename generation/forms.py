@@ -12,57 +12,165 @@ PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
 SIZE_MIN = 64
 SIZE_MAX = 2048
+SIZE_STEP = 8
+STEPS_MIN, STEPS_MAX = 1, 100
+GUIDANCE_MIN, GUIDANCE_MAX = 0, 30
+
+# Common sizes with their aspect ratios, for the composer's presets (all within the demo limit).
+SIZE_PRESETS = [
+    ("1:1", 512, 512),
+    ("4:3", 576, 432),
+    ("3:4", 432, 576),
+    ("16:9", 768, 432),
+    ("9:16", 432, 768),
+    ("1:1 large", 768, 768),
+]
 
 
-_SIZE_ERRORS = {"step_size": "Use a multiple of 8 pixels."}
+def _range_errors(text: str) -> dict[str, str]:
+    """The same plain sentence for every way a number can be wrong."""
+    return {key: text for key in ("invalid", "min_value", "max_value", "step_size", "max_digits")}
+
+
+def _number(attrs: dict) -> forms.NumberInput:
+    return forms.NumberInput(attrs={"inputmode": "numeric", **attrs})
 
 
 def _model_choices() -> list[tuple[str, str]]:
     return [(name, name) for name in get_registry().names()]
 
 
+def size_error(label: str, limit: int) -> str:
+    return f"{label}: {SIZE_MIN}-{limit}, a multiple of {SIZE_STEP}."
+
+
 class JobForm(forms.Form):
+    # No max_length on the field: the browser's `maxlength` would cut a pasted prompt
+    # without a word. The length is checked in clean_prompt and shown by a counter.
     prompt = forms.CharField(
-        max_length=PROMPT_MAX_LENGTH,
         strip=True,
         error_messages={"required": "Please describe the image you want."},
-        widget=forms.Textarea(attrs={"rows": 2, "id": "prompt-input", "placeholder": "Describe an image…"}),
+        widget=forms.Textarea(
+            attrs={
+                "rows": 2,
+                "id": "prompt-input",
+                "data-testid": "prompt-input",
+                "data-max-length": PROMPT_MAX_LENGTH,
+                "placeholder": "Describe an image…",
+                "aria-describedby": "prompt-counter",
+            }
+        ),
     )
     negative_prompt = forms.CharField(
-        max_length=PROMPT_MAX_LENGTH, required=False, strip=True, widget=forms.Textarea(attrs={"rows": 1})
+        required=False,
+        strip=True,
+        label="Negative prompt",
+        help_text="What the image should not show.",
+        widget=forms.Textarea(attrs={"rows": 1, "data-max-length": PROMPT_MAX_LENGTH}),
     )
-    model = forms.ChoiceField(choices=_model_choices, required=False)
+    model = forms.ChoiceField(
+        choices=_model_choices, required=False, error_messages={"invalid_choice": "Model: choose one from the list."}
+    )
+    # Bounds are checked in clean(), against the chosen model's limit.
     width = forms.IntegerField(
-        min_value=SIZE_MIN, max_value=SIZE_MAX, step_size=8, required=False, error_messages=_SIZE_ERRORS
+        required=False,
+        error_messages={"invalid": f"Width: a whole number of pixels, a multiple of {SIZE_STEP}."},
+        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP, "placeholder": "512"}),
     )
     height = forms.IntegerField(
-        min_value=SIZE_MIN, max_value=SIZE_MAX, step_size=8, required=False, error_messages=_SIZE_ERRORS
+        required=False,
+        error_messages={"invalid": f"Height: a whole number of pixels, a multiple of {SIZE_STEP}."},
+        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP, "placeholder": "512"}),
     )
-    steps = forms.IntegerField(min_value=1, max_value=100, required=False)
-    guidance = forms.FloatField(min_value=0, max_value=30, required=False)
-    seed = forms.IntegerField(min_value=0, max_value=SEED_MAX, required=False, help_text="Empty for random.")
-    scheduler = forms.ChoiceField(choices=[(key, label) for key, (_, label, _) in SCHEDULERS.items()], required=False)
+    steps = forms.IntegerField(
+        min_value=STEPS_MIN,
+        max_value=STEPS_MAX,
+        required=False,
+        error_messages=_range_errors(f"Steps: {STEPS_MIN}-{STEPS_MAX}."),
+        help_text="More steps: finer detail, slower.",
+        widget=_number({"placeholder": "20"}),
+    )
+    guidance = forms.FloatField(
+        min_value=GUIDANCE_MIN,
+        max_value=GUIDANCE_MAX,
+        required=False,
+        error_messages=_range_errors(f"Guidance: {GUIDANCE_MIN}-{GUIDANCE_MAX}."),
+        help_text="How closely to follow the prompt.",
+        widget=forms.NumberInput(attrs={"step": "0.5", "placeholder": "7", "inputmode": "decimal"}),
+    )
+    seed = forms.IntegerField(
+        min_value=0,
+        max_value=SEED_MAX,
+        required=False,
+        error_messages=_range_errors(f"Seed: 0-{SEED_MAX}, or empty for a random one."),
+        help_text="Empty for random.",
+        widget=_number({"placeholder": "random"}),
+    )
+    scheduler = forms.ChoiceField(
+        choices=[(key, label) for key, (_, label, _) in SCHEDULERS.items()],
+        required=False,
+        error_messages={"invalid_choice": "Scheduler: choose one from the list."},
+    )
 
     DEFAULTS = {"width": 512, "height": 512, "steps": 20, "guidance": 7.0, "scheduler": DEFAULT_SCHEDULER}
+    # For the template: the counter's limit and the size presets.
+    prompt_max_length = PROMPT_MAX_LENGTH
+    size_presets = SIZE_PRESETS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Show the defaults as values, so nobody has to guess them.
+        defaults = {**self.DEFAULTS, "model": settings.IMAGEGEN_DEFAULT_MODEL}
+        for key, default in defaults.items():
+            self.fields[key].initial = default
+            # The page's settings summary names only what differs from these.
+            self.fields[key].widget.attrs["data-default"] = f"{default:g}" if isinstance(default, float) else default
+        limit = max((get_registry().get(name).max_size for name in get_registry().names()), default=SIZE_MAX)
+        for key in ("width", "height"):
+            self.fields[key].widget.attrs["max"] = limit
+
+    def clean_prompt(self):
+        value = self.cleaned_data.get("prompt", "")
+        if len(value) > PROMPT_MAX_LENGTH:
+            raise forms.ValidationError(
+                f"Prompt: at most {PROMPT_MAX_LENGTH} characters (this one has {len(value)}). Please shorten it."
+            )
+        return value
+
+    def clean_negative_prompt(self):
+        value = self.cleaned_data.get("negative_prompt", "")
+        if len(value) > PROMPT_MAX_LENGTH:
+            raise forms.ValidationError(
+                f"Negative prompt: at most {PROMPT_MAX_LENGTH} characters (this one has {len(value)})."
+            )
+        return value
 
     def clean_guidance(self):
         value = self.cleaned_data.get("guidance")
         if value is not None and value != value:  # NaN passes min/max checks
-            raise forms.ValidationError("Guidance must be a number.")
+            raise forms.ValidationError(f"Guidance: {GUIDANCE_MIN}-{GUIDANCE_MAX}.")
         return value
 
     def clean(self):
         data = super().clean()
+        # The size check runs whatever else is wrong, so every error shows in one round.
+        model = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
+        registry = get_registry()
+        limit = registry.get(model).max_size if model in registry else SIZE_MAX
+        for field, label in (("width", "Width"), ("height", "Height")):
+            if field not in data:
+                continue  # not a number: its own error says so
+            value = data[field]
+            if value is None:
+                data[field] = self.DEFAULTS[field]
+            elif not (SIZE_MIN <= value <= limit) or value % SIZE_STEP:
+                self.add_error(field, size_error(label, limit))
         if self.errors:
             return data
         for key, default in self.DEFAULTS.items():
             if data.get(key) in (None, ""):
                 data[key] = default
-        data["model"] = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
-        limit = get_registry().get(data["model"]).max_size
-        for field in ("width", "height"):
-            if data[field] > limit:
-                self.add_error(field, f"The {data['model']} model makes images up to {limit} pixels wide and high.")
+        data["model"] = model
         if data.get("seed") is None:
             # Chosen now, so the stored parameters reproduce the image.
             data["seed"] = secrets.randbelow(SEED_MAX + 1)

@@ -201,3 +201,13 @@ def user_active_jobs(*, user: AbstractBaseUser) -> list[dict]:
         }
         for job in jobs
     ]
+
+
+def image_list(*, user: AbstractBaseUser) -> QuerySet[ImageJob]:
+    """The user's finished images, newest first, with what a gallery links back to."""
+    return (
+        ImageJob.objects.filter(owner=user, status=Status.COMPLETE)
+        .exclude(image="")
+        .select_related("conversation")
+        .order_by("-finished_at", "-pk")
+    )

@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -21,6 +22,17 @@ def job_image(request, job_id: int):
     return FileResponse(
         job.image.open("rb"), content_type="image/png", as_attachment=download, filename=f"imagegen-{job.pk}.png"
     )
+
+
+GALLERY_PAGE_SIZE = 24
+
+
+@login_required
+def image_gallery(request):
+    """The user's own images across conversations, newest first, each linking to its message."""
+    paginator = Paginator(selectors.image_list(user=request.user), GALLERY_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    return render(request, "generation/gallery.html", {"page_obj": page})
 
 
 @login_required

@@ -56,11 +56,12 @@ def start_cluster(name: str, data_dir: Path, log_path: Path, **extra: str) -> su
 WEB_ENV = {"DATABASE_POOL_MAX_SIZE": "20"}
 
 
-def start_web(data_dir: Path, log_path: Path, **extra: str) -> tuple[subprocess.Popen, str]:
-    """daphne against the test database on a free port; returns (process, base URL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def start_web(data_dir: Path, log_path: Path, *, port: int = 0, **extra: str) -> tuple[subprocess.Popen, str]:
+    """daphne against the test database on `port` (default: a free one); returns (process, base URL)."""
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     web = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
         cwd=BASE_DIR,

@@ -27,7 +27,7 @@ def test_bad_input_posted_by_the_page_returns_the_form_with_its_errors(client, a
     assert response.status_code == 400
     body = response.content.decode()
     assert 'id="prompt-form"' in body
-    assert "less than or equal to 30" in body and "greater than or equal to 0" in body
+    assert "Guidance: 0-30." in body and "Seed: 0-4294967295" in body
     assert not ImageJob.objects.exists() and not Message.objects.exists()
 
 
@@ -97,3 +97,62 @@ def test_cancel_from_the_page_swaps_the_card(client, alice, submit):
     assert response.status_code == 200
     assert 'data-status="cancelled"' in response.content.decode()
     assert "Try again" in response.content.decode()
+
+
+def test_no_element_id_appears_twice_on_a_page_with_many_cards(client, settings, alice, alice_chat, submit, runner_for):
+    import re
+    from collections import Counter
+
+    settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 100
+    runner = runner_for(FakeGenerator())
+    submit("done one")
+    runner.run_next()
+    submit("done two")
+    runner.run_next()
+    submit("waiting one")
+    submit("waiting two")
+    submit("waiting three")
+    client.force_login(alice)
+    body = client.get(reverse("chat:conversation", args=[alice_chat.pk])).content.decode()
+    ids = Counter(re.findall(r'\sid="([^"]+)"', body))
+    assert body.count('data-testid="cancel-button"') == 3
+    assert [name for name, count in ids.items() if count > 1] == []
+
+
+def test_a_processing_card_shows_its_persisted_progress_and_elapsed_time(client, alice, alice_chat, submit):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = submit("half way")
+    ImageJob.objects.filter(pk=job.pk).update(
+        status="processing", progress=30, started_at=timezone.now() - timedelta(seconds=12)
+    )
+    client.force_login(alice)
+    body = client.get(reverse("generation:job_card", args=[job.pk])).content.decode()
+    assert 'value="30"' in body and ">30%<" in body
+    assert 'data-elapsed="12"' in body or 'data-elapsed="13"' in body
+    assert "Starting…" not in body
+
+
+def test_a_processing_card_with_no_step_yet_says_it_is_starting(client, alice, submit):
+    job = submit("first of the day")
+    ImageJob.objects.filter(pk=job.pk).update(status="processing", progress=0)
+    client.force_login(alice)
+    body = client.get(reverse("generation:job_card", args=[job.pk])).content.decode()
+    assert "Starting… the model may be loading" in body
+
+
+def test_the_first_prompt_sent_by_the_page_names_the_conversation_and_says_so(client, alice):
+    from urllib.parse import unquote
+
+    from chat.services import conversation_create
+
+    conversation = conversation_create(owner=alice)
+    client.force_login(alice)
+    url = reverse("chat:job_submit", args=[conversation.pk])
+    response = client.post(url, {"prompt": "Ein Schloss im Mondschein"}, **FETCH)
+    assert response.status_code == 201
+    assert unquote(response["X-Conversation-Title"]) == "Ein Schloss im Mondschein"
+    conversation.refresh_from_db()
+    assert conversation.title == "Ein Schloss im Mondschein"

@@ -69,6 +69,23 @@ def test_bad_input_shows_field_errors_and_creates_nothing(client, alice, alice_c
     assert response.status_code == 400
     body = response.content.decode()
     assert "Please describe the image you want." in body
-    assert "Ensure this value is less than or equal to 100." in body
-    assert "Use a multiple of 8 pixels." in body
+    assert "Steps: 1-100." in body
+    assert "Width: 64-1024, a multiple of 8." in body
     assert not ImageJob.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["/no-such-page/", "/conversations/999999/"])
+def test_a_missing_page_is_styled_and_leads_back(client, alice, url):
+    client.force_login(alice)
+    response = client.get(url)
+    assert response.status_code == 404
+    body = response.content.decode()
+    assert "Page not found" in body and 'href="/"' in body and "Back to your conversations" in body
+    assert "css/site.css" in body
+
+
+def test_the_server_error_page_renders_without_a_request_context():
+    from django.template.loader import render_to_string
+
+    body = render_to_string("500.html")
+    assert "Something went wrong" in body and "Back to your conversations" in body

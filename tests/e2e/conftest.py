@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, sync_playwright
 
 from tests.conftest import make_user
@@ -41,15 +42,27 @@ def stack(django_db_setup, tmp_path_factory):
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
-    web, url = start_web(data_dir, data_dir / "web.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
+    web_env = {"IMAGEGEN_LOCK_DIR": str(data_dir / "locks"), **STACK_ENV}
+    web, url = start_web(data_dir, data_dir / "web.log", **web_env)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
     maintenance = start_cluster("maintenance", data_dir, data_dir / "maintenance.log", **STACK_ENV)
+    stack = {"url": url, "data_dir": data_dir, "web": web}
+
+    def stop_web():
+        stop(stack["web"])
+
+    def start_web_again():
+        """The web server comes back on the same address, as after a restart."""
+        port = int(url.rsplit(":", 1)[1])
+        stack["web"], _ = start_web(data_dir, data_dir / "web.log", port=port, **web_env)
+
+    stack.update(stop_web=stop_web, start_web_again=start_web_again)
     try:
-        yield {"url": url, "data_dir": data_dir}
+        yield stack
     finally:
         stop(maintenance)
         stop(gpu)
-        stop(web)
+        stop(stack["web"])
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +82,39 @@ def browser(stack):
 
 @pytest.fixture
 def open_page(browser, stack, request):
-    """Log a named user in, in a fresh browser context; returns (page, user)."""
-    contexts = []
+    """Log a named user in, in a fresh browser context; returns (page, user).
 
-    def login(username: str, *, width: int = 1100, height: int = 900) -> tuple[Page, object]:
-        user = make_user(username)
-        context = browser.new_context(viewport={"width": width, "height": height})
+    Every console error and uncaught exception of the page fails the test, except the
+    browser's own reports that the test expects (`allow`: parts of the message, such as
+    "status of 400" for a refused form or "ERR_CONNECTION_REFUSED" while the server is down).
+    """
+    contexts = []
+    problems: list[str] = []
+
+    def login(
+        username: str,
+        *,
+        width: int = 1280,
+        height: int = 800,
+        color_scheme: str = "light",
+        allow: tuple[str, ...] = (),
+        existing: bool = False,
+    ) -> tuple[Page, object]:
+        user = get_user_model().objects.get(username=username) if existing else make_user(username)
+        context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
+
+        def on_console(message):
+            if message.type != "error":
+                return
+            if any(part in message.text for part in allow):
+                return
+            problems.append(f"{username}: console error: {message.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: problems.append(f"{username}: uncaught: {error}"))
         page.goto(f"{stack['url']}/login/")
         page.fill("#id_username", username)
         page.fill("#id_password", f"{username}-secret-pw")
@@ -93,6 +130,7 @@ def open_page(browser, stack, request):
                 shot(page, f"FAILED-{request.node.name}-{n}")
     for context in contexts:
         context.close()
+    assert problems == [], "the pages reported errors"
 
 
 def _settle_worker(lock_dir: Path) -> None:
@@ -123,14 +161,14 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-def shot(page: Page, name: str) -> None:
+def shot(page: Page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def new_conversation(page: Page) -> None:
     page.click("#new-conversation")
-    page.wait_for_selector("#prompt-input")
+    page.wait_for_selector("[data-testid=prompt-input]")
 
 
 def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
@@ -140,6 +178,6 @@ def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
         page.evaluate("document.querySelector('details.advanced').open = true")
         for field, value in advanced.items():
             page.fill(f"#id_{field}", value)
-    page.fill("#prompt-input", prompt)
-    page.press("#prompt-input", "Enter")
+    page.fill("[data-testid=prompt-input]", prompt)
+    page.press("[data-testid=prompt-input]", "Enter")
     page.wait_for_function(f"document.querySelectorAll('.job-card').length > {count}")

@@ -42,31 +42,31 @@ def test_three_prompts_get_their_own_positions_which_move_up_live_and_survive_a_
 
     cards = _cards(page)
     for n in range(3):  # scenario 1: each card its own position
-        expect(cards.nth(n).locator("#queue-position")).to_have_text(f"Position: {n + 1}")
+        expect(cards.nth(n).locator("[data-testid=queue-position]")).to_have_text(f"Position: {n + 1}")
     expect(cards.nth(0).locator(".eta")).to_contain_text("Starts in")
     shot(page, "queued")
 
     # Scenario 2: the blocker finishes, alice's first starts, the others move up, live.
-    expect(cards.nth(0).locator("#job-processing")).to_be_visible(timeout=60_000)
-    expect(cards.nth(1).locator("#queue-position")).to_have_text("Position: 1")
-    expect(cards.nth(2).locator("#queue-position")).to_have_text("Position: 2")
-    expect(cards.nth(0).locator("#progress-bar")).to_be_visible()
+    expect(cards.nth(0).locator("[data-testid=job-processing]")).to_be_visible(timeout=60_000)
+    expect(cards.nth(1).locator("[data-testid=queue-position]")).to_have_text("Position: 1")
+    expect(cards.nth(2).locator("[data-testid=queue-position]")).to_have_text("Position: 2")
+    expect(cards.nth(0).locator("[data-testid=progress-bar]")).to_be_visible()
     shot(page, "processing")
-    expect(cards.nth(0).locator("#job-complete img")).to_be_visible(timeout=60_000)
+    expect(cards.nth(0).locator("[data-testid=job-complete] img")).to_be_visible(timeout=60_000)
     expect(cards.nth(0)).to_contain_text("Your image is ready.")
 
     # Scenario 3: a reload brings back positions, progress and images from the database.
     page.reload()
     cards = _cards(page)
     expect(cards).to_have_count(3)
-    expect(cards.nth(0).locator("#job-complete img")).to_be_visible()
+    expect(cards.nth(0).locator("[data-testid=job-complete] img")).to_be_visible()
     second_state = cards.nth(1).get_attribute("data-status")
     assert second_state in {"processing", "complete"}
     if second_state == "processing":
-        expect(cards.nth(2).locator("#queue-position")).to_have_text("Position: 1")
-    expect(cards.nth(2).locator("#job-complete img")).to_be_visible(timeout=60_000)
+        expect(cards.nth(2).locator("[data-testid=queue-position]")).to_have_text("Position: 1")
+    expect(cards.nth(2).locator("[data-testid=job-complete] img")).to_be_visible(timeout=60_000)
     shot(page, "complete")
-    natural = page.evaluate("document.querySelector('#job-complete img').naturalWidth")
+    natural = page.evaluate("document.querySelector('[data-testid=job-complete] img').naturalWidth")
     assert natural == 512, "the image came through the access-checked view"
     page2.close()
 
@@ -79,15 +79,15 @@ def test_a_failing_job_shows_its_error_and_the_next_one_runs(open_page):
     submit_prompt(page, "this one works", **FAST)
 
     cards = _cards(page)
-    expect(cards.nth(0).locator("#job-error")).to_contain_text(
+    expect(cards.nth(0).locator("[data-testid=job-error]")).to_contain_text(
         "Image generation failed because of a problem on the server. Please try again."
     )
     shot(page, "error")
-    expect(cards.nth(1).locator("#job-complete img")).to_be_visible(timeout=60_000)
+    expect(cards.nth(1).locator("[data-testid=job-complete] img")).to_be_visible(timeout=60_000)
 
     # The retry button gives the failed job a new attempt (it fails again on purpose).
-    cards.nth(0).locator("#retry-button").click()
-    expect(cards.nth(0).locator("#job-error")).to_be_visible(timeout=30_000)
+    cards.nth(0).locator("[data-testid=retry-button]").click()
+    expect(cards.nth(0).locator("[data-testid=job-error]")).to_be_visible(timeout=30_000)
 
 
 def test_several_users_submitting_at_once_get_unique_positions_and_see_only_their_own(open_page):
@@ -103,11 +103,11 @@ def test_several_users_submitting_at_once_get_unique_positions_and_see_only_thei
         submit_prompt(bob_page, f"bob's owl {n}", **FAST)
 
     def positions(page):
-        texts = page.locator("#queue-position").all_inner_texts()
+        texts = page.locator("[data-testid=queue-position]").all_inner_texts()
         return [int(re.search(r"\d+", text).group()) for text in texts]
 
-    expect(alice_page.locator("#queue-position")).to_have_count(3)
-    expect(bob_page.locator("#queue-position")).to_have_count(3)
+    expect(alice_page.locator("[data-testid=queue-position]")).to_have_count(3)
+    expect(bob_page.locator("[data-testid=queue-position]")).to_have_count(3)
     everyone = positions(alice_page) + positions(bob_page)
     assert sorted(everyone) == [1, 2, 3, 4, 5, 6]
     assert "bob's owl" not in alice_page.content()
@@ -120,7 +120,7 @@ def test_a_stuck_job_becomes_an_error_in_the_browser_without_a_reload(open_page,
     new_conversation(page)
     submit_prompt(page, "[hang] this one stops answering", **FAST)
     card = _cards(page).nth(0)
-    expect(card.locator("#job-processing")).to_be_visible(timeout=60_000)
+    expect(card.locator("[data-testid=job-processing]")).to_be_visible(timeout=60_000)
 
     # Move the clock: its last heartbeat was six minutes ago. Then the guard runs, as
     # the maintenance cluster (or an operator) runs it: in a process of its own.
@@ -137,10 +137,10 @@ def test_a_stuck_job_becomes_an_error_in_the_browser_without_a_reload(open_page,
     # The maintenance cluster's own run of the guard, every minute, may get there first.
     assert guard.returncode == 0 and "Expired" in guard.stdout, guard.stderr
     assert ImageJob.objects.get(pk=job.pk).error == "Generation timed out (stuck job guard)"
-    expect(card.locator("#job-error")).to_contain_text("Generation timed out (stuck job guard)")
+    expect(card.locator("[data-testid=job-error]")).to_contain_text("Generation timed out (stuck job guard)")
     # The worker moves on to the next job.
     submit_prompt(page, "after the stuck one", **FAST)
-    expect(_cards(page).nth(1).locator("#job-complete img")).to_be_visible(timeout=60_000)
+    expect(_cards(page).nth(1).locator("[data-testid=job-complete] img")).to_be_visible(timeout=60_000)
 
 
 def test_an_open_circuit_breaker_shows_a_notice_holds_jobs_and_resumes_them(open_page):
@@ -153,16 +153,16 @@ def test_an_open_circuit_breaker_shows_a_notice_holds_jobs_and_resumes_them(open
         submit_prompt(page, f"[fail] broken backend {n}", **FAST)
     expect(notice).to_contain_text("paused after repeated failures", timeout=60_000)
     assert CircuitBreaker.objects.get(name="generation").state == "open"
-    expect(_cards(page).locator("#job-error")).to_have_count(5)
+    expect(_cards(page).locator("[data-testid=job-error]")).to_have_count(5)
 
     submit_prompt(page, "kept while open 1", **FAST)
     submit_prompt(page, "kept while open 2", **FAST)
     kept = _cards(page).nth(5)
-    expect(kept.locator("#queue-position")).to_have_text("Position: 1")
+    expect(kept.locator("[data-testid=queue-position]")).to_have_text("Position: 1")
     shot(page, "breaker-open")
 
     # After the cool-down the first kept job is the trial; it succeeds and the rest follow.
-    expect(_cards(page).nth(6).locator("#job-complete img")).to_be_visible(timeout=60_000)
-    expect(kept.locator("#job-complete img")).to_be_visible()
+    expect(_cards(page).nth(6).locator("[data-testid=job-complete] img")).to_be_visible(timeout=60_000)
+    expect(kept.locator("[data-testid=job-complete] img")).to_be_visible()
     expect(notice).to_be_hidden()
     assert CircuitBreaker.objects.get(name="generation").state == "closed"

@@ -83,7 +83,7 @@ def test_bad_input_gets_a_field_error_and_creates_nothing(alice_chat, submit, fi
 def test_the_demo_model_has_a_size_limit(submit):
     with pytest.raises(ValidationError) as caught:
         submit(width=1536)
-    assert "up to 1024" in caught.value.message_dict["width"][0]
+    assert caught.value.message_dict["width"] == ["Width: 64-1024, a multiple of 8."]
 
 
 def test_a_user_cannot_queue_more_than_the_pending_cap(settings, submit, bob_chat):

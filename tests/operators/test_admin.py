@@ -104,3 +104,19 @@ def test_staff_without_job_permissions_cannot_see_the_queue(client, db):
     staff.save()
     client.force_login(staff)
     assert client.get(reverse("admin:generation_imagejob_queue")).status_code == 404
+
+
+def test_the_job_list_shows_the_newest_first_with_its_prompt(admin_client, submit):
+    older, newer = submit("an older lighthouse"), submit("a newer windmill")
+    response = admin_client.get(reverse("admin:generation_imagejob_changelist"))
+    body = response.content.decode()
+    assert [job.pk for job in response.context["cl"].result_list][:2] == [newer.pk, older.pk]
+    assert "column-short_prompt" in body
+    assert body.index("a newer windmill") < body.index("an older lighthouse")
+
+
+def test_a_read_only_job_page_has_no_save_button(admin_client, submit):
+    job = submit("look only")
+    body = admin_client.get(reverse("admin:generation_imagejob_change", args=[job.pk])).content.decode()
+    assert "look only" in body
+    assert 'name="_save"' not in body and 'name="_continue"' not in body

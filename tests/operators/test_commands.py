@@ -1,4 +1,5 @@
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,19 @@ def test_generate_waits_with_a_progress_bar_and_prints_the_image_path(sync_q, mo
     assert Path(job.image.path).exists()
 
 
+def test_generate_waiting_in_the_queue_shows_its_position_and_no_log_lines(
+    alice, bob_chat, submit, caplog, monkeypatch
+):
+    monkeypatch.setattr(logging.getLogger("django-q"), "level", logging.NOTSET)
+    caplog.set_level(logging.INFO)
+    submit("somebody else's first", conversation=bob_chat)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="stays queued"):
+        call_command("generate", "mine", "--user", "alice", "--wait", "--pickup-timeout", "1.2", stdout=out)
+    assert "Queued: position 2, starts in" in out.getvalue()
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("django-q")] == []
+
+
 def test_generate_without_a_worker_gives_up_clearly_and_leaves_the_job_queued(alice):
     with pytest.raises(CommandError, match="No worker started job .* within 0.5 s; it stays queued"):
         _run("generate", "nobody home", "--user", "alice", "--wait", "--pickup-timeout", "0.5")
@@ -48,9 +62,9 @@ def test_generate_without_a_worker_gives_up_clearly_and_leaves_the_job_queued(al
     "args,message",
     [
         (["--size", "huge"], "--size must look like 512x512"),
-        (["--size", "100x100"], "width: Use a multiple of 8 pixels."),
-        (["--steps", "0"], "steps: Ensure this value is greater than or equal to 1."),
-        (["--model", "sdxl"], "model: Select a valid choice."),
+        (["--size", "100x100"], "width: Width: 64-1024, a multiple of 8."),
+        (["--steps", "0"], "steps: Steps: 1-100."),
+        (["--model", "sdxl"], "model: Model: choose one from the list."),
         (["--user", "nobody"], "No user named 'nobody'"),
     ],
 )

@@ -1,3 +1,4 @@
+import logging
 import time
 
 from django.contrib.auth import get_user_model
@@ -6,8 +7,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from chat.models import Conversation
 from chat.services import conversation_create
+from generation import selectors
 from generation.models import ImageJob
 from generation.services import job_submit
+from generation.templatetags.jobs import duration
 
 CONVERSATION_TITLE = "Command line"
 
@@ -38,6 +41,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        # django-q logs every enqueued task at INFO; here it would break the progress line.
+        logging.getLogger("django-q").setLevel(logging.WARNING)
         user = self._user(options["user"])
         params = {"negative_prompt": options["negative_prompt"]}
         for key in ("model", "steps", "seed", "guidance"):
@@ -71,25 +76,41 @@ class Command(BaseCommand):
             raise CommandError("Say whose job it is with --user USERNAME.")
         return superusers[0]
 
+    def _queued_line(self, job) -> str:
+        state = selectors.job_live_states(jobs=[job]).get(job.pk, {})
+        if state.get("position") is None:
+            return "Queued"
+        line = f"Queued: position {state['position']}"
+        if state.get("estimated_start_seconds") is not None:
+            line += f", starts in {duration(state['estimated_start_seconds'])}"
+        return line
+
     def _follow(self, job, *, pickup_timeout: float) -> None:
         queued_since = time.monotonic()
         last = None
+        checked, queued_line = 0.0, ""
         while True:
             job.refresh_from_db()
             if job.status == ImageJob.Status.QUEUED:
                 if time.monotonic() - queued_since > pickup_timeout:
+                    self.stdout.write("")
                     raise CommandError(
                         f"No worker started job {job.pk} within {pickup_timeout:g} s; it stays queued. "
                         "Is the gpu cluster running (make run)?"
                     )
-                line = "queued"
+                if time.monotonic() - checked >= 1:
+                    # The position reads the whole queue: once a second is plenty.
+                    checked = time.monotonic()
+                    queued_line = self._queued_line(job)
+                line = queued_line
             elif job.status == ImageJob.Status.PROCESSING:
                 filled = job.progress * 30 // 100
                 line = f"[{'#' * filled}{'.' * (30 - filled)}] {job.progress:3d}%"
             else:
                 break
             if line != last:
-                self.stdout.write(f"\r{line}", ending="")
+                # Padded, so a shorter line wipes out the end of a longer one.
+                self.stdout.write(f"\r{line:<60}", ending="")
                 self.stdout.flush()
                 last = line
             time.sleep(0.25)
