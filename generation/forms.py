@@ -129,21 +129,19 @@ class JobForm(forms.Form):
         for key in ("width", "height"):
             self.fields[key].widget.attrs["max"] = limit
 
-    def clean_prompt(self):
-        value = self.cleaned_data.get("prompt", "")
+    def _bounded_text(self, field: str, label: str) -> str:
+        value = self.cleaned_data.get(field, "")
         if len(value) > PROMPT_MAX_LENGTH:
             raise forms.ValidationError(
-                f"Prompt: at most {PROMPT_MAX_LENGTH} characters (this one has {len(value)}). Please shorten it."
+                f"{label}: at most {PROMPT_MAX_LENGTH} characters (this one has {len(value)}). Please shorten it."
             )
         return value
 
+    def clean_prompt(self):
+        return self._bounded_text("prompt", "Prompt")
+
     def clean_negative_prompt(self):
-        value = self.cleaned_data.get("negative_prompt", "")
-        if len(value) > PROMPT_MAX_LENGTH:
-            raise forms.ValidationError(
-                f"Negative prompt: at most {PROMPT_MAX_LENGTH} characters (this one has {len(value)})."
-            )
-        return value
+        return self._bounded_text("negative_prompt", "Negative prompt")
 
     def clean_guidance(self):
         value = self.cleaned_data.get("guidance")

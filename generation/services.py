@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -215,13 +216,13 @@ def job_progress(
     """Record progress; returns False when the job is no longer processing (cancelled).
 
     With `persist` the row and the message are written (every 10 % and as a
-    heartbeat); with `push` the live event goes out. The status check is the
-    worker's way of noticing a cancel, so it runs either way.
+    heartbeat); with `push` the live event goes out (after the commit, if any). The
+    status check is the worker's way of noticing a cancel, so it runs either way.
     """
     progress = min(100, int(step * 100 / max(total, 1)))
     processing = ImageJob.objects.filter(pk=job.pk, status=Status.PROCESSING)
-    if persist:
-        with transaction.atomic():
+    with transaction.atomic() if persist else nullcontext():
+        if persist:
             if connection.vendor == "postgresql":
                 # Progress is re-derived by the next write; losing the last one in a
                 # crash costs nothing, so its commit need not wait for the disk.
@@ -230,29 +231,18 @@ def job_progress(
             if not processing.update(progress=progress, heartbeat_at=now or timezone.now()):
                 return False
             message_update(job.message_id, metadata={"progress": progress})
-            if push:
-                events.send_to_user(
-                    job.owner_id,
-                    "job.progress",
-                    job_id=job.pk,
-                    status=Status.PROCESSING,
-                    step=step,
-                    total=total,
-                    progress=progress,
-                )
-        return True
-    if not processing.exists():
-        return False
-    if push:
-        events.send_to_user(
-            job.owner_id,
-            "job.progress",
-            job_id=job.pk,
-            status=Status.PROCESSING,
-            step=step,
-            total=total,
-            progress=progress,
-        )
+        elif not processing.exists():
+            return False
+        if push:
+            events.send_to_user(
+                job.owner_id,
+                "job.progress",
+                job_id=job.pk,
+                status=Status.PROCESSING,
+                step=step,
+                total=total,
+                progress=progress,
+            )
     return True
 
 
