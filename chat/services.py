@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -169,34 +170,14 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
     return conversation
 
 
-def message_post(
-    *,
-    conversation: Conversation,
-    role: str,
-    content: str = "",
-    metadata: dict | None = None,
-) -> Message:
-    """Add a message to a conversation and move the conversation to the top of its list.
-
-    The first prompt of a conversation still called by the default title names it; a
-    title the user chose is never replaced (the title is compared and set in one update).
-    """
-    if role not in Message.Role.values:
-        raise ValidationError({"role": f"Unknown role {role!r}."})
-    metadata = metadata or {}
-    _check_metadata(metadata)
-    message = Message.objects.create(conversation=conversation, role=role, content=content, metadata=metadata)
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=message.created_at)
-    title = title_from_prompt(content) if role == Message.Role.USER else ""
-    if title and Conversation.objects.filter(pk=conversation.pk, title=DEFAULT_TITLE).update(title=title):
-        conversation.title = title
-    return message
-
-
 def exchange_post(
     *, conversation: Conversation, prompt: str, reply: str, reply_metadata: dict
 ) -> tuple[Message, Message]:
-    """The user's prompt and the assistant's reply, in one insert; the conversation moves to the top."""
+    """The user's prompt and the assistant's reply, in one insert; the conversation moves to the top.
+
+    The first prompt of a conversation still called by the default title names it; a
+    title the user chose is never replaced (compared and set in the same update).
+    """
     _check_metadata(reply_metadata)
     now = timezone.now()
     asked, answered = Message.objects.bulk_create(
@@ -211,7 +192,10 @@ def exchange_post(
             ),
         ]
     )
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    named = title_from_prompt(prompt)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        updated_at=now, title=Case(When(title=DEFAULT_TITLE, then=Value(named)), default=F("title"))
+    )
     return asked, answered
 
 

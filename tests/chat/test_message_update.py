@@ -5,17 +5,18 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 
 from chat.models import Message
-from chat.services import message_post, message_update
+from chat.services import exchange_post, message_update
 
 
 @pytest.fixture
 def message(alice_chat):
-    return message_post(
+    _, reply = exchange_post(
         conversation=alice_chat,
-        role="assistant",
-        content="Queued",
-        metadata={"status": "queued", "params": {"steps": 20, "size": {"w": 512, "h": 512}}, "tags": ["a"]},
+        prompt="a lighthouse",
+        reply="Queued",
+        reply_metadata={"status": "queued", "params": {"steps": 20, "size": {"w": 512, "h": 512}}, "tags": ["a"]},
     )
+    return reply
 
 
 def test_it_keeps_keys_the_update_does_not_name(message):
@@ -51,7 +52,7 @@ def test_empty_or_missing_metadata_changes_nothing(message, metadata):
 
 
 def test_it_fills_a_message_that_had_no_metadata(alice_chat):
-    message = message_post(conversation=alice_chat, role="user", content="hi")
+    message, _ = exchange_post(conversation=alice_chat, prompt="hi", reply="", reply_metadata={})
     message_update(message.pk, metadata={"a": {"b": 1}})
     message.refresh_from_db()
     assert message.metadata == {"a": {"b": 1}}
@@ -93,7 +94,9 @@ KEYS_PER_THREAD = 100
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_merges_from_many_connections_lose_no_key(alice_chat):
     """8 threads, each with its own connection, merge 100 keys each into one message."""
-    message = message_post(conversation=alice_chat, role="assistant", metadata={"shared": {"origin": True}})
+    _, message = exchange_post(
+        conversation=alice_chat, prompt="shared", reply="", reply_metadata={"shared": {"origin": True}}
+    )
     barrier = threading.Barrier(THREADS)
     failures: list[BaseException] = []
 
