@@ -79,61 +79,70 @@ class JobRunner:
         """Run jobs back to back until none is runnable or `budget` seconds have passed.
 
         Returns the ids of the jobs run; every one of them has its outcome recorded.
+        The device stays locked until the bookkeeper has written everything.
         """
         started = self.clock()
         ran: list[int] = []
-        with _Bookkeeper(self) as bookkeeper:
-            while True:
-                job = self.run_next(bookkeeper=bookkeeper)
-                if job is None and bookkeeper.busy:
-                    # A breaker trial may be the job being recorded: once its outcome
-                    # is, the queue may open again.
-                    bookkeeper.wait_idle()
-                    job = self.run_next(bookkeeper=bookkeeper)
-                if job is None:
-                    break
-                ran.append(job.pk)
-                if self.out_of_time or self.clock() - started >= budget:
-                    break
-        return ran
-
-    def run_next(self, *, bookkeeper: _Bookkeeper | None = None) -> ImageJob | None:
-        """Claim the oldest runnable job and run it; None when there was nothing to run.
-
-        Without a `bookkeeper` everything is written on this thread, and the outcome
-        is recorded before this returns.
-        """
-        device = self.generator.device
         try:
-            with device_lock(
-                device,
-                lock_dir=settings.IMAGEGEN_LOCK_DIR,
-                wait=settings.IMAGEGEN_GPU_LOCK_WAIT_SECONDS,
-                clock=self.clock,
-                sleep=self.sleep,
-            ):
-                job = self._claim_when_ready()
-                if job is not None:
-                    try:
-                        self._run(job, bookkeeper)
-                    except TimeoutException as exc:
-                        # django-q2's hard timeout fired (our soft one did not: a hang
-                        # outside the steps). End the job; the worker lives on.
-                        self.out_of_time = True
-                        seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
-                        services.job_fail(job_id=job.pk, error=timeout_message(seconds), detail=str(exc))
-                        services.breaker_record_failure(now=self.now())
-                    except Exception as exc:
-                        # Something outside the generation failed (the database, the
-                        # disk): the job must still end, and the task report it.
-                        services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
-                        raise
-                return job
+            with self._device_locked(), _Bookkeeper(self) as bookkeeper:
+                while True:
+                    job = self._run_one(bookkeeper)
+                    if job is None and bookkeeper.busy:
+                        # A breaker trial may be the job being recorded: once its outcome
+                        # is, the queue may open again.
+                        bookkeeper.wait_idle()
+                        job = self._run_one(bookkeeper)
+                    if job is None:
+                        break
+                    ran.append(job.pk)
+                    if self.out_of_time or self.clock() - started >= budget:
+                        break
         except DeviceBusy as exc:
             # Nothing was claimed: the queue is untouched, for a later try.
             logger.warning("%s", exc)
             self.device_busy = True
+        return ran
+
+    def run_next(self) -> ImageJob | None:
+        """Claim the oldest runnable job and run it, writing everything on this thread.
+
+        None when there was nothing to run; the outcome is recorded before this returns.
+        """
+        try:
+            with self._device_locked():
+                return self._run_one(None)
+        except DeviceBusy as exc:
+            logger.warning("%s", exc)
+            self.device_busy = True
             return None
+
+    def _device_locked(self):
+        return device_lock(
+            self.generator.device,
+            lock_dir=settings.IMAGEGEN_LOCK_DIR,
+            wait=settings.IMAGEGEN_GPU_LOCK_WAIT_SECONDS,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
+    def _run_one(self, bookkeeper: _Bookkeeper | None) -> ImageJob | None:
+        job = self._claim_when_ready()
+        if job is not None:
+            try:
+                self._run(job, bookkeeper)
+            except TimeoutException as exc:
+                # django-q2's hard timeout fired (our soft one did not: a hang
+                # outside the steps). End the job; the worker lives on.
+                self.out_of_time = True
+                seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
+                services.job_fail(job_id=job.pk, error=timeout_message(seconds), detail=str(exc))
+                services.breaker_record_failure(now=self.now())
+            except Exception as exc:
+                # Something outside the generation failed (the database, the
+                # disk): the job must still end, and the task report it.
+                services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
+                raise
+        return job
 
     def _claim_when_ready(self) -> ImageJob | None:
         """Claim a job, waiting (bounded) when only a retry delay or the breaker holds the queue."""

@@ -138,20 +138,23 @@ def _settle_worker(lock_dir: Path) -> None:
     from django_q.brokers import get_broker
 
     from generation.locks import DeviceBusy, device_lock
-    from generation.models import ImageJob
+    from generation.models import ImageJob, QueueBroadcast
 
     ImageJob.objects.filter(status__in=["queued", "processing"]).update(status="cancelled")
-    broker = get_broker("gpu")
+    gpu, maintenance = get_broker("gpu"), get_broker("maintenance")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        # The worker holds the device lock while it claims and runs a job.
+        # The worker holds the device lock while it runs jobs and records them; the
+        # maintenance cluster clears the request when its broadcast starts.
         try:
             with device_lock("cpu", lock_dir=lock_dir, wait=0):
-                if not broker.queue_size():
-                    return
+                pending = QueueBroadcast.objects.filter(requested_at__isnull=False).exists()
+                if not gpu.queue_size() and not maintenance.queue_size() and not pending:
+                    break
         except DeviceBusy:
             pass
         time.sleep(0.2)
+    time.sleep(0.3)  # a broadcast that has just started writes for a few milliseconds
 
 
 @pytest.hookimpl(hookwrapper=True)
