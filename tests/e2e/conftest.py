@@ -123,14 +123,30 @@ def open_page(browser, stack, request):
         return page, user
 
     yield login
+    failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
+    if failed:
+        _report_stack(stack["data_dir"])
     _settle_worker(stack["data_dir"] / "locks")
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+    if failed:
         for n, context in enumerate(contexts):
             for page in context.pages:
                 shot(page, f"FAILED-{request.node.name}-{n}")
     for context in contexts:
         context.close()
     assert problems == [], "the pages reported errors"
+
+
+def _report_stack(data_dir: Path) -> None:
+    """What a failed browser test needs to be understood: the jobs and the processes' logs."""
+    from generation.models import ImageJob
+
+    for row in ImageJob.objects.order_by("pk").values("pk", "status", "worker", "not_before", "started_at", "heartbeat_at"):
+        print("job", row)
+    for name in ("web", "gpu", "maintenance"):
+        log = data_dir / f"{name}.log"
+        if log.exists():
+            print(f"--- last lines of {name}.log ---")
+            print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
 
 
 def _settle_worker(lock_dir: Path) -> None:
