@@ -228,10 +228,32 @@
     return true;
   }
 
+  // Events can outrun the answer to the POST that made a card (a fast worker claims
+  // the job first): what arrives for a job without a card is kept for a while, and
+  // applied when its card is added.
+  const early = new Map();
+  function keepEarly(jobId, what) {
+    const seen = early.get(String(jobId)) || {};
+    early.set(String(jobId), { ...seen, ...what });
+    while (early.size > 200) early.delete(early.keys().next().value);
+  }
+
+  function applyEarly(el) {
+    const seen = early.get(el.dataset.jobId);
+    if (!seen) return;
+    early.delete(el.dataset.jobId);
+    if (seen.changed) refreshCard(el.dataset.jobId);
+    else if (seen.position && el.dataset.status === "queued") {
+      const job = seen.position;
+      showPosition(el, job.position, job.estimated_start_seconds, job.estimated_seconds);
+    }
+  }
+
   function applyPositions(event) {
     if (!newerQueue(event.version)) return;
     for (const job of event.jobs) {
       const el = card(job.job_id);
+      if (!el) keepEarly(job.job_id, { position: job });
       if (el && el.dataset.status === "queued") {
         showPosition(el, job.position, job.estimated_start_seconds, job.estimated_seconds);
       }
@@ -271,7 +293,11 @@
     if (event.type === "service.status") return showService(event);
     if (event.type === "error") return console.warn("Live updates:", event.message);
     const el = card(event.job_id);
-    if (!el) return; // a job of another conversation
+    if (!el) {
+      // A job of another conversation, or one whose card is on its way.
+      if (event.type !== "job.preview" && event.type !== "job.queued") keepEarly(event.job_id, { changed: true });
+      return;
+    }
     switch (event.type) {
       case "job.progress":
         if (el.dataset.status !== "processing") {
@@ -374,7 +400,11 @@
     const empty = document.getElementById("empty-state");
     empty?.setAttribute("hidden", "");
     empty?.insertAdjacentHTML("beforebegin", html);
-    document.querySelectorAll(".job-card").forEach((el) => clocks.has(el.dataset.jobId) || readCard(el));
+    document.querySelectorAll(".job-card").forEach((el) => {
+      if (clocks.has(el.dataset.jobId)) return;
+      readCard(el);
+      applyEarly(el);
+    });
     scrollToNewest();
   }
 

@@ -166,3 +166,24 @@ def test_an_open_circuit_breaker_shows_a_notice_holds_jobs_and_resumes_them(open
     expect(kept.locator("[data-testid=job-complete] img")).to_be_visible()
     expect(notice).to_be_hidden()
     assert CircuitBreaker.objects.get(name="generation").state == "closed"
+
+
+def test_a_card_whose_job_ends_before_the_submit_answers_still_shows_the_outcome(open_page):
+    page, alice = open_page("alice")
+    new_conversation(page)
+    # The answer to the submit reaches the page only once the worker has finished the
+    # job: every live event about it came before its card existed.
+    done = []
+
+    def hold_the_answer(route):
+        answer = route.fetch()
+        job = ImageJob.objects.filter(owner=alice).first()
+        wait_for(lambda: ImageJob.objects.get(pk=job.pk).status == "complete", timeout=60, message="job done")
+        done.append(job.pk)
+        route.fulfill(response=answer)
+
+    page.route("**/submit/", hold_the_answer)
+    submit_prompt(page, "a quick one", **FAST)
+    assert done, "the answer was not held"
+    expect(_cards(page).nth(0).locator("[data-testid=job-complete] img")).to_be_visible(timeout=10_000)
+    expect(_cards(page).nth(0)).to_contain_text("Your image is ready.")
