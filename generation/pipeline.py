@@ -19,10 +19,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 if TYPE_CHECKING:
     import torch
@@ -416,12 +415,6 @@ def infotext(request: GenerationRequest) -> str:
         f"Seed: {request.seed}, Size: {request.width}x{request.height}, Model: {request.model}"
     )
     return "\n".join(lines)
-
-
-def save_png(image: Image.Image, fp: IO[bytes], *, parameters: str, compress_level: int = 6) -> None:
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    image.save(fp, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 def latents_preview(latents: torch.Tensor, *, max_size: int = 128) -> Image.Image:

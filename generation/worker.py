@@ -38,8 +38,8 @@ from generation.pipeline import (
     infotext,
     is_transient,
     latents_preview,
-    save_png,
 )
+from generation.png import encode_png
 from generation.registry import get_generator
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ PUSH_INTERVAL = 0.1  # seconds between live progress events (and cancel checks)
 PREVIEW_INTERVAL = 1.0  # seconds between live previews
 PROGRESS_PERSIST_EVERY = 10  # percent
 FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits for the bookkeeper
-PNG_COMPRESS_LEVEL = 1  # about twice as fast as the default for a few % more bytes
 
 TRANSIENT_MESSAGE = "The image generator is temporarily unavailable. Please try again in a few minutes."
 FAILED_MESSAGE = "Image generation failed because of a problem on the server. Please try again."
@@ -204,9 +203,8 @@ class JobRunner:
 
     def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
         """Encode and store the image, complete the job, and tell the breaker."""
-        buffer = io.BytesIO()
-        save_png(image, buffer, parameters=infotext(request), compress_level=PNG_COMPRESS_LEVEL)
-        if services.job_complete(job_id=job.pk, png=buffer.getvalue(), now=self.now()) is None:
+        png = encode_png(image, parameters=infotext(request))
+        if services.job_complete(job_id=job.pk, png=png, now=self.now()) is None:
             services.breaker_release_trial()
         else:
             services.breaker_record_success()

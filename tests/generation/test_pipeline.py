@@ -16,8 +16,8 @@ from generation.pipeline import (
     infotext,
     latents_preview,
     random_modules,
-    save_png,
 )
+from generation.png import encode_png
 from tests.helpers import BASE_DIR
 
 
@@ -128,9 +128,7 @@ def test_an_exception_from_the_step_callback_aborts_the_run(demo_dir):
 
 def test_the_png_carries_automatic1111_infotext():
     request = _request(prompt="a cat\non a mat", negative_prompt="dogs", scheduler="euler_a", guidance=6.5, seed=42)
-    buffer = io.BytesIO()
-    save_png(Image.new("RGB", (64, 64)), buffer, parameters=infotext(request))
-    with Image.open(io.BytesIO(buffer.getvalue())) as png:
+    with Image.open(io.BytesIO(encode_png(Image.new("RGB", (64, 64)), parameters=infotext(request)))) as png:
         assert png.info["parameters"] == (
             "a cat\non a mat\nNegative prompt: dogs\n"
             "Steps: 3, Sampler: Euler a, CFG scale: 6.5, Seed: 42, Size: 64x64, Model: demo"
