@@ -98,6 +98,32 @@ def _queue_changed() -> None:
 # --- Submit ------------------------------------------------------------------------
 
 
+def _caps_refusal(owner_id: int, *, now: datetime, submission: bool) -> str | None:
+    """Lock the user's row, then check their caps; what to tell them, or None.
+
+    One user's submissions and retries queue behind each other on that lock, so the
+    caps hold even when several tabs or scripts ask at the same moment. The counts
+    are a statement of their own: one that starts after the lock is granted sees
+    every job committed by the one that held it (a single statement would count
+    from its own, older snapshot on PostgreSQL). A retry brings back a job, so
+    only the pending cap applies to it; a new submission also counts against the
+    per-minute rate.
+    """
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+    counts = ImageJob.objects.filter(owner_id=owner_id).aggregate(
+        pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
+        recent=Count("pk", filter=Q(created_at__gte=now - timedelta(minutes=1))),
+    )
+    if counts["pending"] >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
+        return (
+            f"You already have {counts['pending']} images waiting. "
+            "Please wait for one to finish before asking for more."
+        )
+    if submission and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+        return "You are sending prompts too quickly. Please wait a minute and try again."
+    return None
+
+
 def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: str, **params: Any) -> ImageJob:
     """Validate, then create the user's message, the assistant's message and the job.
 
@@ -111,21 +137,10 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         raise ValidationError(form.errors.as_data())
     data = form.cleaned_data
     with transaction.atomic():
-        # One user's submissions queue behind each other here, so the caps hold
-        # even when several tabs or scripts submit at the same moment.
-        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
         now = timezone.now()
-        counts = ImageJob.objects.filter(owner=user).aggregate(
-            pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
-            recent=Count("pk", filter=Q(created_at__gte=now - timedelta(minutes=1))),
-        )
-        pending = counts["pending"]
-        if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
-            raise ValidationError(
-                f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
-            )
-        if counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
-            raise ValidationError("You are sending prompts too quickly. Please wait a minute and try again.")
+        refusal = _caps_refusal(user.pk, now=now, submission=True)
+        if refusal:
+            raise ValidationError(refusal)
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
         _, assistant = exchange_post(
             conversation=conversation,
@@ -339,10 +354,9 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     """
     now = now or timezone.now()
     with transaction.atomic():
-        if job.owner_id is not None:
-            pending = ImageJob.objects.filter(owner_id=job.owner_id, status__in=ImageJob.PENDING).count()
-            if pending >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
-                raise JobError(f"You already have {pending} images waiting. Please wait for one to finish.")
+        refusal = _caps_refusal(job.owner_id, now=now, submission=False)
+        if refusal:
+            raise JobError(refusal)
         retried = _transition(
             job.pk,
             expected=(Status.ERROR, Status.CANCELLED),

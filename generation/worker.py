@@ -285,7 +285,8 @@ class _Bookkeeper:
     """A thread that does the writing while the device makes images.
 
     Progress for a job coalesces: when the device is ahead, only the newest state is
-    written (a persisted one if any of those it replaces was). Finished images wait
+    written (a persisted one if any of those it replaces was), and none once the
+    job's image is waiting to be recorded. Finished images wait
     in a bounded backlog, so a device faster than the bookkeeper waits for it
     instead of holding many images in memory. Leaving the `with` block waits until
     everything is written. A failure to record an image fails that job alone.
@@ -346,6 +347,9 @@ class _Bookkeeper:
         with self._changed:
             self._changed.wait_for(lambda: self._finishing < FINISHED_BACKLOG)
             self._finishing += 1
+            # Its completion says more than any progress still waiting to be written.
+            for item in [item for item in self._items if item[0] == "progress" and item[1].pk == job.pk]:
+                self._items.remove(item)
             self._items.append(("finish", job, {"image": image, "request": request}))
             self._changed.notify_all()
 

@@ -143,3 +143,37 @@ def test_the_pending_cap_holds_when_one_user_submits_from_many_threads_at_once(s
     assert sorted(outcomes) == ["queued"] * 3 + ["refused"] * 5
     assert ImageJob.objects.count() == 3
     assert Message.objects.count() == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pending_cap_holds_when_many_failed_jobs_are_retried_at_once(settings, alice, alice_chat):
+    import threading
+
+    from django.db import connection
+
+    from generation.services import JobError, job_retry, job_submit
+
+    jobs = [job_submit(user=alice, conversation=alice_chat, prompt=f"failed {n}", steps=2) for n in range(8)]
+    ImageJob.objects.update(status="error", error="it broke")
+    settings.IMAGEGEN_MAX_PENDING_PER_USER = 3
+    barrier = threading.Barrier(len(jobs))
+    outcomes: list[str] = []
+
+    def retry_one(job):
+        try:
+            barrier.wait()
+            job_retry(job=job)
+            outcomes.append("queued")
+        except JobError as exc:
+            assert "already have 3 images waiting" in str(exc)
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=retry_one, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["queued"] * 3 + ["refused"] * 5
+    assert ImageJob.objects.filter(status="queued").count() == 3
