@@ -196,6 +196,9 @@ def exchange_post(
     Conversation.objects.filter(pk=conversation.pk).update(
         updated_at=now, title=Case(When(title=DEFAULT_TITLE, then=Value(named)), default=F("title"))
     )
+    conversation.updated_at = now
+    if conversation.title == DEFAULT_TITLE:
+        conversation.title = named
     return asked, answered
 
 

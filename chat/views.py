@@ -81,27 +81,26 @@ def conversation_detail(request, conversation_id: int):
 def job_submit(request, conversation_id: int):
     """Queue a prompt. The page posts with fetch and gets the new messages back as HTML."""
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
-    form = JobForm(data=request.POST)
-    if form.is_valid():
-        params = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST and key != "prompt"}
-        try:
-            job = generation_services.job_submit(
-                user=request.user, conversation=conversation, prompt=request.POST.get("prompt", ""), **params
-            )
-        except ValidationError as exc:
+    fields = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST}
+    try:
+        job = generation_services.job_submit(user=request.user, conversation=conversation, **fields)
+    except ValidationError as exc:
+        # Show the refusal on the form: its fields' own errors, or the cap that refused it.
+        form = JobForm(data=request.POST)
+        if form.is_valid():
             form.add_error(None, exc)
-        else:
-            if not _is_fetch(request):
-                return redirect("chat:conversation", conversation_id=conversation.pk)
-            prompt_message = (
-                conversation.messages.filter(role="user", pk__lt=job.message_id).order_by("-pk").values("pk")[:1]
-            )
-            new = selectors.message_list(conversation=conversation).filter(pk__in=[job.message_id, prompt_message])
-            response = render(request, "chat/_messages.html", {"items": _message_items(list(new))}, status=201)
-            # The first prompt may have named the conversation; the page shows the new title.
-            conversation.refresh_from_db(fields=["title"])
-            response["X-Conversation-Title"] = quote(conversation.title)
-            return response
+    else:
+        if not _is_fetch(request):
+            return redirect("chat:conversation", conversation_id=conversation.pk)
+        # The new card's position is its rank now; its ETA comes with the next queue broadcast.
+        items = [
+            {"message": job.prompt_message, "job": None, "live": {}},
+            {"message": job.message, "job": job, "live": {"position": generation_selectors.queue_position(job=job)}},
+        ]
+        response = render(request, "chat/_messages.html", {"items": items}, status=201)
+        # The first prompt may have named the conversation; the page shows the new title.
+        response["X-Conversation-Title"] = quote(job.conversation.title)
+        return response
     if _is_fetch(request):
         return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=400)
     return _render_conversation(request, conversation, form, status=400)

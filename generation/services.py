@@ -127,8 +127,11 @@ def _caps_refusal(owner_id: int, *, now: datetime, submission: bool) -> str | No
 def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: str, **params: Any) -> ImageJob:
     """Validate, then create the user's message, the assistant's message and the job.
 
-    Raises ValidationError with field errors when any input is bad; nothing is
-    created then. The worker is rung after commit.
+    Raises ValidationError with field errors when any input is bad, or with a
+    message when a cap refuses it; nothing is created then. The worker is rung
+    after commit. The job returned carries what a page needs to show the exchange
+    without reading it back: `job.message` (the reply), `job.prompt_message` and
+    `job.conversation` with its title as it is now.
     """
     if conversation.owner_id != user.pk:
         raise ValidationError({"conversation": "Not your conversation."})
@@ -142,7 +145,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         if refusal:
             raise ValidationError(refusal)
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
-        _, assistant = exchange_post(
+        asked, assistant = exchange_post(
             conversation=conversation,
             prompt=data["prompt"],
             reply=QUEUED_TEXT,
@@ -165,6 +168,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         )
         message_update(assistant.pk, metadata={"job_id": job.pk})
         assistant.metadata["job_id"] = job.pk
+        job.prompt_message = asked
         _announce_queued(job)
         _queue_changed()
         transaction.on_commit(ring_worker, robust=True)
