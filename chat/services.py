@@ -154,12 +154,20 @@ def message_update_many(*, updates: dict[int, dict[str, Any]], only_if: dict[str
         return cursor.rowcount
 
 
+def _check_title_characters(title: str) -> None:
+    # PostgreSQL cannot store a NUL character in text; refuse it before the database does.
+    if "\x00" in title:
+        raise ValidationError({"title": "A title cannot contain NUL (\\x00) characters."})
+
+
 def conversation_create(*, owner: AbstractBaseUser, title: str = "") -> Conversation:
+    _check_title_characters(title)
     title = " ".join(title.split())[:TITLE_MAX_LENGTH] or DEFAULT_TITLE
     return Conversation.objects.create(owner=owner, title=title)
 
 
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    _check_title_characters(title)
     title = " ".join(title.split())
     if not title:
         raise ValidationError({"title": "A title is required."})

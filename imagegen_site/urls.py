@@ -12,3 +12,5 @@ urlpatterns = [
     path("images/", generation_views.image_gallery, name="gallery"),
     path("", include("chat.urls")),
 ]
+
+handler400 = "imagegen_site.views.bad_request"

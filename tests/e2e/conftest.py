@@ -140,7 +140,9 @@ def _report_stack(data_dir: Path) -> None:
     """What a failed browser test needs to be understood: the jobs and the processes' logs."""
     from generation.models import ImageJob
 
-    for row in ImageJob.objects.order_by("pk").values("pk", "status", "worker", "not_before", "started_at", "heartbeat_at"):
+    for row in ImageJob.objects.order_by("pk").values(
+        "pk", "status", "worker", "not_before", "started_at", "heartbeat_at"
+    ):
         print("job", row)
     for name in ("web", "gpu", "maintenance"):
         log = data_dir / f"{name}.log"
