@@ -72,7 +72,10 @@ def _transition(
     if not ImageJob.objects.filter(pk=job_id, status__in=expected).update(**changes):
         return None
     job = ImageJob.objects.get(pk=job_id)
-    message_update(job.message_id, content=content, metadata={"status": to, **(metadata or {})})
+    metadata = {"status": to, **(metadata or {})}
+    if to in ImageJob.FINAL:
+        metadata["retrying"] = False  # a requeued job that ends is no longer being retried
+    message_update(job.message_id, content=content, metadata=metadata)
     if Status.QUEUED in expected or to == Status.QUEUED:
         _queue_changed()
     return job
