@@ -216,10 +216,10 @@ def conversation_delete(*, conversation: Conversation) -> None:
             job_cancel(job=job)
         except JobError:
             pass  # it finished meanwhile
-    image_names = [name for name in conversation.image_jobs.values_list("image", flat=True) if name]
-    conversation.delete()
-    if image_names:
-        from generation.models import ImageJob
+    from generation import files
 
-        storage = ImageJob._meta.get_field("image").storage
-        transaction.on_commit(lambda: [storage.delete(name) for name in image_names])
+    jobs = dict(conversation.image_jobs.values_list("pk", "image"))
+    conversation.delete()
+    if jobs:
+        # Every file of its jobs, also those a crash left under a job's name or half-written.
+        transaction.on_commit(lambda: files.delete_job_files(job_ids=jobs, names=jobs.values()))

@@ -78,6 +78,9 @@ class ImageJob(models.Model):
             models.Index(fields=["status", "sequence"], name="job_status_sequence"),
             models.Index(fields=["owner", "status"], name="job_owner_status"),
             models.Index(fields=["model", "width", "height", "status", "finished_at"], name="job_timing_history"),
+            # The ETA's history: the latest complete jobs by finished_at, read by every
+            # broadcast, page and snapshot.
+            models.Index(fields=["status", "-finished_at"], name="job_status_finished"),
         ]
 
     def __str__(self) -> str:

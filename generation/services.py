@@ -17,7 +17,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.urls import reverse
@@ -25,7 +24,7 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.services import exchange_post, message_update
-from generation import broadcasts, doorbells, events, selectors
+from generation import broadcasts, doorbells, events, files, selectors
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket
@@ -254,25 +253,39 @@ def job_preview(*, job: ImageJob, step: int, image_data_url: str) -> None:
 
 
 def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> ImageJob | None:
-    """Store the image and finish the job; None if it was cancelled meanwhile."""
+    """Store the image and finish the job; None if it was cancelled meanwhile.
+
+    The PNG is written under a temporary name first and takes the job's own name in
+    the transaction that completes the job (see generation.files).
+    """
     now = now or timezone.now()
-    stored = ImageJob._meta.get_field("image").generate_filename(None, f"job-{job_id}.png")
-    name = ImageJob._meta.get_field("image").storage.save(stored, ContentFile(png))
-    with transaction.atomic():
-        image_url = reverse("generation:job_image", args=[job_id])
-        job = _transition(
-            job_id,
-            expected=(Status.PROCESSING,),
-            to=Status.COMPLETE,
-            fields={"image": name, "progress": 100, "finished_at": now, "heartbeat_at": now, "error": ""},
-            metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
-            content=READY_TEXT,
-        )
-        if job is None:
-            transaction.on_commit(lambda: ImageJob._meta.get_field("image").storage.delete(name))
-            return None
-        events.send_to_user(job.owner_id, "job.complete", job_id=job.pk, status=job.status, image_url=image_url)
-    return job
+    incoming = files.write_incoming(job_id, png)
+    try:
+        with transaction.atomic():
+            image_url = reverse("generation:job_image", args=[job_id])
+            job = _transition(
+                job_id,
+                expected=(Status.PROCESSING,),
+                to=Status.COMPLETE,
+                fields={
+                    "image": files.final_name(job_id),
+                    "progress": 100,
+                    "finished_at": now,
+                    "heartbeat_at": now,
+                    "error": "",
+                },
+                metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
+                content=READY_TEXT,
+            )
+            if job is None:
+                return None
+            # Last, so a failure before it rolls the completion back; a crash between
+            # this and the commit leaves the job's own name, which its rerun replaces.
+            files.place(incoming, job_id)
+            events.send_to_user(job.owner_id, "job.complete", job_id=job.pk, status=job.status, image_url=image_url)
+        return job
+    finally:
+        files.discard(incoming)  # gone already once placed
 
 
 def job_fail(*, job_id: int, error: str, detail: str = "", now: datetime | None = None) -> ImageJob | None:
@@ -469,6 +482,42 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     if waiting:
         broadcasts.queue_broadcast_request(now=now)
     return {"expired": expired, **orphans, "rang": idle and waiting}
+
+
+# --- Retention --------------------------------------------------------------------
+
+
+def records_prune(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete what only grows: stray image files, old broker tasks, spent tickets, channel rows.
+
+    Run by the maintenance cluster every 15 minutes. Each part is a set-based delete,
+    so its cost follows what there is to delete, not the history.
+    """
+    from django_q.models import Task
+
+    now = now or timezone.now()
+    orphans = files.remove_orphans(older_than=now - timedelta(seconds=settings.IMAGEGEN_ORPHAN_FILE_AGE_SECONDS))
+    task_cutoff = now - timedelta(hours=settings.IMAGEGEN_TASK_RETENTION_HOURS)
+    tasks, _ = Task.objects.filter(stopped__lt=task_cutoff).delete()
+    # A ticket's only use is its number, already copied into the job. The newest stays,
+    # though neither PostgreSQL's sequence nor SQLite's AUTOINCREMENT would reuse it.
+    newest = QueueTicket.objects.order_by("-pk").values_list("pk", flat=True).first()
+    tickets = QueueTicket.objects.filter(pk__lt=newest).delete()[0] if newest else 0
+    return {"files": len(orphans), "tasks": tasks, "tickets": tickets, "channel_rows": _channel_rows_prune(now=now)}
+
+
+def _channel_rows_prune(*, now: datetime) -> int:
+    """channels-lite's expired and delivered events and expired group memberships (none on Redis)."""
+    if "channels_lite" not in settings.INSTALLED_APPS:
+        return 0  # channels-redis expires its own keys
+    from channels_lite.models import Event, GroupMembership
+
+    delivered_before = now - timedelta(minutes=1)
+    events_deleted, _ = Event.objects.filter(
+        Q(expires_at__lt=now) | Q(delivered=True, created_at__lt=delivered_before)
+    ).delete()
+    memberships, _ = GroupMembership.objects.filter(expires_at__lt=now).delete()
+    return events_deleted + memberships
 
 
 # --- Circuit breaker ----------------------------------------------------------------

@@ -4,7 +4,7 @@ from django.conf import settings
 
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
-from generation.services import jobs_expire_stuck, ring_worker
+from generation.services import jobs_expire_stuck, records_prune, ring_worker
 from generation.worker import JobRunner
 
 
@@ -49,3 +49,8 @@ def broadcast_queue() -> int:
 def expire_stuck_jobs() -> dict:
     """The maintenance cluster's guard, every 60 s."""
     return jobs_expire_stuck()
+
+
+def prune() -> dict:
+    """The maintenance cluster's retention task, every 15 minutes."""
+    return records_prune()

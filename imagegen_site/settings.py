@@ -275,6 +275,12 @@ IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, min
 # At most this many prompts per user per minute.
 IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 
+# Retention, run by the maintenance cluster's prune task: image files no job owns are
+# removed once they are this old (younger ones may belong to a job completing now), and
+# finished django-q2 tasks are kept this long.
+IMAGEGEN_ORPHAN_FILE_AGE_SECONDS = env_int("IMAGEGEN_ORPHAN_FILE_AGE_SECONDS", 3600, minimum=60)
+IMAGEGEN_TASK_RETENTION_HOURS = env_float("IMAGEGEN_TASK_RETENTION_HOURS", 24.0, minimum=0)
+
 # The GPU worker runs queued jobs back to back in one task for up to this long, so no
 # broker round trip sits between two jobs; then it rings itself and starts afresh.
 IMAGEGEN_DRAIN_SECONDS = env_float("IMAGEGEN_DRAIN_SECONDS", 60.0, minimum=0)
