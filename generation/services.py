@@ -27,7 +27,7 @@ from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
-from generation.models import CircuitBreaker, ImageJob, QueueTicket
+from generation.models import CircuitBreaker, ImageJob, QueueTicket, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -457,14 +457,37 @@ def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None
     return {"requeued": requeued, "failed": failed}
 
 
+def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Resolve processing jobs whose worker row stopped beating, on whatever host it ran.
+
+    Such a job goes back to its old place in the queue while attempts allow, else it
+    fails with a clear message.
+    """
+    now = now or timezone.now()
+    dead = Worker.objects.filter(last_seen_at__lt=now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS))
+    requeued: list[int] = []
+    failed: list[int] = []
+    jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead.values("name"))
+    for job_id, worker, attempts in jobs.values_list("pk", "worker", "attempts"):
+        detail = f"Worker {worker} stopped beating during attempt {attempts}"
+        if attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
+            if job_requeue_lost(job_id=job_id, detail=detail):
+                requeued.append(job_id)
+        elif job_fail(job_id=job_id, error=WORKER_LOST_MESSAGE, detail=detail, now=now):
+            failed.append(job_id)
+    return {"requeued": requeued, "failed": failed}
+
+
 def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     """The stuck-job guard, run every minute by the maintenance cluster.
 
+    - a processing job whose worker stopped beating goes back to the queue;
     - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails;
-    - a processing job whose worker died is retried or failed;
+    - a processing job whose worker died on this host is retried or failed;
     - queued jobs with no worker at them get the worker rung again.
     """
     now = now or timezone.now()
+    dead_workers = jobs_requeue_from_dead_workers(now=now)
     stale_before = now - timedelta(seconds=settings.IMAGEGEN_STUCK_AFTER_SECONDS)
     expired = []
     stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
@@ -473,6 +496,7 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
         if job_fail(job_id=job_id, error=STUCK_MESSAGE, detail=detail, now=now):
             expired.append(job_id)
     orphans = jobs_recover_orphans(now=now)
+    orphans = {key: dead_workers[key] + orphans[key] for key in orphans}
     idle = not ImageJob.objects.filter(status=Status.PROCESSING).exists()
     waiting = ImageJob.objects.filter(status=Status.QUEUED).exists()
     if idle and waiting:
@@ -482,6 +506,36 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     if waiting:
         broadcasts.queue_broadcast_request(now=now)
     return {"expired": expired, **orphans, "rang": idle and waiting}
+
+
+# --- Workers ----------------------------------------------------------------------
+
+
+def worker_register(*, name: str, device: str, now: datetime | None = None) -> Worker:
+    """Record a worker process as started (a restarted pid on the same host starts afresh)."""
+    now = now or timezone.now()
+    host, _, pid = name.rpartition(":")
+    worker, _ = Worker.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": host,
+            "pid": int(pid),
+            "device": device,
+            "started_at": now,
+            "last_seen_at": now,
+            "stopping": False,
+        },
+    )
+    return worker
+
+
+def worker_beat(*, name: str, device: str, loading_job_id: int | None = None, now: datetime | None = None) -> None:
+    """A worker is alive; a job whose model it is loading is too."""
+    now = now or timezone.now()
+    if not Worker.objects.filter(name=name).update(last_seen_at=now, device=device):
+        worker_register(name=name, device=device, now=now)  # its row was pruned meanwhile
+    if loading_job_id is not None:
+        ImageJob.objects.filter(pk=loading_job_id, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)
 
 
 # --- Retention --------------------------------------------------------------------
@@ -503,7 +557,14 @@ def records_prune(*, now: datetime | None = None) -> dict[str, int]:
     # though neither PostgreSQL's sequence nor SQLite's AUTOINCREMENT would reuse it.
     newest = QueueTicket.objects.order_by("-pk").values_list("pk", flat=True).first()
     tickets = QueueTicket.objects.filter(pk__lt=newest).delete()[0] if newest else 0
-    return {"files": len(orphans), "tasks": tasks, "tickets": tickets, "channel_rows": _channel_rows_prune(now=now)}
+    workers, _ = Worker.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
+    return {
+        "files": len(orphans),
+        "tasks": tasks,
+        "tickets": tickets,
+        "channel_rows": _channel_rows_prune(now=now),
+        "workers": workers,
+    }
 
 
 def _channel_rows_prune(*, now: datetime) -> int:

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 
+from generation import heartbeat
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 from generation.services import jobs_expire_stuck, records_prune, ring_worker
@@ -17,6 +18,7 @@ def process_next_job() -> list[int]:
     if not ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         return []  # a spare doorbell: nothing to load, lock or claim
     runner = JobRunner()
+    heartbeat.start(device=runner.generator.device)
     ran = runner.run_queue(budget=drain_budget())
     if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         # Keep the queue moving even if a doorbell was lost, or the device was busy

@@ -275,6 +275,11 @@ IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, min
 # At most this many prompts per user per minute.
 IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 
+# GPU worker processes register as rows and beat this often (also while loading a
+# model); one silent for DEAD_AFTER seconds is dead and the guard requeues its job.
+IMAGEGEN_WORKER_BEAT_SECONDS = env_float("IMAGEGEN_WORKER_BEAT_SECONDS", 5.0, minimum=0.1)
+IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = env_float("IMAGEGEN_WORKER_DEAD_AFTER_SECONDS", 20.0, minimum=1)
+
 # Retention, run by the maintenance cluster's prune task: image files no job owns are
 # removed once they are this old (younger ones may belong to a job completing now), and
 # finished django-q2 tasks are kept this long.
