@@ -338,6 +338,24 @@ else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL_SECONDS", 0.2, minimum=0.01)
 
+# --- Operations -------------------------------------------------------------------
+
+# /metrics answers a request with `Authorization: Bearer <IMAGEGEN_METRICS_TOKEN>` (when
+# set) or from an address in IMAGEGEN_METRICS_ALLOWED_IPS (addresses or networks).
+IMAGEGEN_METRICS_TOKEN = env_str("IMAGEGEN_METRICS_TOKEN", "")
+
+
+def env_networks(name: str, default: list[str]) -> list:
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env_list(name, default)]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must list IP addresses or networks: {exc}") from None
+
+
+IMAGEGEN_METRICS_ALLOWED_IPS = env_networks("IMAGEGEN_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+
 # --- Auth, static, media ---------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
