@@ -154,12 +154,20 @@ def message_update_many(*, updates: dict[int, dict[str, Any]], only_if: dict[str
         return cursor.rowcount
 
 
+def _check_title_characters(title: str) -> None:
+    # PostgreSQL cannot store a NUL character in text; refuse it before the database does.
+    if "\x00" in title:
+        raise ValidationError({"title": "A title cannot contain NUL (\\x00) characters."})
+
+
 def conversation_create(*, owner: AbstractBaseUser, title: str = "") -> Conversation:
+    _check_title_characters(title)
     title = " ".join(title.split())[:TITLE_MAX_LENGTH] or DEFAULT_TITLE
     return Conversation.objects.create(owner=owner, title=title)
 
 
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    _check_title_characters(title)
     title = " ".join(title.split())
     if not title:
         raise ValidationError({"title": "A title is required."})
@@ -211,10 +219,10 @@ def conversation_delete(*, conversation: Conversation) -> None:
             job_cancel(job=job)
         except JobError:
             pass  # it finished meanwhile
-    image_names = [name for name in conversation.image_jobs.values_list("image", flat=True) if name]
-    conversation.delete()
-    if image_names:
-        from generation.models import ImageJob
+    from generation import files
 
-        storage = ImageJob._meta.get_field("image").storage
-        transaction.on_commit(lambda: [storage.delete(name) for name in image_names])
+    jobs = dict(conversation.image_jobs.values_list("pk", "image"))
+    conversation.delete()
+    if jobs:
+        # Every file of its jobs, also those a crash left under a job's name or half-written.
+        transaction.on_commit(lambda: files.delete_job_files(job_ids=jobs, names=jobs.values()))

@@ -16,16 +16,24 @@ def _is_fetch(request) -> bool:
     return request.headers.get("X-Requested-With") == "fetch"
 
 
+def _render_home(request, status=200):
+    conversations = selectors.conversation_list(user=request.user)
+    return render(request, "chat/home.html", {"conversations": conversations}, status=status)
+
+
 @login_required
 def home(request):
-    conversations = selectors.conversation_list(user=request.user)
-    return render(request, "chat/home.html", {"conversations": conversations})
+    return _render_home(request)
 
 
 @require_POST
 @login_required
 def conversation_new(request):
-    conversation = services.conversation_create(owner=request.user, title=request.POST.get("title", ""))
+    try:
+        conversation = services.conversation_create(owner=request.user, title=request.POST.get("title", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return _render_home(request, status=400)
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
@@ -37,6 +45,7 @@ def conversation_rename(request, conversation_id: int):
         services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
+        return _render_conversation(request, conversation, JobForm(), status=400)
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 

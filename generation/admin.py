@@ -6,7 +6,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from generation import selectors, services
-from generation.models import CircuitBreaker, ImageJob
+from generation.models import CircuitBreaker, ImageJob, Worker
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
 
@@ -176,3 +176,22 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """GPU worker processes; a live one beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
+
+    list_display = ("name", "live", "device", "host", "pid", "started_at", "last_seen_at", "stopping")
+    list_filter = ("host", "device")
+    readonly_fields = [field.name for field in Worker._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(boolean=True)
+    def live(self, worker):
+        from django.conf import settings
+        from django.utils import timezone
+
+        return (timezone.now() - worker.last_seen_at).total_seconds() < settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS

@@ -1,6 +1,7 @@
 """The WebSocket a logged-in user's pages connect to, for their own job events."""
 
 import json
+import time
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -9,6 +10,29 @@ from generation import events, selectors
 
 MAX_MESSAGE_BYTES = 1024
 SYNC = "sync"
+# A snapshot costs several queries: a connection gets SYNC_BURST at once, then one
+# more every SYNC_REFILL_SECONDS. The page sends none (it gets one on each connect).
+SYNC_BURST = 3
+SYNC_REFILL_SECONDS = 1.0
+SYNC_TOO_OFTEN = f"Too many sync requests: at most one every {SYNC_REFILL_SECONDS:g} s after the first {SYNC_BURST}."
+
+
+class SyncBudget:
+    """A token bucket per connection; asking costs no query."""
+
+    def __init__(self, *, clock=time.monotonic):
+        self.clock = clock
+        self.tokens = float(SYNC_BURST)
+        self.checked_at = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(SYNC_BURST, self.tokens + (now - self.checked_at) / SYNC_REFILL_SECONDS)
+        self.checked_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def parse_client_message(text_data: str | None, bytes_data: bytes | None) -> dict | str:
@@ -32,6 +56,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
+        self.sync_budget = SyncBudget()
         self.groups_joined = [events.user_group(user.pk), events.SERVICE_GROUP]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -44,7 +69,9 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         parsed = parse_client_message(text_data, bytes_data)
-        if parsed == SYNC:
+        if parsed == SYNC and not self.sync_budget.take():
+            await self.send_json(events.build_event("error", message=SYNC_TOO_OFTEN))
+        elif parsed == SYNC:
             await self.send_snapshot()
         else:
             await self.send_json(parsed)

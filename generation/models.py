@@ -78,6 +78,9 @@ class ImageJob(models.Model):
             models.Index(fields=["status", "sequence"], name="job_status_sequence"),
             models.Index(fields=["owner", "status"], name="job_owner_status"),
             models.Index(fields=["model", "width", "height", "status", "finished_at"], name="job_timing_history"),
+            # The ETA's history: the latest complete jobs by finished_at, read by every
+            # broadcast, page and snapshot.
+            models.Index(fields=["status", "-finished_at"], name="job_status_finished"),
         ]
 
     def __str__(self) -> str:
@@ -117,3 +120,26 @@ class CircuitBreaker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.state}"
+
+
+class Worker(models.Model):
+    """A GPU worker process, registered when it starts and beating while it lives.
+
+    `name` is what a job records as its worker ("host:pid"). A worker whose last beat
+    is older than IMAGEGEN_WORKER_DEAD_AFTER_SECONDS is dead, wherever it ran: the
+    guard puts its job back in the queue.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    host = models.CharField(max_length=150)
+    pid = models.PositiveIntegerField()
+    device = models.CharField(max_length=50)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    stopping = models.BooleanField(default=False, help_text="Told to stop: it claims nothing more.")
+
+    class Meta:
+        ordering = ["host", "pid"]
+
+    def __str__(self) -> str:
+        return self.name

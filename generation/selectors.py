@@ -11,7 +11,7 @@ from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
 
-from generation.models import CircuitBreaker, ImageJob, QueueBroadcast
+from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
 
 Status = ImageJob.Status
 
@@ -188,7 +188,9 @@ def job_live_states(*, jobs: list[ImageJob]) -> dict[int, dict]:
 
 def user_active_jobs(*, user: AbstractBaseUser) -> list[dict]:
     """The user's queued and processing jobs with fresh positions, progress and ETA."""
-    jobs = list(ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by("sequence"))
+    # Sorted here: asked to sort, SQLite walks the whole history in `sequence` order
+    # instead of using the (owner, status) index for the few rows this is.
+    jobs = sorted(ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING).order_by(), key=lambda j: j.sequence)
     states = job_live_states(jobs=jobs)
     return [
         {
@@ -211,3 +213,11 @@ def image_list(*, user: AbstractBaseUser) -> QuerySet[ImageJob]:
         .select_related("conversation")
         .order_by("-finished_at", "-pk")
     )
+
+
+def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:
+    """Worker processes that beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    return Worker.objects.filter(last_seen_at__gte=now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS))

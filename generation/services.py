@@ -17,7 +17,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.urls import reverse
@@ -25,10 +24,10 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.services import exchange_post, message_update
-from generation import broadcasts, doorbells, events, selectors
+from generation import broadcasts, doorbells, events, files, selectors
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
-from generation.models import CircuitBreaker, ImageJob, QueueTicket
+from generation.models import CircuitBreaker, ImageJob, QueueTicket, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,10 @@ def _transition(
     if not ImageJob.objects.filter(pk=job_id, status__in=expected).update(**changes):
         return None
     job = ImageJob.objects.get(pk=job_id)
-    message_update(job.message_id, content=content, metadata={"status": to, **(metadata or {})})
+    metadata = {"status": to, **(metadata or {})}
+    if to in ImageJob.FINAL:
+        metadata["retrying"] = False  # a requeued job that ends is no longer being retried
+    message_update(job.message_id, content=content, metadata=metadata)
     if Status.QUEUED in expected or to == Status.QUEUED:
         _queue_changed()
     return job
@@ -270,25 +272,39 @@ def job_preview(*, job: ImageJob, step: int, image_data_url: str) -> None:
 
 
 def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> ImageJob | None:
-    """Store the image and finish the job; None if it was cancelled meanwhile."""
+    """Store the image and finish the job; None if it was cancelled meanwhile.
+
+    The PNG is written under a temporary name first and takes the job's own name in
+    the transaction that completes the job (see generation.files).
+    """
     now = now or timezone.now()
-    stored = ImageJob._meta.get_field("image").generate_filename(None, f"job-{job_id}.png")
-    name = ImageJob._meta.get_field("image").storage.save(stored, ContentFile(png))
-    with transaction.atomic():
-        image_url = reverse("generation:job_image", args=[job_id])
-        job = _transition(
-            job_id,
-            expected=(Status.PROCESSING,),
-            to=Status.COMPLETE,
-            fields={"image": name, "progress": 100, "finished_at": now, "heartbeat_at": now, "error": ""},
-            metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
-            content=READY_TEXT,
-        )
-        if job is None:
-            transaction.on_commit(lambda: ImageJob._meta.get_field("image").storage.delete(name))
-            return None
-        events.send_to_user(job.owner_id, "job.complete", job_id=job.pk, status=job.status, image_url=image_url)
-    return job
+    incoming = files.write_incoming(job_id, png)
+    try:
+        with transaction.atomic():
+            image_url = reverse("generation:job_image", args=[job_id])
+            job = _transition(
+                job_id,
+                expected=(Status.PROCESSING,),
+                to=Status.COMPLETE,
+                fields={
+                    "image": files.final_name(job_id),
+                    "progress": 100,
+                    "finished_at": now,
+                    "heartbeat_at": now,
+                    "error": "",
+                },
+                metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
+                content=READY_TEXT,
+            )
+            if job is None:
+                return None
+            # Last, so a failure before it rolls the completion back; a crash between
+            # this and the commit leaves the job's own name, which its rerun replaces.
+            files.place(incoming, job_id)
+            events.send_to_user(job.owner_id, "job.complete", job_id=job.pk, status=job.status, image_url=image_url)
+        return job
+    finally:
+        files.discard(incoming)  # gone already once placed
 
 
 def job_fail(*, job_id: int, error: str, detail: str = "", now: datetime | None = None) -> ImageJob | None:
@@ -459,14 +475,37 @@ def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None
     return {"requeued": requeued, "failed": failed}
 
 
+def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Resolve processing jobs whose worker row stopped beating, on whatever host it ran.
+
+    Such a job goes back to its old place in the queue while attempts allow, else it
+    fails with a clear message.
+    """
+    now = now or timezone.now()
+    dead = Worker.objects.filter(last_seen_at__lt=now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS))
+    requeued: list[int] = []
+    failed: list[int] = []
+    jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead.values("name"))
+    for job_id, worker, attempts in jobs.values_list("pk", "worker", "attempts"):
+        detail = f"Worker {worker} stopped beating during attempt {attempts}"
+        if attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
+            if job_requeue_lost(job_id=job_id, detail=detail):
+                requeued.append(job_id)
+        elif job_fail(job_id=job_id, error=WORKER_LOST_MESSAGE, detail=detail, now=now):
+            failed.append(job_id)
+    return {"requeued": requeued, "failed": failed}
+
+
 def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     """The stuck-job guard, run every minute by the maintenance cluster.
 
+    - a processing job whose worker stopped beating goes back to the queue;
     - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails;
-    - a processing job whose worker died is retried or failed;
+    - a processing job whose worker died on this host is retried or failed;
     - queued jobs with no worker at them get the worker rung again.
     """
     now = now or timezone.now()
+    dead_workers = jobs_requeue_from_dead_workers(now=now)
     stale_before = now - timedelta(seconds=settings.IMAGEGEN_STUCK_AFTER_SECONDS)
     expired = []
     stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
@@ -475,6 +514,7 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
         if job_fail(job_id=job_id, error=STUCK_MESSAGE, detail=detail, now=now):
             expired.append(job_id)
     orphans = jobs_recover_orphans(now=now)
+    orphans = {key: dead_workers[key] + orphans[key] for key in orphans}
     idle = not ImageJob.objects.filter(status=Status.PROCESSING).exists()
     waiting = ImageJob.objects.filter(status=Status.QUEUED).exists()
     if idle and waiting:
@@ -484,6 +524,79 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     if waiting:
         broadcasts.queue_broadcast_request(now=now)
     return {"expired": expired, **orphans, "rang": idle and waiting}
+
+
+# --- Workers ----------------------------------------------------------------------
+
+
+def worker_register(*, name: str, device: str, now: datetime | None = None) -> Worker:
+    """Record a worker process as started (a restarted pid on the same host starts afresh)."""
+    now = now or timezone.now()
+    host, _, pid = name.rpartition(":")
+    worker, _ = Worker.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": host,
+            "pid": int(pid),
+            "device": device,
+            "started_at": now,
+            "last_seen_at": now,
+            "stopping": False,
+        },
+    )
+    return worker
+
+
+def worker_beat(*, name: str, device: str, loading_job_id: int | None = None, now: datetime | None = None) -> None:
+    """A worker is alive; a job whose model it is loading is too."""
+    now = now or timezone.now()
+    if not Worker.objects.filter(name=name).update(last_seen_at=now, device=device):
+        worker_register(name=name, device=device, now=now)  # its row was pruned meanwhile
+    if loading_job_id is not None:
+        ImageJob.objects.filter(pk=loading_job_id, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)
+
+
+# --- Retention --------------------------------------------------------------------
+
+
+def records_prune(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete what only grows: stray image files, old broker tasks, spent tickets, channel rows.
+
+    Run by the maintenance cluster every 15 minutes. Each part is a set-based delete,
+    so its cost follows what there is to delete, not the history.
+    """
+    from django_q.models import Task
+
+    now = now or timezone.now()
+    orphans = files.remove_orphans(older_than=now - timedelta(seconds=settings.IMAGEGEN_ORPHAN_FILE_AGE_SECONDS))
+    task_cutoff = now - timedelta(hours=settings.IMAGEGEN_TASK_RETENTION_HOURS)
+    tasks, _ = Task.objects.filter(stopped__lt=task_cutoff).delete()
+    # A ticket's only use is its number, already copied into the job. The newest stays,
+    # though neither PostgreSQL's sequence nor SQLite's AUTOINCREMENT would reuse it.
+    newest = QueueTicket.objects.order_by("-pk").values_list("pk", flat=True).first()
+    tickets = QueueTicket.objects.filter(pk__lt=newest).delete()[0] if newest else 0
+    workers, _ = Worker.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
+    return {
+        "files": len(orphans),
+        "tasks": tasks,
+        "tickets": tickets,
+        "channel_rows": _channel_rows_prune(now=now),
+        "workers": workers,
+    }
+
+
+def _channel_rows_prune(*, now: datetime) -> int:
+    """channels-lite's expired and delivered events and expired group memberships (none on Redis)."""
+    if "channels_lite" not in settings.INSTALLED_APPS:
+        return 0  # channels-redis expires its own keys
+    from channels_lite.models import Event, GroupMembership
+
+    delivered_before = now - timedelta(minutes=1)
+    events_deleted, _ = Event.objects.filter(
+        Q(expires_at__lt=now) | Q(delivered=True, created_at__lt=delivered_before)
+    ).delete()
+    memberships, _ = GroupMembership.objects.filter(expires_at__lt=now).delete()
+    return events_deleted + memberships
 
 
 # --- Circuit breaker ----------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from django.conf import settings
 
+from generation import heartbeat
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
-from generation.services import jobs_expire_stuck, ring_worker
+from generation.services import jobs_expire_stuck, records_prune, ring_worker
 from generation.worker import JobRunner
 
 
@@ -17,6 +18,7 @@ def process_next_job() -> list[int]:
     if not ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         return []  # a spare doorbell: nothing to load, lock or claim
     runner = JobRunner()
+    heartbeat.start(device=runner.generator.device)
     ran = runner.run_queue(budget=drain_budget())
     if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         # Keep the queue moving even if a doorbell was lost, or the device was busy
@@ -49,3 +51,8 @@ def broadcast_queue() -> int:
 def expire_stuck_jobs() -> dict:
     """The maintenance cluster's guard, every 60 s."""
     return jobs_expire_stuck()
+
+
+def prune() -> dict:
+    """The maintenance cluster's retention task, every 15 minutes."""
+    return records_prune()

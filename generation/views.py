@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_POST
 
 from generation import selectors, services
@@ -13,6 +14,7 @@ def _card(request, job, status=200):
     return render(request, "generation/_job_card.html", {"job": job, "live": live}, status=status)
 
 
+@cache_control(private=True)
 @login_required
 def job_image(request, job_id: int):
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)

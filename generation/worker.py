@@ -28,7 +28,7 @@ from django.db import connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from generation import selectors, services
+from generation import heartbeat, selectors, services
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
 from generation.pipeline import (
@@ -185,8 +185,10 @@ class JobRunner:
         try:
             if settings.IMAGEGEN_TEST_FAULTS:
                 self._injected_fault(job)
-            # Loading a model is not generating: the time limit starts after it.
-            self.generator.pipeline(request.model)
+            # Loading a model is not generating: the time limit starts after it. The
+            # worker's beat keeps the job's heartbeat fresh meanwhile.
+            with heartbeat.loading(job.pk):
+                self.generator.pipeline(request.model)
             on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
             image = self.generator.generate(request, on_step)
         except GenerationCancelled:

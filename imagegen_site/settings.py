@@ -275,6 +275,17 @@ IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, min
 # At most this many prompts per user per minute.
 IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 
+# GPU worker processes register as rows and beat this often (also while loading a
+# model); one silent for DEAD_AFTER seconds is dead and the guard requeues its job.
+IMAGEGEN_WORKER_BEAT_SECONDS = env_float("IMAGEGEN_WORKER_BEAT_SECONDS", 5.0, minimum=0.1)
+IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = env_float("IMAGEGEN_WORKER_DEAD_AFTER_SECONDS", 20.0, minimum=1)
+
+# Retention, run by the maintenance cluster's prune task: image files no job owns are
+# removed once they are this old (younger ones may belong to a job completing now), and
+# finished django-q2 tasks are kept this long.
+IMAGEGEN_ORPHAN_FILE_AGE_SECONDS = env_int("IMAGEGEN_ORPHAN_FILE_AGE_SECONDS", 3600, minimum=60)
+IMAGEGEN_TASK_RETENTION_HOURS = env_float("IMAGEGEN_TASK_RETENTION_HOURS", 24.0, minimum=0)
+
 # The GPU worker runs queued jobs back to back in one task for up to this long, so no
 # broker round trip sits between two jobs; then it rings itself and starts afresh.
 IMAGEGEN_DRAIN_SECONDS = env_float("IMAGEGEN_DRAIN_SECONDS", 60.0, minimum=0)
@@ -326,6 +337,24 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL_SECONDS", 0.2, minimum=0.01)
+
+# --- Operations -------------------------------------------------------------------
+
+# /metrics answers a request with `Authorization: Bearer <IMAGEGEN_METRICS_TOKEN>` (when
+# set) or from an address in IMAGEGEN_METRICS_ALLOWED_IPS (addresses or networks).
+IMAGEGEN_METRICS_TOKEN = env_str("IMAGEGEN_METRICS_TOKEN", "")
+
+
+def env_networks(name: str, default: list[str]) -> list:
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env_list(name, default)]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must list IP addresses or networks: {exc}") from None
+
+
+IMAGEGEN_METRICS_ALLOWED_IPS = env_networks("IMAGEGEN_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 
 # --- Auth, static, media ---------------------------------------------------------
 

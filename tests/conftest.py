@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from chat.services import conversation_create
-from generation import services
+from generation import heartbeat, services
 from generation.worker import JobRunner
 from tests.fakes import FakeClock
 
@@ -40,6 +40,9 @@ def _isolated(settings, tmp_path, request):
     settings.IMAGEGEN_BROADCAST_INTERVAL_SECONDS = 0
     if not request.node.get_closest_marker("configured_layer"):
         settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
+    yield
+    # A task run in-process registered this process as a worker: its beat stops with the test.
+    heartbeat.stop()
 
 
 def make_user(username: str):

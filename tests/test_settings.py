@@ -131,7 +131,10 @@ def test_a_fresh_data_dir_migrates_and_the_channel_layer_file_holds_only_its_own
     schedule = (
         sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT func, cluster FROM django_q_schedule").fetchall()
     )
-    assert schedule == [("generation.tasks.expire_stuck_jobs", "maintenance")]
+    assert sorted(schedule) == [
+        ("generation.tasks.expire_stuck_jobs", "maintenance"),
+        ("generation.tasks.prune", "maintenance"),
+    ]
 
 
 def test_production_settings_pass_the_deploy_check():

@@ -156,3 +156,20 @@ def test_the_first_prompt_sent_by_the_page_names_the_conversation_and_says_so(cl
     assert unquote(response["X-Conversation-Title"]) == "Ein Schloss im Mondschein"
     conversation.refresh_from_db()
     assert conversation.title == "Ein Schloss im Mondschein"
+
+
+def test_a_new_conversation_titled_with_a_nul_character_is_refused_with_a_message(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("chat:conversation_new"), {"title": "bad\x00title"})
+    assert response.status_code == 400
+    assert "A title cannot contain NUL" in response.content.decode()
+    assert not Conversation.objects.exists()
+
+
+def test_a_rename_with_a_nul_character_is_refused_with_a_message(client, alice, alice_chat):
+    client.force_login(alice)
+    response = client.post(reverse("chat:conversation_rename", args=[alice_chat.pk]), {"title": "Cas\x00tles"})
+    assert response.status_code == 400
+    assert "A title cannot contain NUL" in response.content.decode()
+    alice_chat.refresh_from_db()
+    assert alice_chat.title == "Alice's pictures"

@@ -188,3 +188,31 @@ async def test_the_socket_answers_sync_with_a_snapshot_and_rejects_bad_messages(
     await alice_ws.send_to(bytes_data=b"\x00\x01")
     assert (await alice_ws.receive_json_from(timeout=5))["type"] == "error"
     await alice_ws.disconnect()
+
+
+async def test_a_burst_of_sync_requests_gets_a_few_snapshots_and_a_clear_error_for_the_rest():
+    from generation.consumers import SYNC_BURST, SYNC_TOO_OFTEN
+
+    alice, _ = await _user_with_chat("alice")
+    communicator, connected = await _connect(alice)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "snapshot"
+    for _ in range(30):
+        await communicator.send_json_to({"type": "sync"})
+    answers = [await communicator.receive_json_from(timeout=5) for _ in range(30)]
+    snapshots = [answer for answer in answers if answer["type"] == "snapshot"]
+    refused = [answer for answer in answers if answer["type"] == "error"]
+    assert SYNC_BURST <= len(snapshots) <= SYNC_BURST + 1  # one more may refill meanwhile
+    assert len(refused) == 30 - len(snapshots)
+    assert {answer["message"] for answer in refused} == {SYNC_TOO_OFTEN}
+    await communicator.disconnect()
+
+
+def test_the_sync_budget_refills_with_time():
+    from generation.consumers import SYNC_BURST, SYNC_REFILL_SECONDS, SyncBudget
+
+    clock = [0.0]
+    budget = SyncBudget(clock=lambda: clock[0])
+    assert [budget.take() for _ in range(SYNC_BURST + 1)] == [True] * SYNC_BURST + [False]
+    clock[0] += SYNC_REFILL_SECONDS
+    assert budget.take() and not budget.take()

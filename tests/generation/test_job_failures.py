@@ -63,6 +63,7 @@ def test_transient_errors_are_retried_with_exponential_backoff(settings, runner_
     job, message = _reload(job)
     assert (job.status, job.attempts) == ("complete", 3)
     assert message.content == "Your image is ready."
+    assert message.metadata["retrying"] is False
     assert sum(fake_clock.sleeps) == pytest.approx(6, abs=0.1)
 
 
@@ -77,6 +78,7 @@ def test_a_job_that_keeps_failing_transiently_gives_up_after_the_last_attempt(se
     job, message = _reload(job)
     assert (job.status, job.attempts) == ("error", 2)
     assert "temporarily unavailable" in job.error
+    assert message.metadata["retrying"] is False
     assert message.metadata["status"] == "error"
 
 

@@ -18,6 +18,15 @@ def test_the_owner_downloads_the_finished_image(client, alice, submit, runner_fo
     assert "attachment" in download["Content-Disposition"]
 
 
+def test_images_are_marked_private_so_no_shared_cache_keeps_them(client, alice, submit, runner_for):
+    job = submit("a kite")
+    runner_for(FakeGenerator()).run_next()
+    client.force_login(alice)
+    response = client.get(reverse("generation:job_image", args=[job.pk]))
+    assert response.status_code == 200
+    assert "private" in response["Cache-Control"].split(", ")
+
+
 def test_another_user_gets_404_for_the_image_and_the_cancel(client, bob, submit, runner_for):
     done, waiting = submit("mine"), None
     runner_for(FakeGenerator()).run_next()

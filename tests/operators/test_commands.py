@@ -87,7 +87,8 @@ def test_queue_prints_positions_and_etas_in_order(submit, bob_chat, runner_for):
     runner_for(FakeGenerator()).run_next()
     submit("alice waits", steps=20, width=512, height=512)
     submit("bob waits", conversation=bob_chat)
-    lines = _run("queue").splitlines()
+    workers, *lines = _run("queue").splitlines()
+    assert workers == "Live workers: 0"
     assert lines[0].split()[:3] == ["POS", "JOB", "USER"]
     assert lines[1].split()[0:3][0] == "1" and "alice" in lines[1] and "alice waits" in lines[1]
     assert lines[2].split()[0] == "2" and "bob" in lines[2]

@@ -12,6 +12,13 @@ class Command(BaseCommand):
         service = selectors.service_status()
         if service["message"]:
             self.stdout.write(self.style.WARNING(service["message"]))
+        live = list(selectors.workers_live())
+        self.stdout.write(f"Live workers: {len(live)}")
+        for worker in live:
+            state = "stopping" if worker.stopping else "running"
+            self.stdout.write(
+                f"  {worker.name} on {worker.device}, {state}, since {worker.started_at:%Y-%m-%d %H:%M:%S}"
+            )
         running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
         for job in running:
             self.stdout.write(f"Running: job {job.pk} for {job.owner}, {job.progress}% ({job.worker})")

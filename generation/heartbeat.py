@@ -1,0 +1,103 @@
+"""A GPU worker process's registration and heartbeat, beside whatever it is doing.
+
+The beat runs on a thread of its own, so it goes on while the main thread loads a
+model or runs a long step; while a model is loading for a job, it also keeps that
+job's heartbeat fresh (the step callback cannot yet). One per process: a forked
+child starts its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.db import connection
+
+logger = logging.getLogger(__name__)
+
+_beat: WorkerBeat | None = None
+_lock = threading.Lock()
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerBeat:
+    def __init__(self, *, device: str, interval: float):
+        self.name = worker_name()
+        self.pid = os.getpid()
+        self.device = device
+        self.interval = interval
+        self.loading_job: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-beat", daemon=True)
+
+    def start(self) -> None:
+        from generation import services
+
+        services.worker_register(name=self.name, device=self.device)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        from generation import services
+
+        services.worker_beat(name=self.name, device=self.device, loading_job_id=self.loading_job)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.beat()
+                except Exception:
+                    logger.exception("Worker %s could not beat; trying again", self.name)
+                    connection.close()  # a broken connection is opened afresh next time
+        finally:
+            connection.close()
+
+
+def start(*, device: str | None = None) -> WorkerBeat:
+    """Register this process as a worker and start beating, once per process."""
+    global _beat
+    with _lock:
+        if _beat is None or _beat.pid != os.getpid():
+            _beat = WorkerBeat(
+                device=device or settings.IMAGEGEN_DEVICE, interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS
+            )
+            _beat.start()
+        elif device and device != _beat.device:
+            _beat.device = device
+            _beat.beat()
+        return _beat
+
+
+def stop() -> None:
+    """Stop this process's beat (tests; a process that exits just stops beating)."""
+    global _beat
+    with _lock:
+        if _beat is not None and _beat.pid == os.getpid():
+            _beat.stop()
+        _beat = None
+
+
+@contextmanager
+def loading(job_id: int) -> Iterator[None]:
+    """While this block runs (a model loading for `job_id`), the beat keeps the job's heartbeat fresh."""
+    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    if beat is None:
+        yield
+        return
+    beat.loading_job = job_id
+    try:
+        yield
+    finally:
+        beat.loading_job = None

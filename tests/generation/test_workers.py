@@ -1,0 +1,106 @@
+"""Workers are rows that beat; a job whose worker stopped beating goes back to its place."""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+
+from generation import heartbeat, selectors, services
+from generation.models import ImageJob, Worker
+from tests.fakes import FakeGenerator
+
+
+def test_a_job_whose_worker_stopped_beating_goes_back_to_its_place_at_the_next_guard(settings, submit, fake_clock):
+    settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = 20
+    first, second = submit("first"), submit("second")
+    now = fake_clock.now()
+    # A worker on another host (a container recreated under a new name): its pid means nothing here.
+    services.worker_register(name="old-container:7", device="cuda:0", now=now)
+    services.job_claim(worker="old-container:7", now=now)
+
+    assert services.jobs_expire_stuck(now=now + timedelta(seconds=10))["requeued"] == []
+    result = services.jobs_expire_stuck(now=now + timedelta(seconds=30))
+
+    assert result["requeued"] == [first.pk] and result["expired"] == []
+    first.refresh_from_db()
+    assert first.status == "queued" and "stopped beating" in first.error_detail
+    assert selectors.queue_positions() == {first.pk: 1, second.pk: 2}
+
+
+def test_a_beating_worker_keeps_its_job(settings, submit, fake_clock):
+    job = submit("kept")
+    now = fake_clock.now()
+    services.worker_register(name="gpu-host:9", device="cuda:0", now=now)
+    services.job_claim(worker="gpu-host:9", now=now)
+    services.worker_beat(name="gpu-host:9", device="cuda:0", now=now + timedelta(seconds=25))
+    assert services.jobs_expire_stuck(now=now + timedelta(seconds=30))["requeued"] == []
+    assert ImageJob.objects.get(pk=job.pk).status == "processing"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_beats_while_a_model_loads_so_the_guard_leaves_the_job_alone(settings, submit, runner_for):
+    settings.IMAGEGEN_WORKER_BEAT_SECONDS = 0.05
+    job = submit("slow load")
+    heartbeats = []
+
+    class SlowLoading(FakeGenerator):
+        def pipeline(self, name):
+            claimed = ImageJob.objects.get(pk=job.pk).heartbeat_at
+            time.sleep(0.6)
+            heartbeats.append((claimed, ImageJob.objects.get(pk=job.pk).heartbeat_at))
+
+    beat = heartbeat.start(device="cpu")
+    try:
+        runner_for(SlowLoading()).run_next()
+    finally:
+        heartbeat.stop()
+    ((claimed, after_load),) = heartbeats
+    assert after_load > claimed, "the job's heartbeat moved while its model was loading"
+    assert Worker.objects.get(name=beat.name).last_seen_at > claimed
+    assert ImageJob.objects.get(pk=job.pk).status == "complete"
+
+
+def test_a_worker_registers_once_per_process_and_shows_as_live(db, settings, capsys):
+    settings.IMAGEGEN_WORKER_BEAT_SECONDS = 60
+    beat = heartbeat.start(device="cpu")
+    try:
+        assert heartbeat.start() is beat
+        worker = Worker.objects.get()
+        assert (worker.name, worker.device) == (heartbeat.worker_name(), "cpu")
+        assert list(selectors.workers_live()) == [worker]
+        call_command("queue")
+        assert f"Live workers: 1\n  {worker.name} on cpu, running" in capsys.readouterr().out
+    finally:
+        heartbeat.stop()
+
+
+def test_the_admin_lists_workers_for_staff(admin_user):
+    services.worker_register(name="gpu-a:1", device="cuda:0")
+    client = Client()
+    client.force_login(admin_user)
+    body = client.get(reverse("admin:generation_worker_changelist")).content.decode()
+    assert "gpu-a:1" in body and "cuda:0" in body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beats_from_another_thread_do_not_disturb_claims(submit, runner_for):
+    # The beat thread writes beside the worker's own writes (SQLite's write lock, PostgreSQL rows).
+    submit("one")
+    stop = threading.Event()
+    services.worker_register(name="w:1", device="cpu")
+
+    def beat():
+        while not stop.is_set():
+            services.worker_beat(name="w:1", device="cpu")
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        assert runner_for(FakeGenerator()).run_next().pk
+    finally:
+        stop.set()
+        thread.join()
