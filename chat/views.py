@@ -90,9 +90,11 @@ def conversation_detail(request, conversation_id: int):
 def job_submit(request, conversation_id: int):
     """Queue a prompt. The page posts with fetch and gets the new messages back as HTML."""
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
-    fields = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST}
+    fields = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST and key != "prompt"}
     try:
-        job = generation_services.job_submit(user=request.user, conversation=conversation, **fields)
+        job = generation_services.job_submit(
+            user=request.user, conversation=conversation, prompt=request.POST.get("prompt", ""), **fields
+        )
     except ValidationError as exc:
         # Show the refusal on the form: its fields' own errors, or the cap that refused it.
         form = JobForm(data=request.POST)
