@@ -183,8 +183,6 @@ class JobRunner:
         )
         timeout = settings.IMAGEGEN_TIMEOUT_SECONDS
         try:
-            if settings.IMAGEGEN_TEST_FAULTS:
-                self._injected_fault(job)
             # Loading a model is not generating: the time limit starts after it. The
             # worker's beat keeps the job's heartbeat fresh meanwhile.
             with heartbeat.loading(job.pk):
@@ -220,17 +218,6 @@ class JobRunner:
             services.breaker_release_trial()
         else:
             services.breaker_record_success()
-
-    def _injected_fault(self, job: ImageJob) -> None:
-        """Test-only faults, so browser tests can drive the real failure paths."""
-        if "[fail]" in job.prompt:
-            raise RuntimeError("Injected failure (IMAGEGEN_TEST_FAULTS)")
-        if "[hang]" in job.prompt:
-            # No heartbeat from here on, until the stuck-job guard ends the job.
-            deadline = self.clock() + 120
-            while self.clock() < deadline and ImageJob.objects.filter(pk=job.pk, status="processing").exists():
-                self.sleep(0.5)
-            raise GenerationCancelled()
 
 
 class _StepReporter:

@@ -266,9 +266,6 @@ IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS
 IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
 # The stuck-job guard fails a processing job with no heartbeat for this long.
 IMAGEGEN_STUCK_AFTER_SECONDS = env_int("IMAGEGEN_STUCK_AFTER_SECONDS", 300, minimum=1)
-# Test-only: prompts containing "[fail]" raise in the backend and "[hang]" stop
-# heartbeating until the guard takes the job. Never enable in production.
-IMAGEGEN_TEST_FAULTS = env_bool("IMAGEGEN_TEST_FAULTS", False)
 # ETA before there is any history: seconds per step of a 512x512 image.
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)

@@ -18,8 +18,13 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = BASE_DIR / "test-artifacts"
 
-# Small cool-down so the circuit-breaker scenario recovers within the test.
-STACK_ENV = {"IMAGEGEN_TEST_FAULTS": "1", "IMAGEGEN_BREAKER_COOLDOWN_SECONDS": "4", "LOG_LEVEL": "WARNING"}
+# A generator that fails or hangs on "[fail]" and "[hang]" in a prompt (tests/faults.py),
+# and a small cool-down so the circuit-breaker scenario recovers within the test.
+STACK_ENV = {
+    "IMAGEGEN_GENERATOR": "tests.faults.FaultyGenerator",
+    "IMAGEGEN_BREAKER_COOLDOWN_SECONDS": "4",
+    "LOG_LEVEL": "WARNING",
+}
 
 
 def pytest_collection_modifyitems(items):

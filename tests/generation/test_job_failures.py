@@ -92,3 +92,12 @@ def test_jobs_behind_a_retrying_job_run_while_it_waits(settings, runner_for, sub
     assert fake_clock.sleeps == []
     assert runner.run_next() == flaky
     assert ImageJob.objects.get(pk=flaky.pk).status == "complete"
+
+
+def test_words_in_a_prompt_never_make_the_real_worker_fail_or_hang(runner_for, submit):
+    from generation.registry import get_generator
+
+    job = submit("[fail] [hang] a storm over a lighthouse", steps=2)
+    runner_for(get_generator()).run_next()
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("complete", "")
