@@ -208,21 +208,3 @@ def exchange_post(
     if conversation.title == DEFAULT_TITLE:
         conversation.title = named
     return asked, answered
-
-
-def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete a conversation with its messages and jobs; running jobs are cancelled first."""
-    from generation.services import JobError, job_cancel
-
-    for job in conversation.image_jobs.filter(status__in=("queued", "processing")):
-        try:
-            job_cancel(job=job)
-        except JobError:
-            pass  # it finished meanwhile
-    from generation import files
-
-    jobs = dict(conversation.image_jobs.values_list("pk", "image"))
-    conversation.delete()
-    if jobs:
-        # Every file of its jobs, also those a crash left under a job's name or half-written.
-        transaction.on_commit(lambda: files.delete_job_files(job_ids=jobs, names=jobs.values()))

@@ -54,7 +54,7 @@ def conversation_rename(request, conversation_id: int):
 def conversation_delete(request, conversation_id: int):
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
     title = conversation.title
-    services.conversation_delete(conversation=conversation)
+    generation_services.conversation_delete(conversation=conversation)
     messages.success(request, f"Deleted “{title}”.")
     return redirect("chat:home")
 

@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
 from django.conf import settings
 from django.db import models
 
@@ -41,6 +45,19 @@ class ImageJob(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     PENDING = (Status.QUEUED, Status.PROCESSING)
+
+    # Every change of a job's status, by name: the states it may start from, and the
+    # state it leaves the job in. `generation.services._transition` enforces it.
+    LIFECYCLE = {
+        "claim": ((Status.QUEUED,), Status.PROCESSING),
+        "complete": ((Status.PROCESSING,), Status.COMPLETE),
+        "fail": ((Status.QUEUED, Status.PROCESSING), Status.ERROR),
+        "retry_later": ((Status.PROCESSING,), Status.QUEUED),  # a transient error; same place
+        "requeue_lost": ((Status.PROCESSING,), Status.QUEUED),  # its worker died; same place
+        "cancel": ((Status.QUEUED, Status.PROCESSING), Status.CANCELLED),
+        "retry": ((Status.ERROR, Status.CANCELLED), Status.QUEUED),  # at the back
+        "move_to_end": ((Status.QUEUED,), Status.QUEUED),
+    }
     FINAL = (Status.COMPLETE, Status.ERROR, Status.CANCELLED)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="image_jobs")
@@ -118,8 +135,28 @@ class CircuitBreaker(models.Model):
     opened_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    GENERATION = "generation"  # the breaker around the image generator
+
     def __str__(self) -> str:
         return f"{self.name}: {self.state}"
+
+    @classmethod
+    def current(cls) -> CircuitBreaker | None:
+        """The generation breaker as it is now (None before its first failure)."""
+        return cls.objects.filter(name=cls.GENERATION).first()
+
+    def ready_at(self, now: datetime) -> datetime | None:
+        """When a job may next be claimed: `now` when closed, the end of the cool-down
+        when open (the next claim is the half-open trial), None while a trial runs."""
+        if self.state == self.State.HALF_OPEN:
+            return None
+        if self.state == self.State.CLOSED or self.opened_at is None:
+            return now
+        return self.opened_at + timedelta(seconds=settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS)
+
+    def admits(self, now: datetime) -> bool:
+        ready = self.ready_at(now)
+        return ready is not None and now >= ready
 
 
 class Worker(models.Model):

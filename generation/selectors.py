@@ -11,17 +11,10 @@ from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
 
+from generation import texts
 from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
 
 Status = ImageJob.Status
-
-SERVICE_MESSAGES = {
-    CircuitBreaker.State.CLOSED: "",
-    CircuitBreaker.State.OPEN: (
-        "Image generation is paused after repeated failures. Your requests are kept and will run when it recovers."
-    ),
-    CircuitBreaker.State.HALF_OPEN: "Image generation is recovering: trying one image before resuming the queue.",
-}
 
 
 def job_get_for_user(*, user: AbstractBaseUser, job_id: int) -> ImageJob:
@@ -137,9 +130,9 @@ def queued_jobs() -> QuerySet[ImageJob]:
 
 def service_status(*, breaker: CircuitBreaker | None = None) -> dict[str, str]:
     if breaker is None:
-        breaker = CircuitBreaker.objects.filter(name="generation").first()
+        breaker = CircuitBreaker.current()
     state = breaker.state if breaker else CircuitBreaker.State.CLOSED
-    return {"state": state, "message": SERVICE_MESSAGES[state]}
+    return {"state": state, "message": texts.SERVICE_NOTICES[state]}
 
 
 def queue_blocked_until(*, now: datetime) -> datetime | None:
@@ -154,12 +147,9 @@ def queue_blocked_until(*, now: datetime) -> datetime | None:
         jobs_ready = queued.aggregate(earliest=Min("not_before"))["earliest"]
         if jobs_ready is None:
             return None
-    breaker = CircuitBreaker.objects.filter(name="generation").first()
-    if breaker is None or breaker.state == CircuitBreaker.State.CLOSED or breaker.opened_at is None:
-        breaker_ready = now
-    elif breaker.state == CircuitBreaker.State.OPEN:
-        breaker_ready = breaker.opened_at + timedelta(seconds=settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS)
-    else:
+    breaker = CircuitBreaker.current()
+    breaker_ready = now if breaker is None else breaker.ready_at(now)
+    if breaker_ready is None:
         return None
     return max(jobs_ready, breaker_ready)
 

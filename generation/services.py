@@ -24,20 +24,15 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.services import exchange_post, message_update
-from generation import broadcasts, doorbells, events, files, selectors
+from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket, Worker
+from generation.pipeline import is_transient
 
 logger = logging.getLogger(__name__)
 
 Status = ImageJob.Status
-BREAKER_NAME = "generation"
-
-READY_TEXT = "Your image is ready."
-QUEUED_TEXT = "Your image is queued."
-CANCELLED_TEXT = "Cancelled."
-FAILED_TEXT = "Sorry, the image could not be made."
 
 
 class JobError(Exception):
@@ -55,18 +50,19 @@ def ring_worker() -> None:
 
 def _transition(
     job_id: int,
+    change: str,
     *,
-    expected: tuple[str, ...],
-    to: str,
     fields: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     content: str | None = None,
 ) -> ImageJob | None:
-    """Compare-and-set a job from one of `expected` to `to`; merge the message too.
+    """Make `change` (a name in `ImageJob.LIFECYCLE`) to a job; merge its message too.
 
-    Returns the updated job, or None when the job was not in an expected state
-    (somebody else moved it first). Must run inside a transaction.
+    A compare-and-set from the change's allowed states to its target. Returns the
+    updated job, or None when the job was not in an allowed state (somebody else moved
+    it first). Must run inside a transaction.
     """
+    expected, to = ImageJob.LIFECYCLE[change]
     changes = {"status": to, **(fields or {})}
     if not ImageJob.objects.filter(pk=job_id, status__in=expected).update(**changes):
         return None
@@ -117,12 +113,9 @@ def _caps_refusal(owner_id: int, *, now: datetime, submission: bool) -> str | No
         recent=Count("pk", filter=Q(created_at__gte=now - timedelta(minutes=1))),
     )
     if counts["pending"] >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
-        return (
-            f"You already have {counts['pending']} images waiting. "
-            "Please wait for one to finish before asking for more."
-        )
+        return texts.pending_cap(counts["pending"])
     if submission and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
-        return "You are sending prompts too quickly. Please wait a minute and try again."
+        return texts.TOO_FAST
     return None
 
 
@@ -150,7 +143,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
         asked, assistant = exchange_post(
             conversation=conversation,
             prompt=data["prompt"],
-            reply=QUEUED_TEXT,
+            reply=texts.QUEUED,
             reply_metadata={
                 "status": Status.QUEUED,
                 "progress": 0,
@@ -194,10 +187,10 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
     with transaction.atomic():
         # A closed breaker is only read: locking its row on every claim would make
         # every worker queue behind it. Only an open one is locked, to pick one trial.
-        breaker = CircuitBreaker.objects.filter(name=BREAKER_NAME).first()
+        breaker = CircuitBreaker.current()
         if breaker is not None and breaker.state != CircuitBreaker.State.CLOSED:
             breaker = _breaker_locked()
-            if not _breaker_admits(breaker, now):
+            if not breaker.admits(now):
                 return None
         runnable = ImageJob.objects.filter(status=Status.QUEUED).filter(
             Q(not_before__isnull=True) | Q(not_before__lte=now)
@@ -207,8 +200,7 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
         for candidate in runnable.order_by("sequence").only("pk")[:5]:
             job = _transition(
                 candidate.pk,
-                expected=(Status.QUEUED,),
-                to=Status.PROCESSING,
+                "claim",
                 fields={
                     "started_at": now,
                     "heartbeat_at": now,
@@ -218,7 +210,7 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
                     "not_before": None,
                 },
                 metadata={"progress": 0, "queue_position": None, "started_at": now.isoformat()},
-                content="Making your image…",
+                content=texts.RUNNING,
             )
             if job is None:
                 continue
@@ -284,8 +276,7 @@ def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> Ima
             image_url = reverse("generation:job_image", args=[job_id])
             job = _transition(
                 job_id,
-                expected=(Status.PROCESSING,),
-                to=Status.COMPLETE,
+                "complete",
                 fields={
                     "image": files.final_name(job_id),
                     "progress": 100,
@@ -294,7 +285,7 @@ def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> Ima
                     "error": "",
                 },
                 metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
-                content=READY_TEXT,
+                content=texts.READY,
             )
             if job is None:
                 return None
@@ -313,14 +304,42 @@ def job_fail(*, job_id: int, error: str, detail: str = "", now: datetime | None 
     with transaction.atomic():
         job = _transition(
             job_id,
-            expected=ImageJob.PENDING,
-            to=Status.ERROR,
+            "fail",
             fields={"error": error, "error_detail": detail, "finished_at": now},
             metadata={"error": error, "finished_at": now.isoformat(), "queue_position": None},
-            content=FAILED_TEXT,
+            content=texts.FAILED,
         )
         if job is not None:
             events.send_to_user(job.owner_id, "job.error", job_id=job.pk, status=job.status, error=error)
+    return job
+
+
+def job_record_failure(
+    *,
+    job_id: int,
+    attempts: int,
+    exc: BaseException,
+    error: str | None = None,
+    detail: str | None = None,
+    now: datetime | None = None,
+) -> ImageJob | None:
+    """What a failed run of a job means; the failure policy, in one place.
+
+    A transient error (out of memory, a busy device) with attempts left puts the job
+    back in its place, runnable after 2, 4, 8... seconds; anything else ends it with
+    `error`, or a message a person understands. Either way the failure counts once
+    against the circuit breaker.
+    """
+    now = now or timezone.now()
+    detail = detail or f"{type(exc).__name__}: {exc}"
+    transient = error is None and is_transient(exc)
+    if transient and attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
+        delay = settings.IMAGEGEN_RETRY_BASE_SECONDS * 2 ** (attempts - 1)
+        job = job_retry_later(job_id=job_id, delay=delay, detail=detail, now=now)
+    else:
+        error = error or (texts.TRANSIENT_ERROR if transient else texts.FAILED_ERROR)
+        job = job_fail(job_id=job_id, error=error, detail=detail, now=now)
+    breaker_record_failure(now=now)
     return job
 
 
@@ -333,11 +352,10 @@ def job_retry_later(*, job_id: int, delay: float, detail: str, now: datetime | N
     with transaction.atomic():
         job = _transition(
             job_id,
-            expected=(Status.PROCESSING,),
-            to=Status.QUEUED,
+            "retry_later",
             fields={"not_before": now + timedelta(seconds=delay), "error_detail": detail, "progress": 0},
             metadata={"progress": 0, "retrying": True},
-            content="A temporary problem; trying again shortly…",
+            content=texts.RETRYING,
         )
         if job is not None:
             _announce_queued(job)
@@ -354,15 +372,14 @@ def job_cancel(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     with transaction.atomic():
         cancelled = _transition(
             job.pk,
-            expected=ImageJob.PENDING,
-            to=Status.CANCELLED,
+            "cancel",
             fields={"finished_at": now},
             metadata={"finished_at": now.isoformat(), "queue_position": None},
-            content=CANCELLED_TEXT,
+            content=texts.CANCELLED,
         )
         if cancelled is None:
             job.refresh_from_db(fields=["status"])
-            raise JobError(f"This job is already {job.get_status_display().lower()} and cannot be cancelled.")
+            raise JobError(texts.cannot_cancel(job.get_status_display().lower()))
         events.send_to_user(cancelled.owner_id, "job.cancelled", job_id=cancelled.pk, status=cancelled.status)
     return cancelled
 
@@ -379,8 +396,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
             raise JobError(refusal)
         retried = _transition(
             job.pk,
-            expected=(Status.ERROR, Status.CANCELLED),
-            to=Status.QUEUED,
+            "retry",
             fields={
                 "sequence": QueueTicket.objects.create().pk,
                 "attempts": 0,
@@ -394,13 +410,11 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
                 "finished_at": None,
             },
             metadata={"progress": 0, "error": None, "finished_at": None, "started_at": None, "retrying": False},
-            content=QUEUED_TEXT,
+            content=texts.QUEUED,
         )
         if retried is None:
             job.refresh_from_db(fields=["status"])
-            raise JobError(
-                f"Only failed or cancelled jobs can be retried; this one is {job.get_status_display().lower()}."
-            )
+            raise JobError(texts.cannot_retry(job.get_status_display().lower()))
         _announce_queued(retried)
         transaction.on_commit(ring_worker, robust=True)
     return retried
@@ -411,19 +425,15 @@ def job_requeue_at_end(*, job: ImageJob) -> ImageJob:
     with transaction.atomic():
         moved = _transition(
             job.pk,
-            expected=(Status.QUEUED,),
-            to=Status.QUEUED,
+            "move_to_end",
             fields={"sequence": QueueTicket.objects.create().pk},
         )
         if moved is None:
-            raise JobError("Only queued jobs can be moved to the end of the queue.")
+            raise JobError(texts.ONLY_QUEUED_MOVES)
     return moved
 
 
-ADMIN_FAILED_MESSAGE = "This image was stopped by an administrator."
-
-
-def job_mark_error(*, job: ImageJob, error: str = ADMIN_FAILED_MESSAGE) -> ImageJob:
+def job_mark_error(*, job: ImageJob, error: str = texts.ADMIN_STOPPED) -> ImageJob:
     """Fail a queued or processing job by hand; a running one stops at its next step."""
     failed = job_fail(job_id=job.pk, error=error, detail="Marked as error in admin")
     if failed is None:
@@ -431,10 +441,26 @@ def job_mark_error(*, job: ImageJob, error: str = ADMIN_FAILED_MESSAGE) -> Image
     return failed
 
 
-# --- Maintenance: nothing stuck, nothing lost ---------------------------------------
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation with its messages, jobs and image files, in one transaction.
 
-STUCK_MESSAGE = "Generation timed out (stuck job guard)"
-WORKER_LOST_MESSAGE = "Image generation stopped unexpectedly. Please try again."
+    Its pending jobs are cancelled first (a running one stops at its next step); the
+    files go once the deletion has committed, also those a crash left under a job's
+    name or half-written.
+    """
+    with transaction.atomic():
+        for job in conversation.image_jobs.filter(status__in=ImageJob.PENDING):
+            try:
+                job_cancel(job=job)
+            except JobError:
+                pass  # it finished meanwhile
+        jobs = dict(conversation.image_jobs.values_list("pk", "image"))
+        conversation.delete()
+        if jobs:
+            transaction.on_commit(lambda: files.delete_job_files(job_ids=jobs, names=jobs.values()))
+
+
+# --- Maintenance: nothing stuck, nothing lost ---------------------------------------
 
 
 def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
@@ -442,8 +468,7 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
     with transaction.atomic():
         job = _transition(
             job_id,
-            expected=(Status.PROCESSING,),
-            to=Status.QUEUED,
+            "requeue_lost",
             fields={"error_detail": detail, "progress": 0, "not_before": None},
             metadata={"progress": 0, "retrying": True},
             content="The worker restarted; your image will be made again shortly…",
@@ -470,7 +495,7 @@ def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None
         if job.attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
             if job_requeue_lost(job_id=job.pk, detail=detail):
                 requeued.append(job.pk)
-        elif job_fail(job_id=job.pk, error=WORKER_LOST_MESSAGE, detail=detail, now=now):
+        elif job_fail(job_id=job.pk, error=texts.WORKER_LOST, detail=detail, now=now):
             failed.append(job.pk)
     return {"requeued": requeued, "failed": failed}
 
@@ -491,7 +516,7 @@ def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, 
         if attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
             if job_requeue_lost(job_id=job_id, detail=detail):
                 requeued.append(job_id)
-        elif job_fail(job_id=job_id, error=WORKER_LOST_MESSAGE, detail=detail, now=now):
+        elif job_fail(job_id=job_id, error=texts.WORKER_LOST, detail=detail, now=now):
             failed.append(job_id)
     return {"requeued": requeued, "failed": failed}
 
@@ -511,7 +536,7 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
     for job_id, heartbeat in stale.values_list("pk", "heartbeat_at"):
         detail = f"No heartbeat since {heartbeat.isoformat()}"
-        if job_fail(job_id=job_id, error=STUCK_MESSAGE, detail=detail, now=now):
+        if job_fail(job_id=job_id, error=texts.STUCK, detail=detail, now=now):
             expired.append(job_id)
     orphans = jobs_recover_orphans(now=now)
     orphans = {key: dead_workers[key] + orphans[key] for key in orphans}
@@ -603,17 +628,8 @@ def _channel_rows_prune(*, now: datetime) -> int:
 
 
 def _breaker_locked() -> CircuitBreaker:
-    CircuitBreaker.objects.get_or_create(name=BREAKER_NAME)
-    return CircuitBreaker.objects.select_for_update().get(name=BREAKER_NAME)
-
-
-def _breaker_admits(breaker: CircuitBreaker, now: datetime) -> bool:
-    if breaker.state == CircuitBreaker.State.CLOSED:
-        return True
-    if breaker.state == CircuitBreaker.State.HALF_OPEN:
-        return False  # one trial at a time
-    cooldown = timedelta(seconds=settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS)
-    return breaker.opened_at is None or now >= breaker.opened_at + cooldown
+    CircuitBreaker.objects.get_or_create(name=CircuitBreaker.GENERATION)
+    return CircuitBreaker.objects.select_for_update().get(name=CircuitBreaker.GENERATION)
 
 
 def _breaker_set(breaker: CircuitBreaker, **changes: Any) -> None:
@@ -627,7 +643,7 @@ def _breaker_set(breaker: CircuitBreaker, **changes: Any) -> None:
 
 
 def breaker_record_success() -> None:
-    state = CircuitBreaker.objects.filter(name=BREAKER_NAME).values_list("state", "failures").first()
+    state = CircuitBreaker.objects.filter(name=CircuitBreaker.GENERATION).values_list("state", "failures").first()
     if state is None or state == (CircuitBreaker.State.CLOSED, 0):
         return  # the usual case: nothing to change, so no lock to take
     with transaction.atomic():

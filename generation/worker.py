@@ -28,7 +28,7 @@ from django.db import connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from generation import heartbeat, selectors, services
+from generation import heartbeat, selectors, services, texts
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
 from generation.pipeline import (
@@ -37,7 +37,6 @@ from generation.pipeline import (
     GenerationTimeout,
     Generator,
     infotext,
-    is_transient,
     latents_preview,
 )
 from generation.png import encode_png
@@ -54,13 +53,6 @@ DRAIN_SWITCH_INTERVAL = 0.0001
 PREVIEW_INTERVAL = 1.0  # seconds between live previews
 PROGRESS_PERSIST_EVERY = 10  # percent
 FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits for the bookkeeper
-
-TRANSIENT_MESSAGE = "The image generator is temporarily unavailable. Please try again in a few minutes."
-FAILED_MESSAGE = "Image generation failed because of a problem on the server. Please try again."
-
-
-def timeout_message(seconds: int) -> str:
-    return f"Image generation timed out after {seconds} s. Please try again."
 
 
 class JobRunner:
@@ -144,12 +136,13 @@ class JobRunner:
                 # outside the steps). End the job; the worker lives on.
                 self.out_of_time = True
                 seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
-                services.job_fail(job_id=job.pk, error=timeout_message(seconds), detail=str(exc))
-                services.breaker_record_failure(now=self.now())
+                services.job_record_failure(
+                    job_id=job.pk, attempts=job.attempts, exc=exc, error=texts.timed_out(seconds), now=self.now()
+                )
             except Exception as exc:
                 # Something outside the generation failed (the database, the
                 # disk): the job must still end, and the task report it.
-                services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
+                services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
                 raise
         return job
 
@@ -192,19 +185,18 @@ class JobRunner:
         except GenerationCancelled:
             logger.info("Job %s was cancelled while running", job.pk)
             services.breaker_release_trial()
-        except GenerationTimeout:
-            services.job_fail(job_id=job.pk, error=timeout_message(timeout), detail=f"Over {timeout} s")
-            services.breaker_record_failure(now=self.now())
+        except GenerationTimeout as exc:
+            services.job_record_failure(
+                job_id=job.pk,
+                attempts=job.attempts,
+                exc=exc,
+                error=texts.timed_out(timeout),
+                detail=f"Over {timeout} s",
+                now=self.now(),
+            )
         except Exception as exc:
-            detail = f"{type(exc).__name__}: {exc}"
             logger.exception("Job %s failed (attempt %s)", job.pk, job.attempts)
-            if is_transient(exc) and job.attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
-                delay = settings.IMAGEGEN_RETRY_BASE_SECONDS * 2 ** (job.attempts - 1)
-                services.job_retry_later(job_id=job.pk, delay=delay, detail=detail, now=self.now())
-            else:
-                error = TRANSIENT_MESSAGE if is_transient(exc) else FAILED_MESSAGE
-                services.job_fail(job_id=job.pk, error=error, detail=detail, now=self.now())
-            services.breaker_record_failure(now=self.now())
+            services.job_record_failure(job_id=job.pk, attempts=job.attempts, exc=exc, now=self.now())
         else:
             if bookkeeper is None:
                 self.finish(job, image, request)
@@ -405,6 +397,6 @@ class _Bookkeeper:
             logger.exception("Could not record the %s of job %s", kind, job.pk)
             if kind == "finish":
                 try:
-                    services.job_fail(job_id=job.pk, error=FAILED_MESSAGE, detail=f"{type(exc).__name__}: {exc}")
+                    services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
                 except Exception:
                     logger.exception("Could not fail job %s either; the guard will", job.pk)

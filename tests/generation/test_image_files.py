@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from chat.services import conversation_delete
 from generation import files, services
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
@@ -118,7 +117,7 @@ def test_deleting_a_conversation_removes_every_file_of_its_jobs_and_no_one_elses
     assert ImageJob.objects.get(pk=finished.pk).image
 
     with django_capture_on_commit_callbacks(execute=True):
-        conversation_delete(conversation=alice_chat)
+        services.conversation_delete(conversation=alice_chat)
 
     assert _files(settings) == {bobs.image.name}
 

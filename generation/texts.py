@@ -1,0 +1,49 @@
+"""Everything a person reads about a job: the assistant's replies, errors, refusals, notices.
+
+One module, so the wording stays consistent and is changed (or translated) in one place.
+"""
+
+# The assistant message's content in each state.
+QUEUED = "Your image is queued."
+RUNNING = "Making your image…"
+RETRYING = "A temporary problem; trying again shortly…"
+READY = "Your image is ready."
+CANCELLED = "Cancelled."
+FAILED = "Sorry, the image could not be made."
+
+# A failed job's error.
+FAILED_ERROR = "Image generation failed because of a problem on the server. Please try again."
+TRANSIENT_ERROR = "The image generator is temporarily unavailable. Please try again in a few minutes."
+ADMIN_STOPPED = "This image was stopped by an administrator."
+STUCK = "Generation timed out (stuck job guard)"
+WORKER_LOST = "Image generation stopped unexpectedly. Please try again."
+
+
+def timed_out(seconds: int) -> str:
+    return f"Image generation timed out after {seconds} s. Please try again."
+
+
+# Refusals.
+def pending_cap(pending: int) -> str:
+    return f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
+
+
+TOO_FAST = "You are sending prompts too quickly. Please wait a minute and try again."
+
+
+def cannot_cancel(status: str) -> str:
+    return f"This job is already {status} and cannot be cancelled."
+
+
+def cannot_retry(status: str) -> str:
+    return f"Only failed or cancelled jobs can be retried; this one is {status}."
+
+
+ONLY_QUEUED_MOVES = "Only queued jobs can be moved to the end of the queue."
+
+# The notice every page shows, by circuit-breaker state.
+SERVICE_NOTICES = {
+    "closed": "",
+    "open": "Image generation is paused after repeated failures. Your requests are kept and will run when it recovers.",
+    "half_open": "Image generation is recovering: trying one image before resuming the queue.",
+}
