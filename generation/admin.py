@@ -1,18 +1,50 @@
 from django.contrib import admin, messages
+from django.db import transaction
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from generation import selectors, services
+from chat.models import Message
+from generation import files, selectors, services
 from generation.models import CircuitBreaker, ImageJob, Worker
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
 
 
+class ViewOnlyPagesMixin:
+    """Change pages that only show the row: no Save buttons, and a POST to them is refused.
+
+    A save from the page would write back every column as the page read it, over what
+    the worker or a service wrote meanwhile. The changelist's actions still need the
+    change permission, which is asked for without an object.
+    """
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+
+def jobs_delete(*, jobs) -> None:
+    """Delete jobs as deleting their conversation does: running ones cancelled, files removed.
+
+    Each job goes with its bot message (whose status would otherwise stay behind in the
+    chat); the user's own prompt stays.
+    """
+    for job in jobs.filter(status__in=(ImageJob.Status.QUEUED, ImageJob.Status.PROCESSING)):
+        try:
+            services.job_cancel(job=job)
+        except services.JobError:
+            pass  # it finished meanwhile
+    with transaction.atomic():
+        rows = dict(ImageJob.objects.filter(pk__in=jobs.values("pk")).values_list("pk", "image"))
+        # The job goes with its message (CASCADE).
+        Message.objects.filter(image_job__pk__in=rows).delete()
+        transaction.on_commit(lambda: files.delete_job_files(job_ids=rows, names=rows.values()))
+
+
 @admin.register(ImageJob)
-class ImageJobAdmin(admin.ModelAdmin):
+class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "thumbnail",
@@ -46,15 +78,12 @@ class ImageJobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # jobs are made by submitting prompts
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        # Every field is read-only (jobs change through the actions), so there is nothing to save.
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
+    # Django's delete page and its "Delete selected" action both end here.
+    def delete_model(self, request, obj):
+        jobs_delete(jobs=ImageJob.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        jobs_delete(jobs=queryset)
 
     # --- Columns ----------------------------------------------------------------------
 
@@ -112,7 +141,7 @@ class ImageJobAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise Http404
         entries = selectors.queue_eta()
-        jobs = ImageJob.objects.in_bulk([entry["job_id"] for entry in entries])
+        jobs = ImageJob.objects.select_related("owner").in_bulk([entry["job_id"] for entry in entries])
         rows = [{**entry, "job": jobs[entry["job_id"]]} for entry in entries if entry["job_id"] in jobs]
         running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
         context = {
@@ -166,20 +195,16 @@ class ImageJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitBreaker)
-class CircuitBreakerAdmin(admin.ModelAdmin):
+class CircuitBreakerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_display = ("name", "state", "failures", "opened_at", "updated_at")
     readonly_fields = ("name", "state", "failures", "opened_at", "updated_at")
 
     def has_add_permission(self, request):
         return False
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
-        return super().change_view(request, object_id, form_url, extra_context)
-
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     """GPU worker processes; a live one beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
 
     list_display = ("name", "live", "device", "host", "pid", "started_at", "last_seen_at", "stopping")
