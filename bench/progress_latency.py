@@ -55,8 +55,8 @@ def measure(steps: int) -> dict:
         def __init__(self, inner):
             self.inner, self.device = inner, inner.device
 
-        def pipeline(self, name):
-            return self.inner.pipeline(name)
+        def load(self, name):
+            return self.inner.load(name)
 
         def generate(self, request, on_step=None):
             def timed(step, total, latents):
@@ -76,7 +76,7 @@ def measure(steps: int) -> dict:
             page.wait_for_url(f"{base}/")
             page.evaluate(LISTEN)
             time.sleep(1)
-            get_generator().pipeline("demo")  # warm
+            get_generator().load("demo")  # warm
 
             def work():
                 job_submit(user=user, conversation=conversation, prompt="latency", steps=steps, width=512, height=512)

@@ -3,7 +3,7 @@ pipeline called N times in a loop, same model and parameters, in one run.
 
 The system run submits N jobs at once to a real `gpu` cluster (warmed up by one job
 first) and measures from the first job's start to the last one's finish; the raw run
-calls the same Generator.generate N times. Reports the throughput ratio (system / raw)
+calls the same ImageGenerator.generate N times. Reports the throughput ratio (system / raw)
 and the idle gaps between consecutive jobs.
 
 On a CPU it runs the `demo` model. `--sd15-shaped` builds (once, offline) a pipeline
@@ -39,7 +39,7 @@ def main() -> None:
     model = "demo"
     overrides = {}
     if args.sd15_shaped:
-        from generation.pipeline import random_pipeline_path
+        from generation.demo_model import random_pipeline_path
 
         model = "sd15"
         path = random_pipeline_path(Path(os.environ.get("IMAGEGEN_MODEL_CACHE", ROOT / "var" / "models")), "sd15")

@@ -38,7 +38,7 @@ class ZeroCostGenerator:
         path = os.environ.get("IMAGEGEN_BENCH_TIMINGS")
         self._timings = open(path, "a") if path else None  # noqa: SIM115 - lives with the worker
 
-    def pipeline(self, name):
+    def load(self, name):
         return None
 
     def generate(self, request, on_step=None):

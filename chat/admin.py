@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from chat.models import Conversation, Message
+from generation import services
 
 
 def _pretty(value) -> str:
@@ -30,6 +31,15 @@ class ConversationAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     inlines = [MessageInline]
 
+    # Django's delete page and its "Delete selected" action both end here: running jobs
+    # are cancelled and image files removed, as when the owner deletes the conversation.
+    def delete_model(self, request, obj):
+        services.conversation_delete(conversation=obj)
+
+    def delete_queryset(self, request, queryset):
+        for conversation in queryset:
+            services.conversation_delete(conversation=conversation)
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
@@ -40,6 +50,21 @@ class MessageAdmin(admin.ModelAdmin):
     # Metadata changes only through the locked deep merge, never by hand.
     fields = ("conversation", "role", "content", "metadata_pretty", "created_at", "updated_at")
     readonly_fields = fields
+
+    # A save from this page would write back metadata merged in meanwhile.
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    # Django's delete page and its "Delete selected" action both end here: a bot message
+    # goes with its job, as the job admin deletes it (cancelled first, files removed).
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, Message.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        from generation.models import ImageJob
+
+        services.jobs_delete(jobs=ImageJob.objects.filter(message__in=queryset))
+        queryset.delete()
 
     @admin.display(description="Status")
     def status(self, message):

@@ -11,8 +11,20 @@ from generation.models import CircuitBreaker, ImageJob, Worker
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
 
 
+class ViewOnlyPagesMixin:
+    """Change pages that only show the row: no Save buttons, and a POST to them is refused.
+
+    A save from the page would write back every column as the page read it, over what
+    the worker or a service wrote meanwhile. The changelist's actions still need the
+    change permission, which is asked for without an object.
+    """
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+
 @admin.register(ImageJob)
-class ImageJobAdmin(admin.ModelAdmin):
+class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "thumbnail",
@@ -46,15 +58,12 @@ class ImageJobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # jobs are made by submitting prompts
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        # Every field is read-only (jobs change through the actions), so there is nothing to save.
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
+    # Django's delete page and its "Delete selected" action both end here.
+    def delete_model(self, request, obj):
+        services.jobs_delete(jobs=ImageJob.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        services.jobs_delete(jobs=queryset)
 
     # --- Columns ----------------------------------------------------------------------
 
@@ -112,7 +121,7 @@ class ImageJobAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise Http404
         entries = selectors.queue_eta()
-        jobs = ImageJob.objects.in_bulk([entry["job_id"] for entry in entries])
+        jobs = ImageJob.objects.select_related("owner").in_bulk([entry["job_id"] for entry in entries])
         rows = [{**entry, "job": jobs[entry["job_id"]]} for entry in entries if entry["job_id"] in jobs]
         running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
         context = {
@@ -166,20 +175,16 @@ class ImageJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitBreaker)
-class CircuitBreakerAdmin(admin.ModelAdmin):
+class CircuitBreakerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_display = ("name", "state", "failures", "opened_at", "updated_at")
     readonly_fields = ("name", "state", "failures", "opened_at", "updated_at")
 
     def has_add_permission(self, request):
         return False
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False}
-        return super().change_view(request, object_id, form_url, extra_context)
-
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     """GPU worker processes; a live one beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
 
     list_display = ("name", "live", "device", "host", "pid", "started_at", "last_seen_at", "stopping")

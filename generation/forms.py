@@ -1,4 +1,4 @@
-"""Validation of job parameters, shared by the chat page, the API and the services."""
+"""Validation of job parameters, shared by the chat page and the services."""
 
 import secrets
 
@@ -142,12 +142,6 @@ class JobForm(forms.Form):
 
     def clean_negative_prompt(self):
         return self._bounded_text("negative_prompt", "Negative prompt")
-
-    def clean_guidance(self):
-        value = self.cleaned_data.get("guidance")
-        if value is not None and value != value:  # NaN passes min/max checks
-            raise forms.ValidationError(f"Guidance: {GUIDANCE_MIN}-{GUIDANCE_MAX}.")
-        return value
 
     def clean(self):
         data = super().clean()

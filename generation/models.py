@@ -104,19 +104,6 @@ class ImageJob(models.Model):
         return f"Job {self.pk} ({self.status}): {self.prompt[:40]}"
 
     @property
-    def params(self) -> dict:
-        return {
-            "model": self.model,
-            "width": self.width,
-            "height": self.height,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "seed": self.seed,
-            "scheduler": self.scheduler,
-            "negative_prompt": self.negative_prompt,
-        }
-
-    @property
     def is_pending(self) -> bool:
         return self.status in self.PENDING
 

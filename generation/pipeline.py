@@ -3,18 +3,13 @@
 This module imports nothing from Django, so it can be benchmarked and reused on its
 own. The Django side hands it plain values and a per-step callback.
 
-`demo` is an SD-1.5-shaped pipeline with small random weights, built offline from
-configs (no download) and deterministic. It makes noise images, fast, on a CPU; real
-images need a real model: a local diffusers folder or a single `.safetensors` file.
+`demo` is an SD-1.5-shaped pipeline with small random weights (`demo_model.py`). It
+makes noise images, fast, on a CPU; real images need a real model: a local diffusers
+folder or a single `.safetensors` file.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,17 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from generation.demo_model import DEMO, demo_pipeline_path
+
 if TYPE_CHECKING:
     import torch
 
 # torch and diffusers are imported where they are used, so the web process can read
 # the registry and scheduler names without loading them.
 
-logger = logging.getLogger(__name__)
-
-DEMO = "demo"
-# Bump when the random pipelines' configs change, so a stale cache is not reused.
-DEMO_VERSION = "1"
 
 # scheduler key -> (diffusers class name, AUTOMATIC1111 sampler name, extra config)
 SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -129,174 +121,6 @@ class ModelRegistry:
         return name in self._models
 
 
-# --- The demo model ---------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of GPT-2 / CLIP byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
-def _write_demo_tokenizer(folder: Path) -> None:
-    """Write a character-level CLIP tokenizer (no merges)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-
-
-# Layer shapes of the random-weight pipelines. `demo` is tiny, for CPUs and tests;
-# `sd15` has the layer sizes of Stable Diffusion 1.5 (the same compute per step), for
-# measuring the system on a GPU without downloading weights.
-RANDOM_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {
-        "unet": {
-            "layers_per_block": 1,
-            "block_out_channels": (32, 64),
-            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-            "cross_attention_dim": 32,
-            "attention_head_dim": 8,
-            "norm_num_groups": 8,
-        },
-        # Four blocks give the usual x8 latent scale of SD 1.5.
-        "vae": {"block_out_channels": (8, 16, 16, 16), "layers_per_block": 1, "norm_num_groups": 8},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
-    },
-    "sd15": {
-        "unet": {
-            "layers_per_block": 2,
-            "block_out_channels": (320, 640, 1280, 1280),
-            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-            "norm_num_groups": 32,
-        },
-        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32},
-        "text": {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "hidden_act": "quick_gelu",
-            "vocab_size": 49408,
-        },
-    },
-}
-
-
-def random_modules(shape: str, tokenizer) -> dict[str, Any]:
-    """The UNet, VAE and text encoder of `shape`, with seeded random weights."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    configs = RANDOM_SHAPES[shape]
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, **configs["unet"])
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=512,
-        **configs["vae"],
-    )
-    torch.manual_seed(2)
-    text_config = {
-        "vocab_size": len(tokenizer),
-        "max_position_embeddings": 77,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        **configs["text"],
-    }
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-
-
-def demo_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    _write_demo_tokenizer(folder)
-    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-
-
-def build_random_pipeline(target: Path, shape: str = DEMO) -> None:
-    """Build a pipeline of `shape` from configs with seeded random weights and save it."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    work = Path(tempfile.mkdtemp(prefix=f"{shape}-build-", dir=target.parent))
-    try:
-        tokenizer = demo_tokenizer(work / "tokenizer")
-        modules = random_modules(shape, tokenizer)
-        scheduler = EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
-        )
-        pipe = StableDiffusionPipeline(
-            **modules,
-            tokenizer=tokenizer,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        if shape != DEMO:
-            pipe.to(torch.float16)  # Half the disk; loaded as fp16 on a GPU anyway.
-        pipe.save_pretrained(work / "pipeline")
-        try:
-            os.rename(work / "pipeline", target)
-        except OSError:
-            # Another process finished the same build first; its copy is identical.
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:
-    """Where the random-weight pipeline of `shape` lives, building it on first use."""
-    if shape not in RANDOM_SHAPES:
-        raise KeyError(f"Unknown shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{shape}-v{DEMO_VERSION}"
-    if not (target / "model_index.json").exists():
-        logger.info("Building the %s model in %s", shape, target)
-        build_random_pipeline(target, shape)
-    return target
-
-
-def demo_pipeline_path(cache_dir: Path) -> Path:
-    """Where the demo pipeline lives, building it on first use."""
-    return random_pipeline_path(cache_dir, DEMO)
-
-
 # --- Loading and running ------------------------------------------------------------
 
 
@@ -338,7 +162,7 @@ def set_scheduler(pipe, name: str) -> None:
         pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
 
 
-class Generator:
+class ImageGenerator:
     """Keeps one pipeline loaded between jobs; a job for another model swaps it."""
 
     def __init__(self, registry: ModelRegistry, *, cache_dir: Path, device: str = "auto"):
@@ -358,7 +182,8 @@ class Generator:
             self._device = resolve_device(self._device_preference)
         return self._device
 
-    def pipeline(self, name: str):
+    def load(self, name: str):
+        """The pipeline of model `name`, loading it (in place of the one loaded) if needed."""
         if self._loaded_name != name:
             info = self.registry.get(name)
             self._pipe = None
@@ -376,7 +201,7 @@ class Generator:
         import torch
 
         with self._lock:
-            pipe = self.pipeline(request.model)
+            pipe = self.load(request.model)
             set_scheduler(pipe, request.scheduler)
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
 

@@ -18,11 +18,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from chat.models import Conversation
+from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import JobForm
@@ -441,23 +441,43 @@ def job_mark_error(*, job: ImageJob, error: str = texts.ADMIN_STOPPED) -> ImageJ
     return failed
 
 
+def jobs_delete(*, jobs: QuerySet[ImageJob]) -> None:
+    """Delete jobs as deleting their conversation does: pending ones cancelled, files removed.
+
+    Each job goes with its bot message (whose status would otherwise stay behind in the
+    chat); the user's own prompt stays.
+    """
+    with transaction.atomic():
+        _cancel_pending(jobs)
+        rows = dict(ImageJob.objects.filter(pk__in=jobs.values("pk")).values_list("pk", "image"))
+        Message.objects.filter(image_job__pk__in=rows).delete()  # the job goes with it (CASCADE)
+        _delete_files_after_commit(rows)
+
+
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with its messages, jobs and image files, in one transaction.
 
-    Its pending jobs are cancelled first (a running one stops at its next step); the
-    files go once the deletion has committed, also those a crash left under a job's
-    name or half-written.
+    Its pending jobs are cancelled first (a running one stops at its next step).
     """
     with transaction.atomic():
-        for job in conversation.image_jobs.filter(status__in=ImageJob.PENDING):
-            try:
-                job_cancel(job=job)
-            except JobError:
-                pass  # it finished meanwhile
-        jobs = dict(conversation.image_jobs.values_list("pk", "image"))
+        _cancel_pending(conversation.image_jobs.all())
+        rows = dict(conversation.image_jobs.values_list("pk", "image"))
         conversation.delete()
-        if jobs:
-            transaction.on_commit(lambda: files.delete_job_files(job_ids=jobs, names=jobs.values()))
+        _delete_files_after_commit(rows)
+
+
+def _cancel_pending(jobs: QuerySet[ImageJob]) -> None:
+    for job in jobs.filter(status__in=ImageJob.PENDING):
+        try:
+            job_cancel(job=job)
+        except JobError:
+            pass  # it finished meanwhile
+
+
+def _delete_files_after_commit(rows: dict[int, str]) -> None:
+    # Every file of the jobs, also those a crash left under a job's name or half-written.
+    if rows:
+        transaction.on_commit(lambda: files.delete_job_files(job_ids=rows, names=rows.values()))
 
 
 # --- Maintenance: nothing stuck, nothing lost ---------------------------------------

@@ -35,7 +35,7 @@ from generation.pipeline import (
     GenerationCancelled,
     GenerationRequest,
     GenerationTimeout,
-    Generator,
+    ImageGenerator,
     infotext,
     latents_preview,
 )
@@ -58,7 +58,7 @@ FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits fo
 class JobRunner:
     def __init__(
         self,
-        generator: Generator | None = None,
+        generator: ImageGenerator | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = timezone.now,
@@ -179,7 +179,7 @@ class JobRunner:
             # Loading a model is not generating: the time limit starts after it. The
             # worker's beat keeps the job's heartbeat fresh meanwhile.
             with heartbeat.loading(job.pk):
-                self.generator.pipeline(request.model)
+                self.generator.load(request.model)
             on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
             image = self.generator.generate(request, on_step)
         except GenerationCancelled:

@@ -1,6 +1,8 @@
-"""Settings for Imagegen, read from the environment.
+"""Settings for Imagegen, read from the environment and the project's `.env` file.
 
-Every variable is listed in `.env.example`. The defaults need nothing installed or
+Every variable is listed in `.env.example`. Real environment variables win over `.env`
+(see `imagegen_site/envfile.py`), so `make run`, `scripts/manage.sh`, the clusters and
+`manage.py` itself all see the same values. The defaults need nothing installed or
 started: SQLite (WAL), django-q2's ORM broker and an in-process channel layer.
 `DATABASE_URL` switches to PostgreSQL; `REDIS_URL` switches the channel layer and
 the task broker to Redis.
@@ -13,7 +15,11 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from imagegen_site.envfile import load_env_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Before any variable is read: the helpers below read os.environ only.
+ENV_FILE = load_env_file()
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

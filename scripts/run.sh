@@ -11,4 +11,6 @@ fi
 # Jobs a previous run left behind: retried or failed, and the queue rung again.
 .venv/bin/python manage.py expire_stuck_jobs
 echo "Imagegen on http://${WEB_HOST:-127.0.0.1}:${WEB_PORT:-8000}/ (Ctrl-C stops everything)"
-exec .venv/bin/honcho --no-prefix start -f Procfile
+# honcho would read .env too, but its values replace the real environment's; settings.py
+# reads it (the real environment first) and env.sh exported what the Procfile uses.
+exec .venv/bin/honcho --no-prefix start -f Procfile -e /dev/null

@@ -43,7 +43,7 @@ class FakeGenerator:
         self.on_each_step = on_each_step
         self.prompts: list[str] = []
 
-    def pipeline(self, name):
+    def load(self, name):
         return None
 
     def generate(self, request, on_step=None):

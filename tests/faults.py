@@ -8,12 +8,12 @@ driven from a page. The production worker knows nothing of it.
 import time
 
 from generation.models import ImageJob
-from generation.pipeline import GenerationCancelled, Generator
+from generation.pipeline import GenerationCancelled, ImageGenerator
 
 HANG_LIMIT = 120  # seconds a "[hang]" job stays silent at most
 
 
-class FaultyGenerator(Generator):
+class FaultyGenerator(ImageGenerator):
     def generate(self, request, on_step=None):
         if "[fail]" in request.prompt:
             raise RuntimeError("Injected failure (test double)")

@@ -7,10 +7,13 @@ from django.core.exceptions import ImproperlyConfigured
 from imagegen_site import settings as site_settings
 from tests.helpers import BASE_DIR
 
+# A child process with nothing from this shell: no developer's .env either.
+BARE = {"PATH": "/usr/bin:/bin", "IMAGEGEN_ENV_FILE": ""}
+
 
 def _settings_in_child(env: dict[str, str], expression: str) -> subprocess.CompletedProcess:
     code = f"import imagegen_site.settings as s; print({expression})"
-    clean = {"PATH": "/usr/bin:/bin", **env}
+    clean = {**BARE, **env}
     return subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True)
 
 
@@ -48,7 +51,7 @@ def test_the_web_process_pools_postgresql_connections_and_the_workers_do_not():
         "import sys; sys.argv = ['manage.py', 'qcluster']; import imagegen_site.settings as s;"
         " print(s.DATABASES['default'].get('OPTIONS', {}))"
     )
-    env = {"PATH": "/usr/bin:/bin", **postgres, "DATABASE_POOL_MAX_SIZE": "20"}
+    env = {**BARE, **postgres, "DATABASE_POOL_MAX_SIZE": "20"}
     cluster = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True)
     assert cluster.returncode == 0, cluster.stderr
     assert "pool" not in cluster.stdout
@@ -99,7 +102,7 @@ def test_the_embedded_sqlite_database_runs_in_wal_mode_with_immediate_transactio
         "c = connection.cursor(); c.execute('PRAGMA journal_mode'); "
         "print(c.fetchone()[0], connection.settings_dict['OPTIONS']['transaction_mode'])"
     )
-    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
+    env = {**BARE, "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
     env["DJANGO_SETTINGS_MODULE"] = "imagegen_site.settings"
     result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True)
     assert result.stdout.split() == ["wal", "IMMEDIATE"], result.stderr
@@ -108,7 +111,7 @@ def test_the_embedded_sqlite_database_runs_in_wal_mode_with_immediate_transactio
 def test_a_fresh_data_dir_migrates_and_the_channel_layer_file_holds_only_its_own_tables(tmp_path):
     import sqlite3
 
-    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
+    env = {**BARE, "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
     for database in ("default", "channels"):
         result = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--database", database, "-v0"],
@@ -139,7 +142,7 @@ def test_a_fresh_data_dir_migrates_and_the_channel_layer_file_holds_only_its_own
 
 def test_production_settings_pass_the_deploy_check():
     env = {
-        "PATH": "/usr/bin:/bin",
+        **BARE,
         "SECRET_KEY": "x7!Qm2#vR9$kL4@pW8^zN3&cT6*yB1(hJ5)dF0-gS2+eA7=uK9_oI4~rM8",
         "SECURE_HTTPS": "1",
         "ALLOWED_HOSTS": "imagegen.example.org",
@@ -157,7 +160,7 @@ def test_production_settings_pass_the_deploy_check():
 
 
 def test_the_default_settings_are_not_production_ready_and_the_check_says_so():
-    env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "short", "DATA_DIR": "/tmp"}
+    env = {**BARE, "SECRET_KEY": "short", "DATA_DIR": "/tmp"}
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=BASE_DIR,
@@ -167,3 +170,60 @@ def test_the_default_settings_are_not_production_ready_and_the_check_says_so():
     )
     assert result.returncode != 0
     assert "SECURE_HSTS_SECONDS" in result.stderr + result.stdout
+
+
+def test_a_database_url_only_in_the_env_file_is_the_database_migrate_and_the_web_use(tmp_path):
+    data_dir, db_path = tmp_path / "data", tmp_path / "elsewhere.sqlite3"
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DATABASE_URL=sqlite:///{db_path}\n")
+    env = {**BARE, "IMAGEGEN_ENV_FILE": str(env_file), "SECRET_KEY": "k", "DATA_DIR": str(data_dir)}
+    migrate = subprocess.run(
+        ["scripts/manage.sh", "migrate", "--noinput", "-v0"], cwd=BASE_DIR, env=env, capture_output=True, text=True
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    # What the web process's settings open is the database that was migrated.
+    web = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-v0",
+            "-c",
+            "from django.db import connection; from generation.models import ImageJob;"
+            " print(connection.settings_dict['NAME'], ImageJob.objects.count())",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert web.returncode == 0, web.stderr
+    assert web.stdout.split() == [str(db_path), "0"]
+    assert not (data_dir / "db.sqlite3").exists()
+
+
+def test_a_bad_value_in_the_env_file_stops_start_up_naming_the_variable(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEGEN_TIMEOUT_SECONDS=soon\n")
+    env = {**BARE, "IMAGEGEN_ENV_FILE": str(env_file), "SECRET_KEY": "k", "DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=BASE_DIR, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: IMAGEGEN_TIMEOUT_SECONDS must be an integer, got 'soon'" in result.stderr
+
+
+def test_the_real_environment_wins_over_the_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEGEN_TIMEOUT_SECONDS=soon\nIMAGEGEN_MAX_ATTEMPTS=7\n")
+    env = {"IMAGEGEN_ENV_FILE": str(env_file), "SECRET_KEY": "k", "IMAGEGEN_TIMEOUT_SECONDS": "90"}
+    result = _settings_in_child(env, "s.IMAGEGEN_TIMEOUT_SECONDS, s.IMAGEGEN_MAX_ATTEMPTS")
+    assert result.stdout.split() == ["90", "7"], result.stderr
+
+
+def test_the_tests_never_read_the_projects_own_env_file(monkeypatch):
+    from imagegen_site import envfile
+
+    monkeypatch.delenv("IMAGEGEN_ENV_FILE", raising=False)
+    assert envfile.env_file() is None
+    assert site_settings.ENV_FILE is None

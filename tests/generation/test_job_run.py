@@ -20,8 +20,8 @@ class Observed:
         self.device = inner.device
         self.seen: list[tuple[int, int, int]] = []  # (step, job progress, message progress)
 
-    def pipeline(self, name):
-        return self.inner.pipeline(name)
+    def load(self, name):
+        return self.inner.load(name)
 
     def generate(self, request, on_step=None):
         def watching(step, total, latents):

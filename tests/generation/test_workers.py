@@ -48,7 +48,7 @@ def test_the_worker_beats_while_a_model_loads_so_the_guard_leaves_the_job_alone(
     heartbeats = []
 
     class SlowLoading(FakeGenerator):
-        def pipeline(self, name):
+        def load(self, name):
             claimed = ImageJob.objects.get(pk=job.pk).heartbeat_at
             time.sleep(0.6)
             heartbeats.append((claimed, ImageJob.objects.get(pk=job.pk).heartbeat_at))

@@ -1,7 +1,13 @@
+from pathlib import Path
+
 import pytest
+from django.contrib.admin.models import LogEntry
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from chat.models import Message
+from chat.models import Conversation, Message
+from generation import selectors
 from generation.models import ImageJob
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
@@ -120,3 +126,106 @@ def test_a_read_only_job_page_has_no_save_button(admin_client, submit):
     body = admin_client.get(reverse("admin:generation_imagejob_change", args=[job.pk])).content.decode()
     assert "look only" in body
     assert 'name="_save"' not in body and 'name="_continue"' not in body
+
+
+def _media_files(settings) -> set[str]:
+    media = Path(settings.MEDIA_ROOT)
+    return {str(p.relative_to(media)) for p in media.rglob("*") if p.is_file()} if media.exists() else set()
+
+
+def test_a_post_to_a_job_page_is_refused_and_changes_nothing(admin_client, submit):
+    job = submit("look only")
+    url = reverse("admin:generation_imagejob_change", args=[job.pk])
+    assert "Close" in admin_client.get(url).content.decode()
+    response = admin_client.post(url, {"status": "error", "prompt": "changed", "_save": "Save"})
+    assert response.status_code == 403
+    job.refresh_from_db()
+    assert (job.status, job.prompt) == ("queued", "look only")
+    assert not LogEntry.objects.exists()
+
+
+def test_the_admin_actions_still_work_where_the_pages_are_view_only(admin_client, submit):
+    job = submit("stop me")
+    _action(admin_client, "cancel_jobs", [job])
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+
+
+def test_deleting_jobs_in_admin_removes_their_messages_and_files_and_frees_the_queue(
+    settings, admin_client, submit, runner_for, django_capture_on_commit_callbacks
+):
+    done = submit("finished")
+    runner_for(FakeGenerator()).run_next()
+    done.refresh_from_db()
+    waiting, kept = submit("waiting"), submit("kept")
+    assert done.image.name in _media_files(settings)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            reverse("admin:generation_imagejob_changelist"),
+            {"action": "delete_selected", "_selected_action": [done.pk, waiting.pk], "post": "yes"},
+            follow=True,
+        )
+
+    assert response.status_code == 200
+    assert list(ImageJob.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert not Message.objects.filter(pk__in=[done.message_id, waiting.message_id]).exists()
+    assert _media_files(settings) == set()
+    assert selectors.queue_positions() == {kept.pk: 1}
+
+
+def test_deleting_a_conversation_in_admin_removes_its_messages_jobs_and_files(
+    settings, admin_client, alice_chat, bob_chat, submit, runner_for, django_capture_on_commit_callbacks
+):
+    submit("finished")
+    runner_for(FakeGenerator()).run_next()
+    submit("waiting")
+    bobs = submit("bob's", conversation=bob_chat)
+    assert _media_files(settings)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse("admin:chat_conversation_changelist"),
+            {"action": "delete_selected", "_selected_action": [alice_chat.pk], "post": "yes"},
+            follow=True,
+        )
+
+    assert not Conversation.objects.filter(pk=alice_chat.pk).exists()
+    assert not Message.objects.filter(conversation_id=alice_chat.pk).exists()
+    assert list(ImageJob.objects.values_list("pk", flat=True)) == [bobs.pk]
+    assert _media_files(settings) == set()
+
+
+def test_a_message_page_cannot_be_saved_and_deleting_a_bot_message_deletes_its_job_and_image(
+    settings, admin_client, submit, runner_for, django_capture_on_commit_callbacks
+):
+    job = submit("meta")
+    runner_for(FakeGenerator()).run_next()
+    url = reverse("admin:chat_message_change", args=[job.message_id])
+    assert 'name="_save"' not in admin_client.get(url).content.decode()
+    assert admin_client.post(url, {"content": "edited", "_save": "Save"}).status_code == 403
+    assert Message.objects.get(pk=job.message_id).content != "edited"
+    assert _media_files(settings)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(reverse("admin:chat_message_delete", args=[job.message_id]), {"post": "yes"})
+
+    assert not ImageJob.objects.filter(pk=job.pk).exists()
+    assert not Message.objects.filter(pk=job.message_id).exists()
+    assert _media_files(settings) == set()
+
+
+def test_the_queue_view_costs_the_same_queries_for_3_and_30_jobs(settings, admin_client, submit):
+    settings.IMAGEGEN_MAX_PENDING_PER_USER = 100
+    settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 100
+    url = reverse("admin:generation_imagejob_queue")
+
+    def queries_for(total: int) -> int:
+        while ImageJob.objects.filter(status="queued").count() < total:
+            submit("one of many")
+        with CaptureQueriesContext(connection) as queries:
+            body = admin_client.get(url).content.decode()
+        assert body.count("one of many") == total
+        return len(queries)
+
+    assert queries_for(3) == queries_for(30)

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.pipeline import DEMO, RANDOM_SHAPES, random_pipeline_path
+from generation.demo_model import DEMO, RANDOM_SHAPES, random_pipeline_path
 
 
 class Command(BaseCommand):
