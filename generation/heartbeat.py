@@ -51,7 +51,9 @@ class WorkerBeat:
     def beat(self) -> None:
         from generation import services
 
-        services.worker_beat(name=self.name, device=self.device, loading_job_id=self.loading_job)
+        services.worker_beat(
+            name=self.name, device=self.device, loading_job_id=self.loading_job, stopping=stop_requested()
+        )
 
     def _loop(self) -> None:
         try:
@@ -78,6 +80,12 @@ def start(*, device: str | None = None) -> WorkerBeat:
             _beat.device = device
             _beat.beat()
         return _beat
+
+
+def stop_requested() -> bool:
+    """Whether this cluster was told to stop (see IMAGEGEN_STOP_FILE); a stat, no query."""
+    path = settings.IMAGEGEN_STOP_FILE
+    return bool(path) and os.path.exists(path)
 
 
 def stop() -> None:

@@ -54,6 +54,7 @@ class ImageJob(models.Model):
         "fail": ((Status.QUEUED, Status.PROCESSING), Status.ERROR),
         "retry_later": ((Status.PROCESSING,), Status.QUEUED),  # a transient error; same place
         "requeue_lost": ((Status.PROCESSING,), Status.QUEUED),  # its worker died; same place
+        "hand_back": ((Status.PROCESSING,), Status.QUEUED),  # its worker is stopping; same place
         "cancel": ((Status.QUEUED, Status.PROCESSING), Status.CANCELLED),
         "retry": ((Status.ERROR, Status.CANCELLED), Status.QUEUED),  # at the back
         "move_to_end": ((Status.QUEUED,), Status.QUEUED),

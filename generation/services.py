@@ -483,6 +483,22 @@ def _delete_files_after_commit(rows: dict[int, str]) -> None:
 # --- Maintenance: nothing stuck, nothing lost ---------------------------------------
 
 
+def job_hand_back(*, job_id: int) -> ImageJob | None:
+    """A stopping worker gives its running job back: to its old place, the attempt not counted."""
+    with transaction.atomic():
+        job = _transition(
+            job_id,
+            "hand_back",
+            fields={"progress": 0, "attempts": F("attempts") - 1, "started_at": None, "heartbeat_at": None},
+            metadata={"progress": 0, "started_at": None},
+            content=texts.HANDED_BACK,
+        )
+        if job is not None:
+            _announce_queued(job)
+            transaction.on_commit(ring_worker, robust=True)  # another worker may take it
+    return job
+
+
 def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
     """Put a job whose worker died back in the queue, in its old place."""
     with transaction.atomic():
@@ -592,10 +608,17 @@ def worker_register(*, name: str, device: str, now: datetime | None = None) -> W
     return worker
 
 
-def worker_beat(*, name: str, device: str, loading_job_id: int | None = None, now: datetime | None = None) -> None:
-    """A worker is alive; a job whose model it is loading is too."""
+def worker_beat(
+    *,
+    name: str,
+    device: str,
+    loading_job_id: int | None = None,
+    stopping: bool = False,
+    now: datetime | None = None,
+) -> None:
+    """A worker is alive (and maybe stopping); a job whose model it is loading is too."""
     now = now or timezone.now()
-    if not Worker.objects.filter(name=name).update(last_seen_at=now, device=device):
+    if not Worker.objects.filter(name=name).update(last_seen_at=now, device=device, stopping=stopping):
         worker_register(name=name, device=device, now=now)  # its row was pruned meanwhile
     if loading_job_id is not None:
         ImageJob.objects.filter(pk=loading_job_id, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)

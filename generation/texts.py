@@ -7,6 +7,7 @@ One module, so the wording stays consistent and is changed (or translated) in on
 QUEUED = "Your image is queued."
 RUNNING = "Making your image…"
 RETRYING = "A temporary problem; trying again shortly…"
+HANDED_BACK = "Waiting for a worker; your image keeps its place in the queue."
 READY = "Your image is ready."
 CANCELLED = "Cancelled."
 FAILED = "Sorry, the image could not be made."

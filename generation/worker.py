@@ -55,6 +55,10 @@ PROGRESS_PERSIST_EVERY = 10  # percent
 FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits for the bookkeeper
 
 
+class WorkerStopping(Exception):
+    """This worker was told to stop and the running job would not end within the grace."""
+
+
 class JobRunner:
     def __init__(
         self,
@@ -84,7 +88,7 @@ class JobRunner:
         sys.setswitchinterval(DRAIN_SWITCH_INTERVAL)
         try:
             with self._device_locked(), _Bookkeeper(self) as bookkeeper:
-                while True:
+                while not heartbeat.stop_requested():
                     job = self._run_one(bookkeeper)
                     if job is None and bookkeeper.busy:
                         # A breaker trial may be the job being recorded: once its outcome
@@ -149,7 +153,7 @@ class JobRunner:
     def _claim_when_ready(self) -> ImageJob | None:
         """Claim a job, waiting (bounded) when only a retry delay or the breaker holds the queue."""
         deadline = self.clock() + settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS + 5
-        while True:
+        while not heartbeat.stop_requested():
             job = services.job_claim(worker=self.name, now=self.now())
             if job is not None:
                 return job
@@ -161,6 +165,7 @@ class JobRunner:
                 return None
             # Short naps, so a job submitted meanwhile is not kept waiting.
             self.sleep(min(max(delay, 0.05), 1.0))
+        return None  # told to stop: claim nothing more
 
     def _run(self, job: ImageJob, bookkeeper: _Bookkeeper | None) -> None:
         request = GenerationRequest(
@@ -184,6 +189,10 @@ class JobRunner:
             image = self.generator.generate(request, on_step)
         except GenerationCancelled:
             logger.info("Job %s was cancelled while running", job.pk)
+            services.breaker_release_trial()
+        except WorkerStopping:
+            logger.info("Stopping: job %s goes back to its place in the queue", job.pk)
+            services.job_hand_back(job_id=job.pk)
             services.breaker_release_trial()
         except GenerationTimeout as exc:
             services.job_record_failure(
@@ -236,6 +245,11 @@ class _StepReporter:
         now = self.runner.clock()
         if now - self.started > self.timeout:
             raise GenerationTimeout()
+        if step < total and heartbeat.stop_requested():
+            # Told to stop: a job about to end is finished, a longer one handed back.
+            remaining = (now - self.started) / max(step, 1) * (total - step)
+            if remaining > settings.IMAGEGEN_STOP_GRACE_SECONDS:
+                raise WorkerStopping()
         if self.bookkeeper is not None and self.bookkeeper.cancelled(self.job.pk):
             raise GenerationCancelled()
         decile = step * 100 // max(total, 1) // PROGRESS_PERSIST_EVERY

@@ -282,6 +282,11 @@ IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30,
 # model); one silent for DEAD_AFTER seconds is dead and the guard requeues its job.
 IMAGEGEN_WORKER_BEAT_SECONDS = env_float("IMAGEGEN_WORKER_BEAT_SECONDS", 5.0, minimum=0.1)
 IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = env_float("IMAGEGEN_WORKER_DEAD_AFTER_SECONDS", 20.0, minimum=1)
+# A file whose existence tells this cluster's workers to stop: they claim nothing more
+# and hand a running job back unless it ends within IMAGEGEN_STOP_GRACE_SECONDS.
+# scripts/qcluster.sh sets it and creates it on SIGTERM/SIGINT; empty: never asked.
+IMAGEGEN_STOP_FILE = os.environ.get("IMAGEGEN_STOP_FILE", "")
+IMAGEGEN_STOP_GRACE_SECONDS = env_float("IMAGEGEN_STOP_GRACE_SECONDS", 1.5, minimum=0)
 
 # Retention, run by the maintenance cluster's prune task: image files no job owns are
 # removed once they are this old (younger ones may belong to a job completing now), and
