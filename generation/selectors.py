@@ -124,10 +124,6 @@ def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
     return round(estimate(job.model, job.width, job.height, job.steps) * (100 - job.progress) / 100)
 
 
-def queued_jobs() -> QuerySet[ImageJob]:
-    return ImageJob.objects.filter(status=Status.QUEUED).select_related("owner").order_by("sequence")
-
-
 def service_status(*, breaker: CircuitBreaker | None = None) -> dict[str, str]:
     if breaker is None:
         breaker = CircuitBreaker.current()
