@@ -147,8 +147,12 @@ def main() -> None:
     by_backend = {}
     for row in rows:
         by_backend.setdefault(row["backend"], []).append(row)
-    ratios = {
-        backend: round(max(r["per_job_ms_p50"] for r in group) / min(r["per_job_ms_p50"] for r in group), 3)
+    ratios = {  # the deepest queue's per-job p50 over the shallowest one's
+        backend: round(
+            max(group, key=lambda r: r["depth"])["per_job_ms_p50"]
+            / min(group, key=lambda r: r["depth"])["per_job_ms_p50"],
+            3,
+        )
         for backend, group in by_backend.items()
     }
     result = {
