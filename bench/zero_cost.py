@@ -7,7 +7,8 @@ encoder finds about as hard as a photo), so every progress write, event, PNG
 encoding and completion of a real job still happens. With IMAGEGEN_BENCH_GPU_MS it
 sleeps that long per image, spread over the steps, like a device that is busy but
 leaves the CPU free. Each call appends "start end" (epoch seconds) to the file named
-by IMAGEGEN_BENCH_TIMINGS.
+by IMAGEGEN_BENCH_TIMINGS. It takes the name IMAGEGEN_DEVICE gives it (default
+"cpu"), so several workers can stand for several GPUs.
 """
 
 import os
@@ -26,10 +27,11 @@ def picture(width: int, height: int) -> Image.Image:
 
 
 class ZeroCostGenerator:
-    device = "cpu"
-
     def __init__(self, registry=None, *, cache_dir=None, device="auto"):
         import torch
+
+        # Named like the device it stands for (IMAGEGEN_DEVICE), whose lock it takes.
+        self.device = "cpu" if device == "auto" else device
 
         self._torch = torch
         self._pictures: dict[tuple[int, int], Image.Image] = {}

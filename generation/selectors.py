@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from datetime import datetime, timedelta
 from statistics import median
 
@@ -85,17 +86,23 @@ def duration_estimator(*, history: int = 200):
     return estimate
 
 
-def queue_eta() -> list[dict]:
+def queue_eta(*, now: datetime | None = None) -> list[dict]:
     """Every queued job with its position and ETA, in queue order (a window function).
 
-    `estimated_start_seconds` counts what is left of the running jobs plus the jobs
-    ahead; `estimated_seconds` adds the job's own duration (seconds until done).
+    The live workers are parallel lanes (at least one): each running job occupies the
+    lane that is free soonest for what is left of it, then each queued job, in queue
+    order, starts when the first lane frees and keeps that lane for its own duration.
+    With one worker that is the sum of everything ahead. `estimated_start_seconds` is
+    when a job should start, `estimated_seconds` adds its own duration (seconds until
+    done). A worker told to stop claims nothing more, so it is no lane.
     """
     estimate = duration_estimator()
     fields = ("model", "width", "height", "steps")
-    ahead = 0.0
+    # A heap of the times at which each lane frees; the smallest is the next to take a job.
+    lanes = [0.0] * max(1, workers_live(now=now).filter(stopping=False).count())
     for job in ImageJob.objects.filter(status=Status.PROCESSING).values("progress", *fields):
-        ahead += estimate(*(job[f] for f in fields)) * (100 - job["progress"]) / 100
+        left = estimate(*(job[f] for f in fields)) * (100 - job["progress"]) / 100
+        heapq.heapreplace(lanes, lanes[0] + left)
     rows = (
         ImageJob.objects.filter(status=Status.QUEUED)
         .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
@@ -105,17 +112,18 @@ def queue_eta() -> list[dict]:
     entries = []
     for row in rows:
         own = estimate(*(row[f] for f in fields))
+        start = lanes[0]
         entries.append(
             {
                 "job_id": row["pk"],
                 "owner_id": row["owner_id"],
                 "message_id": row["message_id"],
                 "position": row["position"],
-                "estimated_start_seconds": round(ahead),
-                "estimated_seconds": round(ahead + own),
+                "estimated_start_seconds": round(start),
+                "estimated_seconds": round(start + own),
             }
         )
-        ahead += own
+        heapq.heapreplace(lanes, start + own)
     return entries
 
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from chat.models import Message
 from generation import selectors, services
 from generation.broadcasts import queue_broadcast_run
-from generation.models import ImageJob
+from generation.models import ImageJob, Worker
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
 
@@ -50,6 +50,60 @@ def test_the_running_job_delays_the_queue_by_what_is_left_of_it(settings, submit
     submit("waiting", steps=10, width=512, height=512)
     (entry,) = selectors.queue_eta()
     assert (entry["position"], entry["estimated_start_seconds"], entry["estimated_seconds"]) == (1, 30, 40)
+
+
+def _workers(live: int, *, dead: int = 0, stopping: int = 0):
+    now = timezone.now()
+    for n in range(live + dead + stopping):
+        services.worker_register(name=f"gpu-{n}.example:{100 + n}", device=f"cuda:{n}", now=now)
+    long_ago = now - timedelta(minutes=5)
+    Worker.objects.filter(name__in=[f"gpu-{n}.example:{100 + n}" for n in range(live, live + dead)]).update(
+        last_seen_at=long_ago
+    )
+    Worker.objects.filter(
+        name__in=[f"gpu-{n}.example:{100 + n}" for n in range(live + dead, live + dead + stopping)]
+    ).update(stopping=True)
+
+
+def _starts_and_ends(eta):
+    return [(e["position"], e["estimated_start_seconds"], e["estimated_seconds"]) for e in eta]
+
+
+def test_with_three_live_workers_three_jobs_start_at_once_and_the_next_three_one_job_later(settings, submit):
+    settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP = 1  # 10 s a job
+    _workers(3, dead=2, stopping=1)  # the dead and the stopping ones take no job
+    for n in range(6):
+        submit(f"job {n}", steps=10, width=512, height=512)
+
+    assert _starts_and_ends(selectors.queue_eta()) == [
+        (1, 0, 10),
+        (2, 0, 10),
+        (3, 0, 10),
+        (4, 10, 20),
+        (5, 10, 20),
+        (6, 10, 20),
+    ]
+
+
+def test_with_one_live_worker_the_eta_sums_everything_ahead(settings, submit):
+    settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP = 1
+    _workers(1, dead=2)
+    for n in range(6):
+        submit(f"job {n}", steps=10, width=512, height=512)
+
+    assert _starts_and_ends(selectors.queue_eta()) == [(n + 1, 10 * n, 10 * n + 10) for n in range(6)]
+
+
+def test_running_jobs_hold_their_workers_until_what_is_left_of_them_is_done(settings, submit):
+    settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP = 1
+    _workers(2)
+    running = submit("running", steps=40, width=512, height=512)
+    ImageJob.objects.filter(pk=running.pk).update(status="processing", progress=25)  # 30 s left
+    for n in range(4):
+        submit(f"job {n}", steps=10, width=512, height=512)
+
+    # The idle worker takes the first three in turn; the busy one frees at 30 s.
+    assert _starts_and_ends(selectors.queue_eta()) == [(1, 0, 10), (2, 10, 20), (3, 20, 30), (4, 30, 40)]
 
 
 def test_a_broadcast_refreshes_the_position_copies_in_metadata(submit, runner_for):
