@@ -2,7 +2,10 @@
 
 The beat runs on a thread of its own, so it goes on while the main thread loads a
 model or runs a long step; while a model is loading for a job, it also keeps that
-job's heartbeat fresh (the step callback cannot yet). One per process: a forked
+job's heartbeat fresh (the step callback cannot yet). Each beat also puts back in the
+queue the jobs of workers that stopped beating (one query when there are none), so a
+dead worker's job waits IMAGEGEN_WORKER_DEAD_AFTER_SECONDS plus a beat while any
+other worker lives, and at most a minute more (the guard) when none does. One per process: a forked
 child starts its own.
 """
 
@@ -56,10 +59,15 @@ class WorkerBeat:
         )
 
     def _loop(self) -> None:
+        from generation import services
+
         try:
             while not self._stop.wait(self.interval):
                 try:
                     self.beat()
+                    # A live worker takes back the jobs of workers that stopped beating,
+                    # wherever they ran, without waiting for the guard's next minute.
+                    services.jobs_requeue_from_dead_workers()
                 except Exception:
                     logger.exception("Worker %s could not beat; trying again", self.name)
                     connection.close()  # a broken connection is opened afresh next time

@@ -525,14 +525,9 @@ def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None
     requeued: list[int] = []
     failed: list[int] = []
     for job in ImageJob.objects.filter(status=Status.PROCESSING).only("pk", "worker", "attempts"):
-        if not worker_is_gone(job.worker, host=host):
-            continue
-        detail = f"Worker {job.worker} died during attempt {job.attempts}"
-        if job.attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
-            if job_requeue_lost(job_id=job.pk, detail=detail):
-                requeued.append(job.pk)
-        elif job_fail(job_id=job.pk, error=texts.WORKER_LOST, detail=detail, now=now):
-            failed.append(job.pk)
+        if worker_is_gone(job.worker, host=host):
+            detail = f"Worker {job.worker} died during attempt {job.attempts}"
+            _resolve_lost(job.pk, job.attempts, detail=detail, now=now, requeued=requeued, failed=failed)
     return {"requeued": requeued, "failed": failed}
 
 
@@ -549,12 +544,17 @@ def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, 
     jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead.values("name"))
     for job_id, worker, attempts in jobs.values_list("pk", "worker", "attempts"):
         detail = f"Worker {worker} stopped beating during attempt {attempts}"
-        if attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
-            if job_requeue_lost(job_id=job_id, detail=detail):
-                requeued.append(job_id)
-        elif job_fail(job_id=job_id, error=texts.WORKER_LOST, detail=detail, now=now):
-            failed.append(job_id)
+        _resolve_lost(job_id, attempts, detail=detail, now=now, requeued=requeued, failed=failed)
     return {"requeued": requeued, "failed": failed}
+
+
+def _resolve_lost(job_id: int, attempts: int, *, detail: str, now: datetime, requeued: list, failed: list) -> None:
+    """A job whose worker is gone: back to its place while attempts allow, else failed."""
+    if attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
+        if job_requeue_lost(job_id=job_id, detail=detail):
+            requeued.append(job_id)
+    elif job_fail(job_id=job_id, error=texts.WORKER_LOST, detail=detail, now=now):
+        failed.append(job_id)
 
 
 def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:

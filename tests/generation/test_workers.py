@@ -104,3 +104,23 @@ def test_beats_from_another_thread_do_not_disturb_claims(submit, runner_for):
     finally:
         stop.set()
         thread.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_live_worker_takes_back_a_dead_workers_job_within_seconds_without_the_guard(settings, submit):
+    settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = 1
+    settings.IMAGEGEN_WORKER_BEAT_SECONDS = 0.1
+    lost, waiting = submit("lost"), submit("waiting")
+    services.worker_register(name="other-machine:3", device="cuda:0")
+    services.job_claim(worker="other-machine:3")  # then that machine goes silent
+    beat = heartbeat.WorkerBeat(device="cpu", interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS)
+    beat.start()
+    try:
+        deadline = time.monotonic() + 10
+        while ImageJob.objects.get(pk=lost.pk).status != "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        beat.stop()
+    lost.refresh_from_db()
+    assert lost.status == "queued" and "stopped beating" in lost.error_detail
+    assert selectors.queue_positions() == {lost.pk: 1, waiting.pk: 2}
