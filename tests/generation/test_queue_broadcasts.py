@@ -177,3 +177,37 @@ def test_concurrent_broadcasts_and_submissions_leave_exact_copies(settings):
     copies = dict(ImageJob.objects.values_list("pk", "message__metadata__queue_position"))
     assert len(ranks) == 24
     assert copies == ranks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_queue_refreshes_the_messages_copy_at_a_bounded_rate_and_never_leaves_it_stale(
+    monkeypatch, submit, alice
+):
+    from generation import broadcasts, services
+
+    # Scaled down: beyond 2 jobs the copy is written at most 1 row a second.
+    monkeypatch.setattr(broadcasts, "COPY_EVERY_BROADCAST", 2)
+    monkeypatch.setattr(broadcasts, "COPY_ROWS_PER_SECOND", 1)
+    monkeypatch.setattr(broadcasts, "_copied_at", None)
+    jobs = [submit(f"waiting {n}") for n in range(4)]
+    start = timezone.now()
+
+    def broadcast_at(seconds):
+        return queue_broadcast_run(now=lambda: start + timedelta(seconds=seconds), sleep=lambda _: None)
+
+    def copied_position(job):
+        return Message.objects.get(pk=job.message_id).metadata["queue_position"]
+
+    broadcast_at(0)
+    assert [copied_position(job) for job in jobs] == [1, 2, 3, 4]
+
+    services.job_cancel(job=jobs[0])
+    alice_events = listen(events.user_group(alice.pk))
+    broadcast_at(0.5)  # 3 waiting: a copy is due 1 s after the last one
+    (live,) = [e for e in drain(*alice_events) if e["type"] == "queue.positions"]
+    assert [j["position"] for j in live["jobs"]] == [1, 2, 3], "the live positions never wait"
+    assert copied_position(jobs[1]) == 2, "the copy waits"
+    assert QueueBroadcast.objects.get(pk=1).requested_at is not None, "and a later broadcast is owed"
+
+    broadcast_at(1.5)
+    assert [copied_position(job) for job in jobs[1:]] == [1, 2, 3]
