@@ -28,6 +28,30 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def in_child(script: str, label: str, *args) -> dict:
+    """Run `script --child *args` in a process of its own (fresh settings each time);
+    returns the JSON object its last line prints."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, script, "--child", *map(str, args)]
+    out = subprocess.run(command, cwd=Path(script).resolve().parent.parent, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(child, *kinds) -> bool:
+    """In a `--child` process: call `child` with the arguments, converted by `kinds`,
+    and print its result as JSON; True then. False in the parent."""
+    import sys
+
+    if sys.argv[1:2] != ["--child"]:
+        return False
+    print(json.dumps(child(*(kind(value) for kind, value in zip(kinds, sys.argv[2:], strict=True)))))
+    return True
+
+
 def write_result(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import percentile, write_result  # noqa: E402
+from bench._common import child_main, in_child, percentile, write_result  # noqa: E402
 from bench._django import ROOT, bench_env, fresh_postgres, migrate, start_cluster, stop  # noqa: E402
 
 USERS = 20
@@ -40,14 +40,7 @@ PARAMS = {"steps": 25, "width": 512, "height": 512, "model": "demo"}
 
 def run_one(backend: str, depth: int, measured: int, gpu_ms: float, postgres: str, redis: str) -> dict:
     """One depth on one backend, in a child process so each gets fresh settings."""
-    import json
-    import subprocess
-
-    args = [sys.executable, __file__, "--child", backend, str(depth), str(measured), str(gpu_ms), postgres, redis]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{backend} depth {depth} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_child(__file__, f"{backend} depth {depth}", backend, depth, measured, gpu_ms, postgres, redis)
 
 
 def child(backend: str, depth: int, measured: int, gpu_ms: float, postgres: str, redis: str) -> dict:
@@ -123,11 +116,7 @@ def child(backend: str, depth: int, measured: int, gpu_ms: float, postgres: str,
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        import json
-
-        backend, depth, measured, gpu_ms, postgres, redis = sys.argv[2:8]
-        print(json.dumps(child(backend, int(depth), int(measured), float(gpu_ms), postgres, redis)))
+    if child_main(child, str, int, int, float, str, str):
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", default="20,200,2000")

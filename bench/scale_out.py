@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import child_main, in_child, write_result  # noqa: E402
 from bench._django import ROOT, bench_env, fresh_postgres, migrate, start_cluster, stop  # noqa: E402
 
 USERS = 5
@@ -30,14 +30,7 @@ PARAMS = {"steps": 2, "width": 64, "height": 64, "model": "demo"}
 
 def run_one(workers: int, jobs: int, gpu_ms: float, postgres: str, redis: str) -> dict:
     """One worker count, in a child process so each gets fresh settings."""
-    import json
-    import subprocess
-
-    args = [sys.executable, __file__, "--child", str(workers), str(jobs), str(gpu_ms), postgres, redis]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{workers} workers failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_child(__file__, f"{workers} workers", workers, jobs, gpu_ms, postgres, redis)
 
 
 def child(workers: int, jobs: int, gpu_ms: float, postgres: str, redis: str) -> dict:
@@ -103,11 +96,7 @@ def child(workers: int, jobs: int, gpu_ms: float, postgres: str, redis: str) -> 
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        import json
-
-        workers, jobs, gpu_ms, postgres, redis = sys.argv[2:7]
-        print(json.dumps(child(int(workers), int(jobs), float(gpu_ms), postgres, redis)))
+    if child_main(child, int, int, float, str, str):
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,3")

@@ -196,7 +196,6 @@ class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
 
     @admin.display(boolean=True)
     def live(self, worker):
-        from django.conf import settings
         from django.utils import timezone
 
-        return (timezone.now() - worker.last_seen_at).total_seconds() < settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS
+        return worker.is_live(timezone.now())

@@ -151,8 +151,8 @@ class Worker(models.Model):
     """A GPU worker process, registered when it starts and beating while it lives.
 
     `name` is what a job records as its worker ("host:pid"). A worker whose last beat
-    is older than IMAGEGEN_WORKER_DEAD_AFTER_SECONDS is dead, wherever it ran: the
-    guard puts its job back in the queue.
+    is older than IMAGEGEN_WORKER_DEAD_AFTER_SECONDS is dead, wherever it ran: its
+    job goes back in the queue.
     """
 
     name = models.CharField(max_length=200, unique=True)
@@ -168,3 +168,11 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @staticmethod
+    def live_since(now: datetime) -> datetime:
+        """A worker that beat at or after this moment is live; one silent since, dead."""
+        return now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS)
+
+    def is_live(self, now: datetime) -> bool:
+        return self.last_seen_at >= self.live_since(now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from datetime import datetime, timedelta
+from datetime import datetime
 from statistics import median
 
 from django.conf import settings
@@ -214,4 +214,4 @@ def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:
     from django.utils import timezone
 
     now = now or timezone.now()
-    return Worker.objects.filter(last_seen_at__gte=now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS))
+    return Worker.objects.filter(last_seen_at__gte=Worker.live_since(now))

@@ -129,7 +129,7 @@ def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: st
     `job.conversation` with its title as it is now.
     """
     if conversation.owner_id != user.pk:
-        raise ValidationError({"conversation": "Not your conversation."})
+        raise ValidationError({"conversation": texts.NOT_YOURS})
     form = JobForm(data={"prompt": prompt, **params})
     if not form.is_valid():
         raise ValidationError(form.errors.as_data())
@@ -437,7 +437,7 @@ def job_mark_error(*, job: ImageJob, error: str = texts.ADMIN_STOPPED) -> ImageJ
     """Fail a queued or processing job by hand; a running one stops at its next step."""
     failed = job_fail(job_id=job.pk, error=error, detail="Marked as error in admin")
     if failed is None:
-        raise JobError("Only queued or processing jobs can be marked as error.")
+        raise JobError(texts.ONLY_PENDING_FAILS)
     return failed
 
 
@@ -507,7 +507,7 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
             "requeue_lost",
             fields={"error_detail": detail, "progress": 0, "not_before": None},
             metadata={"progress": 0, "retrying": True},
-            content="The worker restarted; your image will be made again shortly…",
+            content=texts.WORKER_RESTARTED,
         )
         if job is not None:
             _announce_queued(job)
@@ -538,7 +538,7 @@ def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, 
     fails with a clear message.
     """
     now = now or timezone.now()
-    dead = Worker.objects.filter(last_seen_at__lt=now - timedelta(seconds=settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS))
+    dead = Worker.objects.filter(last_seen_at__lt=Worker.live_since(now))
     requeued: list[int] = []
     failed: list[int] = []
     jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead.values("name"))

@@ -7,6 +7,7 @@ One module, so the wording stays consistent and is changed (or translated) in on
 QUEUED = "Your image is queued."
 RUNNING = "Making your image…"
 RETRYING = "A temporary problem; trying again shortly…"
+WORKER_RESTARTED = "The worker restarted; your image will be made again shortly…"
 HANDED_BACK = "Waiting for a worker; your image keeps its place in the queue."
 READY = "Your image is ready."
 CANCELLED = "Cancelled."
@@ -41,6 +42,8 @@ def cannot_retry(status: str) -> str:
 
 
 ONLY_QUEUED_MOVES = "Only queued jobs can be moved to the end of the queue."
+ONLY_PENDING_FAILS = "Only queued or processing jobs can be marked as error."
+NOT_YOURS = "Not your conversation."
 
 # The notice every page shows, by circuit-breaker state.
 SERVICE_NOTICES = {
