@@ -1,8 +1,13 @@
-"""The random-weight pipelines used offline: `demo` (tiny, for CPUs and tests) and `sd15`.
+"""The random-weight pipelines used offline: `demo` (tiny, for CPUs and tests), `sd15`, and
+tiny pipelines of the other families' shapes (`tiny-sdxl`, `tiny-sd3`, `tiny-flux`).
 
 Built from configs with seeded weights (no download, deterministic) and saved once in
 the model cache. `sd15` has the layer sizes of Stable Diffusion 1.5, for measuring the
-system on a GPU without weights. Like `pipeline.py`, nothing here imports Django.
+system on a GPU without weights. The tiny family shapes have their family's structure
+(SDXL's two text encoders and size conditioning, SD3's 16-channel latents, joint
+transformer and three text encoders, Flux's packed latents, guidance embedding and T5),
+with layers a few dozen wide, so each runs in a fraction of a second on a CPU. Like
+`pipeline.py`, nothing here imports Django.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ logger = logging.getLogger(__name__)
 DEMO = "demo"
 # Bump when the random pipelines' configs change, so a stale cache is not reused.
 DEMO_VERSION = "1"
+# The tiny family shapes, with the family each one has.
+TINY_FAMILIES = {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -143,6 +150,10 @@ def build_random_pipeline(target: Path, shape: str = DEMO) -> None:
 
     work = Path(tempfile.mkdtemp(prefix=f"{shape}-build-", dir=target.parent))
     try:
+        if shape in TINY_FAMILIES:
+            tiny_family_pipeline(shape, work).save_pretrained(work / "pipeline")
+            _publish(work / "pipeline", target)
+            return
         tokenizer = demo_tokenizer(work / "tokenizer")
         modules = random_modules(shape, tokenizer)
         scheduler = EulerDiscreteScheduler(
@@ -159,20 +170,178 @@ def build_random_pipeline(target: Path, shape: str = DEMO) -> None:
         if shape != DEMO:
             pipe.to(torch.float16)  # Half the disk; loaded as fp16 on a GPU anyway.
         pipe.save_pretrained(work / "pipeline")
-        try:
-            os.rename(work / "pipeline", target)
-        except OSError:
-            # Another process finished the same build first; its copy is identical.
-            if not (target / "model_index.json").exists():
-                raise
+        _publish(work / "pipeline", target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _publish(built: Path, target: Path) -> None:
+    try:
+        os.rename(built, target)
+    except OSError:
+        # Another process finished the same build first; its copy is identical.
+        if not (target / "model_index.json").exists():
+            raise
+
+
+def _tiny_t5(work: Path, name: str, *, d_model: int):
+    """A tiny T5 encoder and a character-level T5 tokenizer, for the `name` slot."""
+    import torch
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(chr(code), -1.0) for code in range(32, 127)] + [("\u2581", -1.0)]
+    T5TokenizerFast(vocab=pieces, extra_ids=0).save_pretrained(work / f"tokenizer_{name}")
+    tokenizer = T5TokenizerFast.from_pretrained(work / f"tokenizer_{name}", local_files_only=True)
+    torch.manual_seed(20)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+    )
+    return {f"text_encoder_{name}": T5EncoderModel(config), f"tokenizer_{name}": tokenizer}
+
+
+def _tiny_vae(latent_channels: int, **config):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=latent_channels,
+        sample_size=64,
+        **RANDOM_SHAPES["demo"]["vae"],
+        **config,
+    )
+
+
+def tiny_family_pipeline(shape: str, work: Path):
+    """A pipeline of `shape`'s family (see TINY_FAMILIES) with tiny random layers."""
+    import torch
+    from diffusers import (
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip(index: int, model_class):
+        suffix = "" if index == 1 else f"_{index}"
+        tokenizer = demo_tokenizer(work / f"tokenizer{suffix}")
+        from transformers import CLIPTextConfig
+
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=32,
+            **RANDOM_SHAPES["demo"]["text"],
+        )
+        torch.manual_seed(10 + index)
+        return {f"text_encoder{suffix}": model_class(config), f"tokenizer{suffix}": tokenizer}
+
+    family = TINY_FAMILIES[shape]
+    if family == "sdxl":
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            transformer_layers_per_block=(1, 2),
+            # SDXL's size and crop conditioning: six time embeddings plus the pooled text.
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=64,  # the two text encoders' hidden states, side by side
+            norm_num_groups=8,
+        )
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+        return StableDiffusionXLPipeline(
+            unet=unet,
+            vae=_tiny_vae(4, scaling_factor=0.13025),
+            scheduler=scheduler,
+            **clip(1, CLIPTextModel),
+            **clip(2, CLIPTextModelWithProjection),
+        )
+    if family == "sd3":
+        torch.manual_seed(0)
+        transformer = SD3Transformer2DModel(
+            sample_size=8,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=64,  # T5's width; the two CLIP encoders' 32 + 32 are padded to it
+            caption_projection_dim=32,
+            pooled_projection_dim=64,
+            pos_embed_max_size=64,
+        )
+        return StableDiffusion3Pipeline(
+            transformer=transformer,
+            vae=_tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            **clip(1, CLIPTextModelWithProjection),
+            **clip(2, CLIPTextModelWithProjection),
+            **_tiny_t5(work, "3", d_model=64),
+        )
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels, 2x2 patches packed into each token
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        vae=_tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        scheduler=scheduler,
+        **clip(1, CLIPTextModel),
+        **_tiny_t5(work, "2", d_model=32),
+    )
+
+
 def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:
     """Where the random-weight pipeline of `shape` lives, building it on first use."""
-    if shape not in RANDOM_SHAPES:
-        raise KeyError(f"Unknown shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
+    if shape not in RANDOM_SHAPES and shape not in TINY_FAMILIES:
+        raise KeyError(f"Unknown shape {shape!r}; known: {', '.join([*RANDOM_SHAPES, *TINY_FAMILIES])}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{shape}-v{DEMO_VERSION}"

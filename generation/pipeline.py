@@ -5,11 +5,14 @@ own. The Django side hands it plain values and a per-step callback.
 
 `demo` is an SD-1.5-shaped pipeline with small random weights (`demo_model.py`). It
 makes noise images, fast, on a CPU; real images need a real model: a local diffusers
-folder or a single `.safetensors` file.
+folder, a single `.safetensors` file or a Hub id (`sources.py`). What differs between
+SD 1.x, SDXL, SD3 and Flux is data in `families.py`; this module asks the model's
+family for its dtype, its call arguments, its preview and its infotext.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.demo_model import DEMO, demo_pipeline_path
+from generation.families import DEFAULT_FAMILY, SAMPLER_NAMES, Family, ModelLimits, family_for_pipeline
+from generation.sources import DEMO_SOURCE, ModelSpec, ModelUnavailable, detect_family, hub_cached_file, parse_spec
 
 if TYPE_CHECKING:
     import torch
@@ -27,24 +32,11 @@ if TYPE_CHECKING:
 # the registry and scheduler names without loading them.
 
 
-# scheduler key -> (diffusers class name, AUTOMATIC1111 sampler name, extra config)
-SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "euler": ("EulerDiscreteScheduler", "Euler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a", {}),
-    "ddim": ("DDIMScheduler", "DDIM", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M", {}),
-    "pndm": ("PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
-}
+# scheduler key -> AUTOMATIC1111 sampler name; which diffusers class a key means is the
+# family's (`Family.schedulers`): "euler" is Euler on a discrete schedule for SD 1.x and
+# SDXL, Euler on the flow for SD3 and Flux.
+SCHEDULERS: dict[str, str] = SAMPLER_NAMES
 DEFAULT_SCHEDULER = "euler"
-
-# Linear latent -> RGB approximation for SD-1.x latents (4 channels), used for cheap
-# previews without a VAE decode.
-_PREVIEW_FACTORS = (
-    (0.298, 0.207, 0.208),
-    (0.187, 0.286, 0.173),
-    (-0.158, 0.189, 0.264),
-    (-0.184, -0.271, -0.473),
-)
 
 
 class GenerationCancelled(Exception):
@@ -62,6 +54,8 @@ class TransientGenerationError(Exception):
 def is_transient(exc: BaseException) -> bool:
     import torch
 
+    if isinstance(exc, ModelUnavailable):
+        return False  # only an operator can fix it
     transient: tuple[type[BaseException], ...] = (TransientGenerationError, MemoryError, ConnectionError)
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None:
@@ -72,12 +66,53 @@ def is_transient(exc: BaseException) -> bool:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    source: str
-    max_size: int
+    spec: ModelSpec
+    size_cap: int  # besides the family's own limit
+
+    @property
+    def source(self) -> str:
+        return self.spec.source
 
     @property
     def is_demo(self) -> bool:
         return self.name == DEMO
+
+    @property
+    def offload(self) -> bool:
+        return self.spec.offload
+
+    @property
+    def family(self) -> Family:
+        return _family(self.spec)
+
+    @property
+    def max_size(self) -> int:
+        return min(self.family.max_size, self.size_cap)
+
+    def limits(self) -> ModelLimits:
+        family = self.family
+        return ModelLimits(
+            model=self.name,
+            family=family,
+            min_size=family.min_size,
+            max_size=self.max_size,
+            size_step=family.size_step,
+            default_size=min(family.default_size, self.max_size),
+        )
+
+
+_families: dict[ModelSpec, Family] = {}
+
+
+def _family(spec: ModelSpec) -> Family:
+    # Read from the files once; a guess (a Hub model not pulled yet) is read again
+    # next time, so the family is right as soon as the files are here.
+    if spec in _families:
+        return _families[spec]
+    family, certain = detect_family(spec)
+    if certain:
+        _families[spec] = family
+    return family
 
 
 @dataclass(frozen=True)
@@ -98,15 +133,18 @@ StepCallback = Callable[[int, int, "torch.Tensor"], None]
 
 
 class ModelRegistry:
-    """Named models: `demo` plus local diffusers folders or `.safetensors` files."""
+    """Named models: `demo` plus local diffusers folders, `.safetensors` files and Hub ids.
+
+    `extra` maps a name to an `IMAGEGEN_MODELS` source, with its options (see `sources.py`).
+    """
 
     DEMO_MAX_SIZE = 1024
     MAX_SIZE = 2048
 
     def __init__(self, extra: dict[str, str] | None = None):
-        self._models = {DEMO: ModelInfo(DEMO, DEMO, self.DEMO_MAX_SIZE)}
-        for name, path in (extra or {}).items():
-            self._models[name] = ModelInfo(name, str(path), self.MAX_SIZE)
+        self._models = {DEMO: ModelInfo(DEMO, ModelSpec(DEMO_SOURCE), self.DEMO_MAX_SIZE)}
+        for name, text in (extra or {}).items():
+            self._models[name] = ModelInfo(name, parse_spec(str(text)), self.MAX_SIZE)
 
     def names(self) -> list[str]:
         return list(self._models)
@@ -120,6 +158,10 @@ class ModelRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._models
 
+    def limits(self, name: str) -> ModelLimits:
+        """The family and the limits of model `name` (KeyError when unknown)."""
+        return self.get(name).limits()
+
 
 # --- Loading and running ------------------------------------------------------------
 
@@ -132,32 +174,147 @@ def resolve_device(preference: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(info: ModelInfo, *, cache_dir: Path, device: str):
-    """Load a model's pipeline offline onto `device` (fp16 on CUDA)."""
-    import torch
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(info: ModelInfo, *, cache_dir: Path, device: str, on_download: Callable[[], None] | None = None):
+    """Load a model's pipeline onto `device`, in its family's dtype on CUDA.
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    if info.is_demo:
-        source = demo_pipeline_path(cache_dir)
+    A Hub model missing from the cache is downloaded first when the machine is online
+    (`on_download` is called before that starts); everything else is read offline.
+    """
+    family = info.family
+    dtype = family.torch_dtype(device)
+    kind = info.spec.kind
+    if kind == "demo":
+        pipe = _from_folder(demo_pipeline_path(cache_dir), family, dtype)
+    elif kind == "hub":
+        pipe = _from_folder(hub_snapshot(info, on_download=on_download), family, dtype)
+    elif kind == "file":
+        pipe = _from_single_file(info, family, dtype)
     else:
-        source = Path(info.source)
-        if not source.exists():
-            raise FileNotFoundError(f"Model {info.name!r}: {source} does not exist")
-    common = {"dtype": dtype, "local_files_only": True, "safety_checker": None, "requires_safety_checker": False}
-    if source.is_file():
-        pipe = StableDiffusionPipeline.from_single_file(str(source), **common)
+        source = Path(info.source).expanduser()
+        if not (source / "model_index.json").is_file():
+            raise ModelUnavailable(
+                f"Model {info.name!r}: {source} is not a diffusers folder (no model_index.json); "
+                "fix its path in IMAGEGEN_MODELS."
+            )
+        pipe = _from_folder(source, family, dtype)
+    return place_pipeline(pipe, device=device, offload=info.offload)
+
+
+def place_pipeline(pipe, *, device: str, offload: bool):
+    """Move the pipeline to `device`; in the memory mode only the running part is there.
+
+    The memory mode keeps each model (text encoders, UNet or transformer, VAE) in the
+    host's memory and moves it to the GPU while it runs (diffusers' model CPU offload),
+    and decodes the image in tiles, so an SDXL or Flux model fits a smaller GPU at
+    some cost in speed.
+    """
+    if offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
     else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(source), **common)
-    pipe = pipe.to(device)
+        pipe = pipe.to(device)
+    if offload and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def set_scheduler(pipe, name: str) -> None:
+def _from_folder(folder: Path, family: Family, dtype):
+    from diffusers import AutoPipelineForText2Image
+
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    # The folder's own pipeline class decides its family's arguments: the registry's
+    # may be a guess made before the files were here.
+    family = family_for_pipeline(index.get("_class_name", "")) or family
+    return AutoPipelineForText2Image.from_pretrained(
+        str(folder), dtype=dtype, local_files_only=True, **family.load_kwargs
+    )
+
+
+def _from_single_file(info: ModelInfo, family: Family, dtype):
     import diffusers
 
-    class_name, _, extra = SCHEDULERS[name]
+    path = Path(info.source).expanduser()
+    if not path.is_file():
+        raise ModelUnavailable(f"Model {info.name!r}: {path} does not exist; fix its path in IMAGEGEN_MODELS.")
+    config = single_file_config(info)
+    pipeline_class = getattr(diffusers, family.pipelines[0])
+    return pipeline_class.from_single_file(
+        str(path), config=str(config), dtype=dtype, local_files_only=True, **family.load_kwargs
+    )
+
+
+def single_file_config(info: ModelInfo, *, download: bool = False) -> Path:
+    """The local folder of configs a single-file checkpoint is read with.
+
+    A local folder (`config=`), or a Hub repository's configs from the Hub cache: its
+    `config=`, else its family's reference repository. Loading never downloads them
+    (`manage.py model_pull NAME` does, with `download`).
+    """
+    wanted = info.spec.config or info.family.single_file_config
+    if Path(wanted).expanduser().is_dir():
+        return Path(wanted).expanduser()
+    repo_id, _, revision = wanted.partition("@")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", "tokenizer*/*", "*/spiece.model"]
+    try:
+        return Path(
+            snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=not download)
+        )
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"Model {info.name!r}: the single-file checkpoint needs the configs of {repo_id}, which are not in the "
+            f"Hub cache. Run `manage.py model_pull {info.name}` where the machine is online, or name a local "
+            f"diffusers folder of the same architecture with ';config=/path' in IMAGEGEN_MODELS."
+        ) from exc
+
+
+def hub_snapshot(info: ModelInfo, *, on_download: Callable[[], None] | None = None, progress: bool = False) -> Path:
+    """The local folder of a Hub model, downloading it into the Hub cache if it is not there.
+
+    Offline (HF_HUB_OFFLINE=1), or when the download fails, a ModelUnavailable names
+    the model and says how to fix it.
+    """
+    from huggingface_hub import constants, snapshot_download
+
+    repo_id, revision = info.spec.repo_id, info.spec.revision
+    if hub_cached_file(repo_id, "model_index.json", revision) is not None:
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        except Exception:
+            pass  # a partial cache: download what is missing, below
+    where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailable(
+            f"Model {info.name!r} ({where}) is not in the Hub cache ({constants.HF_HUB_CACHE}) and this machine "
+            f"is offline (HF_HUB_OFFLINE). Run `manage.py model_pull {info.name}` on a machine that is online with "
+            "the same cache, or copy the model's folder there and register the folder instead."
+        )
+    if on_download is not None:
+        on_download()
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    if not progress:
+        diffusers_logging.disable_progress_bar()
+    try:
+        # diffusers picks the files a pipeline needs (safetensors, no duplicate formats).
+        return Path(DiffusionPipeline.download(repo_id, revision=revision))
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"Model {info.name!r} ({where}) could not be downloaded: {type(exc).__name__}: {exc}. Check the id and "
+            "the network; for a gated model accept its licence on the Hub and set HF_TOKEN, then run "
+            f"`manage.py model_pull {info.name}`."
+        ) from exc
+    finally:
+        if not progress:
+            diffusers_logging.enable_progress_bar()
+
+
+def set_scheduler(pipe, name: str, family: Family = DEFAULT_FAMILY) -> None:
+    import diffusers
+
+    class_name, extra = family.schedulers[name]
     if type(pipe.scheduler).__name__ != class_name:
         pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
 
@@ -172,6 +329,7 @@ class ImageGenerator:
         self._device: str | None = None
         self._loaded_name: str | None = None
         self._pipe = None
+        self._family: Family = DEFAULT_FAMILY
         self._lock = threading.Lock()
         self.loads = 0
 
@@ -182,19 +340,31 @@ class ImageGenerator:
             self._device = resolve_device(self._device_preference)
         return self._device
 
-    def load(self, name: str):
-        """The pipeline of model `name`, loading it (in place of the one loaded) if needed."""
+    def load(self, name: str, *, on_download: Callable[[], None] | None = None):
+        """The pipeline of model `name`, loading it (in place of the one loaded) if needed.
+
+        `on_download` is called if its files must be downloaded first.
+        """
         if self._loaded_name != name:
             info = self.registry.get(name)
             self._pipe = None
+            self._loaded_name = None
             if self.device.startswith("cuda"):
                 import torch
 
                 torch.cuda.empty_cache()
-            self._pipe = load_pipeline(info, cache_dir=self.cache_dir, device=self.device)
+            self._pipe = load_pipeline(info, cache_dir=self.cache_dir, device=self.device, on_download=on_download)
+            self._family = family_for_pipeline(type(self._pipe).__name__) or info.family
             self._loaded_name = name
             self.loads += 1
         return self._pipe
+
+    def needs_download(self, name: str) -> bool:
+        """Whether loading model `name` would download it first (a Hub model not in the cache)."""
+        if name == self._loaded_name or name not in self.registry:
+            return False
+        info = self.registry.get(name)
+        return info.spec.kind == "hub" and hub_cached_file(info.spec.repo_id, "model_index.json", info.spec.revision) is None
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Image.Image:
         """Run one request; `on_step` may raise to abort (cancel, timeout)."""
@@ -202,7 +372,8 @@ class ImageGenerator:
 
         with self._lock:
             pipe = self.load(request.model)
-            set_scheduler(pipe, request.scheduler)
+            family = self._family
+            set_scheduler(pipe, request.scheduler, family)
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
             def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
@@ -212,12 +383,7 @@ class ImageGenerator:
 
             with torch.inference_mode():
                 result = pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    width=request.width,
-                    height=request.height,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
+                    **family.call_kwargs(request),
                     generator=generator,
                     callback_on_step_end=step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
@@ -229,26 +395,23 @@ class ImageGenerator:
 # --- Output -------------------------------------------------------------------------
 
 
-def infotext(request: GenerationRequest) -> str:
+def infotext(request: GenerationRequest, family: Family = DEFAULT_FAMILY) -> str:
     """Parameters in AUTOMATIC1111's format, which other tools read from a PNG."""
     lines = [request.prompt]
-    if request.negative_prompt:
+    if request.negative_prompt and family.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    sampler = SCHEDULERS[request.scheduler][1]
-    lines.append(
-        f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance:g}, "
-        f"Seed: {request.seed}, Size: {request.width}x{request.height}, Model: {request.model}"
-    )
+    fields = [*family.infotext_fields(request), ("Model", request.model)]
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 
 
-def latents_preview(latents: torch.Tensor, *, max_size: int = 128) -> Image.Image:
-    """A small RGB picture from SD latents, without a VAE decode."""
-    import torch
-
-    sample = latents[0].detach().float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", sample, torch.tensor(_PREVIEW_FACTORS, dtype=sample.dtype))
-    rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
-    picture = Image.fromarray(rgb, mode="RGB")
-    picture.thumbnail((max_size, max_size))
-    return picture
+def latents_preview(
+    latents: torch.Tensor,
+    *,
+    family: Family = DEFAULT_FAMILY,
+    width: int | None = None,
+    height: int | None = None,
+    max_size: int = 128,
+) -> Image.Image:
+    """A small RGB picture from a batch-of-one of `family`'s latents, without a VAE decode."""
+    return family.preview(latents, width=width, height=height, max_size=max_size)

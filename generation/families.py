@@ -1,0 +1,361 @@
+"""What differs between model families, as data: sizes, dtype, guidance, schedulers, previews.
+
+A family is an architecture that diffusers runs with one text-to-image pipeline class:
+Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux. Everything else in the service (the
+form, the admin, the worker's call to the pipeline, the preview, the PNG's infotext)
+asks the model's family instead of knowing about architectures itself. Like
+`pipeline.py`, this module imports nothing from Django, and torch only where a
+preview is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from generation.pipeline import GenerationRequest
+
+
+# scheduler key -> AUTOMATIC1111's sampler name (what the infotext and the form show)
+SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M", "pndm": "PLMS"}
+
+# scheduler key -> (diffusers class name, extra config), for the UNet families
+# (noise prediction on a discrete schedule).
+DISCRETE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
+# SD3 and Flux are flow-matching models: Euler on the flow is what they are made for
+# (other samplers would need their flow variants and the model's shift settings).
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {"euler": ("FlowMatchEulerDiscreteScheduler", {})}
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How a cheap preview is made from a family's latents: a linear map to RGB.
+
+    `packed`: the latents are 2x2 patches packed into a sequence of tokens
+    (batch, (h/2)*(w/2), channels*4), as Flux's pipeline keeps them.
+    """
+
+    channels: int
+    rgb_factors: tuple[tuple[float, float, float], ...]
+    rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    packed: bool = False
+    vae_scale: int = 8
+
+
+# Linear latent -> RGB fits. SD 1.x's are the ones this project has always used; the
+# SDXL, SD3 and Flux fits are the published ones that the common UIs' live previews use.
+SD1_LATENTS = LatentFormat(
+    channels=4,
+    rgb_factors=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
+)
+SDXL_LATENTS = LatentFormat(
+    channels=4,
+    rgb_factors=(
+        (0.3651, 0.4232, 0.4341),
+        (-0.2533, -0.0042, 0.1068),
+        (0.1076, 0.1111, -0.0362),
+        (-0.3165, -0.2492, -0.2188),
+    ),
+    rgb_bias=(0.1084, -0.0175, -0.0011),
+)
+SD3_LATENTS = LatentFormat(
+    channels=16,
+    rgb_factors=(
+        (-0.0922, -0.0175, 0.0749),
+        (0.0311, 0.0633, 0.0954),
+        (0.1994, 0.0927, 0.0458),
+        (0.0856, 0.0339, 0.0902),
+        (0.0587, 0.0272, -0.0496),
+        (-0.0006, 0.1104, 0.0309),
+        (0.0978, 0.0306, 0.0427),
+        (-0.0042, 0.1038, 0.1358),
+        (-0.0194, 0.0020, 0.0669),
+        (-0.0488, 0.0130, -0.0268),
+        (0.0922, 0.0988, 0.0951),
+        (-0.0278, 0.0524, -0.0542),
+        (0.0332, 0.0456, 0.0895),
+        (-0.0069, -0.0030, -0.0810),
+        (-0.0596, -0.0465, -0.0293),
+        (-0.1448, -0.1463, -0.1189),
+    ),
+    rgb_bias=(0.2394, 0.2135, 0.1925),
+)
+FLUX_LATENTS = LatentFormat(
+    channels=16,
+    rgb_factors=(
+        (-0.0346, 0.0244, 0.0681),
+        (0.0034, 0.0210, 0.0687),
+        (0.0275, -0.0668, -0.0433),
+        (-0.0174, 0.0160, 0.0617),
+        (0.0859, 0.0721, 0.0329),
+        (0.0004, 0.0383, 0.0115),
+        (0.0405, 0.0861, 0.0915),
+        (-0.0236, -0.0185, -0.0259),
+        (-0.0245, 0.0250, 0.1180),
+        (0.1008, 0.0755, -0.0421),
+        (-0.0515, 0.0201, 0.0011),
+        (0.0428, -0.0012, -0.0036),
+        (0.0817, 0.0765, 0.0749),
+        (-0.1264, -0.0522, -0.1103),
+        (-0.0280, -0.0881, -0.0499),
+        (-0.1262, -0.0982, -0.0778),
+    ),
+    rgb_bias=(-0.0329, -0.0718, -0.0851),
+    packed=True,
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    label: str
+    # model_index.json's `_class_name` values that belong to this family; the first is
+    # the class a single-file checkpoint is loaded with.
+    pipelines: tuple[str, ...]
+    latents: LatentFormat
+    default_size: int
+    size_step: int  # the VAE's x8 times the transformer's patch size, where it has one
+    max_size: int = 2048
+    min_size: int = 64
+    dtype: str = "float16"  # on CUDA; a CPU runs float32
+    # "cfg": classifier-free guidance (two passes a step, a negative prompt applies);
+    # "distilled": the guidance strength is an input of the model (one pass, no negative prompt).
+    guidance: str = "cfg"
+    default_guidance: float = 7.0
+    default_steps: int = 20
+    negative_prompt: bool = True
+    schedulers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=lambda: DISCRETE_SCHEDULERS)
+    # Extra arguments for from_pretrained / from_single_file.
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The Hub repository whose configs a single-file checkpoint of this family is read
+    # with, unless the model names its own (`config=`).
+    single_file_config: str = ""
+
+    @property
+    def default_scheduler(self) -> str:
+        return next(iter(self.schedulers))
+
+    def torch_dtype(self, device: str) -> torch.dtype:
+        import torch
+
+        if not device.startswith("cuda"):
+            return torch.float32
+        if self.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return torch.float16  # pre-Ampere GPUs: fp16 runs, if less safely
+        return getattr(torch, self.dtype)
+
+    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        """The pipeline's arguments for `request` (without generator and callbacks)."""
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+        }
+        if self.negative_prompt:
+            kwargs["negative_prompt"] = request.negative_prompt or None
+        return kwargs
+
+    def infotext_fields(self, request: GenerationRequest) -> list[tuple[str, str]]:
+        """AUTOMATIC1111's generation fields, as Forge writes them for this family."""
+        fields = [("Steps", str(request.steps)), ("Sampler", SAMPLER_NAMES.get(request.scheduler, request.scheduler))]
+        if self.guidance == "distilled":
+            fields += [("CFG scale", "1"), ("Distilled CFG Scale", f"{request.guidance:g}")]
+        else:
+            fields.append(("CFG scale", f"{request.guidance:g}"))
+        fields += [("Seed", str(request.seed)), ("Size", f"{request.width}x{request.height}")]
+        return fields
+
+    def preview(
+        self, latents: torch.Tensor, *, width: int | None = None, height: int | None = None, max_size: int = 128
+    ) -> Image.Image:
+        """A small RGB picture from a batch-of-one of this family's latents, without a VAE decode.
+
+        Packed latents need the image's size to be unpacked; without it they are taken
+        as square.
+        """
+        import torch
+        from PIL import Image
+
+        fmt = self.latents
+        sample = latents[0].detach().float().cpu()
+        if fmt.packed:
+            sample = _unpack(sample, width=width, height=height, vae_scale=fmt.vae_scale)
+        factors = torch.tensor(fmt.rgb_factors, dtype=sample.dtype)
+        rgb = torch.einsum("chw,cr->hwr", sample, factors) + torch.tensor(fmt.rgb_bias, dtype=sample.dtype)
+        rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+        picture = Image.fromarray(rgb, mode="RGB")
+        picture.thumbnail((max_size, max_size))
+        return picture
+
+
+def _unpack(tokens: torch.Tensor, *, width: int | None, height: int | None, vae_scale: int) -> torch.Tensor:
+    """(h/2 * w/2, c*4) tokens of 2x2 patches -> (c, h, w) latents."""
+    count, packed_channels = tokens.shape
+    if width and height:
+        rows, cols = height // (vae_scale * 2), width // (vae_scale * 2)
+    else:
+        rows = cols = int(round(count**0.5))
+    if rows * cols != count:
+        raise ValueError(f"{count} latent tokens do not make a {width}x{height} image")
+    channels = packed_channels // 4
+    return tokens.view(rows, cols, channels, 2, 2).permute(2, 0, 3, 1, 4).reshape(channels, rows * 2, cols * 2)
+
+
+SD15 = Family(
+    name="sd15",
+    label="Stable Diffusion 1.x/2.x",
+    pipelines=("StableDiffusionPipeline",),
+    latents=SD1_LATENTS,
+    default_size=512,
+    size_step=8,
+    # Its safety checker (where a repository has one) is not loaded: it blacks out images.
+    load_kwargs={"safety_checker": None, "requires_safety_checker": False},
+    single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
+)
+SDXL = Family(
+    name="sdxl",
+    label="Stable Diffusion XL",
+    pipelines=("StableDiffusionXLPipeline",),
+    latents=SDXL_LATENTS,
+    default_size=1024,
+    size_step=8,
+    default_guidance=5.0,
+    default_steps=30,
+    single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
+)
+SD3 = Family(
+    name="sd3",
+    label="Stable Diffusion 3",
+    pipelines=("StableDiffusion3Pipeline",),
+    latents=SD3_LATENTS,
+    default_size=1024,
+    size_step=16,
+    dtype="bfloat16",
+    default_guidance=5.0,
+    default_steps=28,
+    schedulers=FLOW_SCHEDULERS,
+    single_file_config="stabilityai/stable-diffusion-3.5-medium",
+)
+FLUX = Family(
+    name="flux",
+    label="Flux.1",
+    pipelines=("FluxPipeline",),
+    latents=FLUX_LATENTS,
+    default_size=1024,
+    size_step=16,
+    dtype="bfloat16",
+    guidance="distilled",
+    default_guidance=3.5,
+    default_steps=28,
+    negative_prompt=False,
+    schedulers=FLOW_SCHEDULERS,
+    single_file_config="black-forest-labs/FLUX.1-dev",
+)
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, SD3, FLUX)}
+DEFAULT_FAMILY = SD15
+
+
+def family_for_pipeline(class_name: str) -> Family | None:
+    """The family of a diffusers pipeline class name (model_index.json's `_class_name`)."""
+    for family in FAMILIES.values():
+        if class_name in family.pipelines:
+            return family
+    # Variants of a family's pipeline (img2img, inpaint...) are run as its text-to-image one.
+    for prefix, family in (("StableDiffusionXL", SDXL), ("StableDiffusion3", SD3), ("Flux", FLUX)):
+        if class_name.startswith(prefix):
+            return family
+    if class_name.startswith("StableDiffusion"):
+        return SD15
+    return None
+
+
+def family_for_checkpoint_keys(keys) -> Family | None:
+    """The family of a single-file checkpoint, from its tensor names (original layouts)."""
+    keys = set(keys)
+
+    def has(*prefixes: str) -> bool:
+        return any(key.startswith(prefixes) for key in keys)
+
+    if has("double_blocks.", "model.diffusion_model.double_blocks."):
+        return FLUX
+    if has("joint_blocks.", "model.diffusion_model.joint_blocks."):
+        return SD3
+    if has("conditioner.embedders.1.", "conditioner.embedders.0.model."):
+        return SDXL
+    if has("model.diffusion_model.input_blocks.", "cond_stage_model."):
+        return SD15
+    return None
+
+
+def family_for_name(text: str) -> Family | None:
+    """A guess from a model's name or Hub id, for when its files are not here yet."""
+    lowered = text.lower()
+    if "flux" in lowered:
+        return FLUX
+    if "stable-diffusion-3" in lowered or "sd3" in lowered:
+        return SD3
+    if "xl" in lowered:
+        return SDXL
+    return None
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a request for one model may ask, and what it gets by default."""
+
+    model: str
+    family: Family
+    min_size: int
+    max_size: int
+    size_step: int
+    default_size: int
+
+    @property
+    def default_steps(self) -> int:
+        return self.family.default_steps
+
+    @property
+    def default_guidance(self) -> float:
+        return self.family.default_guidance
+
+    @property
+    def default_scheduler(self) -> str:
+        return self.family.default_scheduler
+
+    @property
+    def schedulers(self) -> tuple[str, ...]:
+        return tuple(self.family.schedulers)
+
+    @property
+    def negative_prompt(self) -> bool:
+        return self.family.negative_prompt
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for a page's script or an API."""
+        return {
+            "model": self.model,
+            "family": self.family.name,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "size_step": self.size_step,
+            "default_size": self.default_size,
+            "default_steps": self.default_steps,
+            "default_guidance": self.default_guidance,
+            "default_scheduler": self.default_scheduler,
+            "schedulers": list(self.schedulers),
+            "negative_prompt": self.negative_prompt,
+            "guidance": self.family.guidance,
+        }
