@@ -302,7 +302,9 @@ def tiny_family_pipeline(shape: str, work: Path):
         )
         return StableDiffusion3Pipeline(
             transformer=transformer,
-            vae=_tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+            vae=_tiny_vae(
+                16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
+            ),
             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
             **clip(1, CLIPTextModelWithProjection),
             **clip(2, CLIPTextModelWithProjection),

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -259,7 +259,9 @@ def single_file_config(info: ModelInfo, *, download: bool = False) -> Path:
     patterns = ["*.json", "*.txt", "*.model", "tokenizer*/*", "*/spiece.model"]
     try:
         return Path(
-            snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=not download)
+            snapshot_download(
+                repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=not download
+            )
         )
     except Exception as exc:
         raise ModelUnavailable(
@@ -364,7 +366,10 @@ class ImageGenerator:
         if name == self._loaded_name or name not in self.registry:
             return False
         info = self.registry.get(name)
-        return info.spec.kind == "hub" and hub_cached_file(info.spec.repo_id, "model_index.json", info.spec.revision) is None
+        return (
+            info.spec.kind == "hub"
+            and hub_cached_file(info.spec.repo_id, "model_index.json", info.spec.revision) is None
+        )
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Image.Image:
         """Run one request; `on_step` may raise to abort (cancel, timeout)."""

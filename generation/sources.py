@@ -48,7 +48,7 @@ class ModelSpec:
 
     @property
     def kind(self) -> str:
-        """"demo", "file", "folder" or "hub"."""
+        """ "demo", "file", "folder" or "hub"."""
         if self.source == DEMO_SOURCE:
             return "demo"
         path = Path(self.source).expanduser()
