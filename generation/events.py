@@ -29,6 +29,8 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "queue.positions": ("version", "jobs"),
     "job.progress": ("job_id", "status", "step", "total", "progress"),
     "job.preview": ("job_id", "step", "image"),
+    # The job's model is being downloaded before it can start.
+    "job.downloading": ("job_id", "model"),
     "job.complete": ("job_id", "status", "image_url"),
     "job.error": ("job_id", "status", "error"),
     "job.cancelled": ("job_id", "status"),

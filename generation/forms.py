@@ -1,12 +1,14 @@
 """Validation of job parameters, shared by the chat page and the services."""
 
+import json
 import secrets
 
 from django import forms
 from django.conf import settings
 
+from generation.families import ModelLimits
 from generation.pipeline import DEFAULT_SCHEDULER, SCHEDULERS
-from generation.registry import get_registry
+from generation.registry import get_registry, model_limits
 
 PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
@@ -37,11 +39,22 @@ def _number(attrs: dict) -> forms.NumberInput:
 
 
 def _model_choices() -> list[tuple[str, str]]:
-    return [(name, name) for name in get_registry().names()]
+    return [(name, f"{name} ({model_limits(name).family.label})") for name in get_registry().names()]
 
 
-def size_error(label: str, limit: int) -> str:
-    return f"{label}: {SIZE_MIN}-{limit}, a multiple of {SIZE_STEP}."
+def size_error(label: str, limit: int, step: int = SIZE_STEP, minimum: int = SIZE_MIN) -> str:
+    return f"{label}: {minimum}-{limit}, a multiple of {step}."
+
+
+def model_defaults(limits: ModelLimits) -> dict:
+    """What a request for a model gets for each setting it leaves empty: its family's defaults."""
+    return {
+        "width": limits.default_size,
+        "height": limits.default_size,
+        "steps": limits.default_steps,
+        "guidance": limits.default_guidance,
+        "scheduler": limits.default_scheduler,
+    }
 
 
 class JobForm(forms.Form):
@@ -107,7 +120,7 @@ class JobForm(forms.Form):
         widget=_number({"placeholder": "random"}),
     )
     scheduler = forms.ChoiceField(
-        choices=[(key, label) for key, (_, label, _) in SCHEDULERS.items()],
+        choices=list(SCHEDULERS.items()),
         required=False,
         error_messages={"invalid_choice": "Scheduler: choose one from the list."},
     )
@@ -119,15 +132,20 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Show the defaults as values, so nobody has to guess them.
-        defaults = {**self.DEFAULTS, "model": settings.IMAGEGEN_DEFAULT_MODEL}
+        # Show the defaults (the default model's family's) as values, so nobody has to guess them.
+        model = settings.IMAGEGEN_DEFAULT_MODEL
+        defaults = {**model_defaults(model_limits(model)), "model": model}
         for key, default in defaults.items():
             self.fields[key].initial = default
             # The page's settings summary names only what differs from these.
             self.fields[key].widget.attrs["data-default"] = f"{default:g}" if isinstance(default, float) else default
-        limit = max((get_registry().get(name).max_size for name in get_registry().names()), default=SIZE_MAX)
+        every = {name: model_limits(name) for name in get_registry().names()}
         for key in ("width", "height"):
-            self.fields[key].widget.attrs["max"] = limit
+            self.fields[key].widget.attrs["max"] = max((limits.max_size for limits in every.values()), default=SIZE_MAX)
+        # The page's script moves the settings to a model's defaults when another model is chosen.
+        self.fields["model"].widget.attrs["data-limits"] = json.dumps(
+            {name: {**limits.as_dict(), "defaults": model_defaults(limits)} for name, limits in every.items()}
+        )
 
     def _bounded_text(self, field: str, label: str) -> str:
         value = self.cleaned_data.get(field, "")
@@ -147,19 +165,24 @@ class JobForm(forms.Form):
         data = super().clean()
         # The size check runs whatever else is wrong, so every error shows in one round.
         model = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
-        registry = get_registry()
-        limit = registry.get(model).max_size if model in registry else SIZE_MAX
+        limits = model_limits(model) if model in get_registry() else None
+        defaults = model_defaults(limits) if limits else self.DEFAULTS
         for field, label in (("width", "Width"), ("height", "Height")):
             if field not in data:
                 continue  # not a number: its own error says so
             value = data[field]
             if value is None:
-                data[field] = self.DEFAULTS[field]
-            elif not (SIZE_MIN <= value <= limit) or value % SIZE_STEP:
-                self.add_error(field, size_error(label, limit))
+                data[field] = defaults[field]
+            elif limits is None:
+                if not (SIZE_MIN <= value <= SIZE_MAX) or value % SIZE_STEP:
+                    self.add_error(field, size_error(label, SIZE_MAX))
+            elif not (limits.min_size <= value <= limits.max_size) or value % limits.size_step:
+                self.add_error(field, size_error(label, limits.max_size, limits.size_step, limits.min_size))
+        if limits is not None:
+            self._check_family(data, limits)
         if self.errors:
             return data
-        for key, default in self.DEFAULTS.items():
+        for key, default in defaults.items():
             if data.get(key) in (None, ""):
                 data[key] = default
         data["model"] = model
@@ -167,3 +190,15 @@ class JobForm(forms.Form):
             # Chosen now, so the stored parameters reproduce the image.
             data["seed"] = secrets.randbelow(SEED_MAX + 1)
         return data
+
+    def _check_family(self, data: dict, limits: ModelLimits) -> None:
+        """What the model's family cannot do: another sampler, a negative prompt."""
+        family = limits.family
+        scheduler = data.get("scheduler")
+        if scheduler and scheduler not in limits.schedulers:
+            names = ", ".join(SCHEDULERS[key] for key in limits.schedulers)
+            self.add_error("scheduler", f"Scheduler: {family.label} models use {names}.")
+        if data.get("negative_prompt") and not limits.negative_prompt:
+            self.add_error(
+                "negative_prompt", f"Negative prompt: {family.label} models do not use one. Please leave it empty."
+            )

@@ -5,6 +5,7 @@ from functools import cache
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from generation.families import DEFAULT_FAMILY, Family, ModelLimits
 from generation.pipeline import ImageGenerator, ModelRegistry
 
 
@@ -18,3 +19,17 @@ def get_generator() -> ImageGenerator:
     # One per worker process: the pipeline stays loaded between jobs.
     cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else ImageGenerator
     return cls(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)
+
+
+def model_limits(name: str) -> ModelLimits:
+    """The family of model `name` and what a request for it may ask (KeyError when unknown).
+
+    The form, the admin and the APIs take their bounds and defaults from here.
+    """
+    return get_registry().limits(name)
+
+
+def model_family(name: str) -> Family:
+    """The family of model `name`; SD 1.x for a name no longer registered (an old job's)."""
+    registry = get_registry()
+    return registry.get(name).family if name in registry else DEFAULT_FAMILY

@@ -28,7 +28,7 @@ from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import JobForm
 from generation.locks import worker_is_gone
 from generation.models import CircuitBreaker, ImageJob, QueueTicket, Worker
-from generation.pipeline import is_transient
+from generation.pipeline import ModelUnavailable, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +259,16 @@ def job_progress(
     return True
 
 
+def job_downloading(*, job: ImageJob, downloading: bool) -> None:
+    """The job's model is being downloaded (or is done): its card says so, also after a reload."""
+    with transaction.atomic():
+        if not ImageJob.objects.filter(pk=job.pk, status=Status.PROCESSING).exists():
+            return
+        message_update(job.message_id, metadata={"downloading": downloading})
+        if downloading:
+            events.send_to_user(job.owner_id, "job.downloading", job_id=job.pk, model=job.model)
+
+
 def job_preview(*, job: ImageJob, step: int, image_data_url: str) -> None:
     events.send_to_user(job.owner_id, "job.preview", job_id=job.pk, step=step, image=image_data_url)
 
@@ -332,6 +342,12 @@ def job_record_failure(
     """
     now = now or timezone.now()
     detail = detail or f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModelUnavailable):
+        # A model that is not here is the operator's to fix (the detail says how), not a
+        # failing backend: other models' jobs must not be paused for it.
+        job = job_fail(job_id=job_id, error=error or texts.MODEL_UNAVAILABLE, detail=detail, now=now)
+        breaker_release_trial()
+        return job
     transient = error is None and is_transient(exc)
     if transient and attempts < settings.IMAGEGEN_MAX_ATTEMPTS:
         delay = settings.IMAGEGEN_RETRY_BASE_SECONDS * 2 ** (attempts - 1)

@@ -19,6 +19,14 @@ TRANSIENT_ERROR = "The image generator is temporarily unavailable. Please try ag
 ADMIN_STOPPED = "This image was stopped by an administrator."
 STUCK = "Generation timed out (stuck job guard)"
 WORKER_LOST = "Image generation stopped unexpectedly. Please try again."
+MODEL_UNAVAILABLE = (
+    "This model is not available on the server yet. An administrator has been told how to fix it; "
+    "please try another model meanwhile."
+)
+
+# A processing job's card, before its first step.
+STARTING = "Starting… the model may be loading, which can take a moment."
+DOWNLOADING = "Downloading model… the first image with a new model waits for its download."
 
 
 def timed_out(seconds: int) -> str:

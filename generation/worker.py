@@ -40,7 +40,7 @@ from generation.pipeline import (
     latents_preview,
 )
 from generation.png import encode_png
-from generation.registry import get_generator
+from generation.registry import get_generator, model_family
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class JobRunner:
             # Loading a model is not generating: the time limit starts after it. The
             # worker's beat keeps the job's heartbeat fresh meanwhile.
             with heartbeat.loading(job.pk):
-                self.generator.load(request.model)
+                self._load(job, request.model)
             on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
             image = self.generator.generate(request, on_step)
         except GenerationCancelled:
@@ -212,9 +212,21 @@ class JobRunner:
             else:
                 bookkeeper.finish(job, image, request)
 
+    def _load(self, job: ImageJob, model: str) -> None:
+        """Load the job's model; a download first shows on its card as "Downloading model…"."""
+        needs_download = getattr(self.generator, "needs_download", None)
+        downloading = bool(needs_download and needs_download(model))
+        if downloading:
+            services.job_downloading(job=job, downloading=True)
+        try:
+            self.generator.load(model)
+        finally:
+            if downloading:
+                services.job_downloading(job=job, downloading=False)
+
     def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
         """Encode and store the image, complete the job, and tell the breaker."""
-        png = encode_png(image, parameters=infotext(request))
+        png = encode_png(image, parameters=infotext(request, model_family(request.model)))
         if services.job_complete(job_id=job.pk, png=png, now=self.now()) is None:
             services.breaker_release_trial()
         else:
@@ -298,7 +310,8 @@ def _copy_to_host(latents) -> tuple:
 
 def send_preview(job: ImageJob, step: int, latents) -> None:
     buffer = io.BytesIO()
-    latents_preview(latents).save(buffer, format="JPEG", quality=70)
+    preview = latents_preview(latents, family=model_family(job.model), width=job.width, height=job.height)
+    preview.save(buffer, format="JPEG", quality=70)
     data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     services.job_preview(job=job, step=step, image_data_url=data_url)
 

@@ -71,16 +71,29 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def env_models(name: str) -> dict[str, str]:
-    """Parse `name=path,name2=path2` into a dict of extra models."""
+    """Parse `name=source[;option...],name2=source2` into a dict of extra models.
+
+    A source is a local diffusers folder, a single `.safetensors` file or a Hub id
+    (`org/name[@revision]`); options are `offload`, `family=...`, `config=...`
+    (generation/sources.py).
+    """
+    from generation.sources import parse_spec
+
     models: dict[str, str] = {}
     for item in env_list(name, []):
-        key, sep, path = item.partition("=")
-        key, path = key.strip(), path.strip()
-        if not sep or not key or not path:
-            raise ImproperlyConfigured(f"{name} entries must look like name=/path/to/model, got {item!r}")
+        key, sep, spec = item.partition("=")
+        key, spec = key.strip(), spec.strip()
+        if not sep or not key or not spec:
+            raise ImproperlyConfigured(
+                f"{name} entries must look like name=/path/to/model or name=org/model-id, got {item!r}"
+            )
         if key == "demo":
             raise ImproperlyConfigured(f"{name}: the name 'demo' is reserved for the built-in model")
-        models[key] = path
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: model {key!r}: {exc}") from None
+        models[key] = spec
     return models
 
 
@@ -250,7 +263,8 @@ else:
 
 # --- Generation ------------------------------------------------------------------
 
-# Extra models besides `demo`: "name=/path/to/diffusers-folder,other=/path/model.safetensors".
+# Extra models besides `demo`: "name=/path/to/diffusers-folder,other=/path/model.safetensors,
+# flux=black-forest-labs/FLUX.1-dev;offload" (see the README's Models section).
 IMAGEGEN_MODELS = env_models("IMAGEGEN_MODELS")
 IMAGEGEN_DEFAULT_MODEL = env_str("IMAGEGEN_DEFAULT_MODEL", "demo")
 if IMAGEGEN_DEFAULT_MODEL != "demo" and IMAGEGEN_DEFAULT_MODEL not in IMAGEGEN_MODELS:

@@ -4,6 +4,8 @@ from django import template
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from generation import texts
+
 register = template.Library()
 
 
@@ -57,3 +59,9 @@ def reuse_json(job) -> str:
             "scheduler": job.scheduler,
         }
     )
+
+
+@register.simple_tag
+def text(name: str) -> str:
+    """A sentence from generation/texts.py, by name."""
+    return getattr(texts, name)

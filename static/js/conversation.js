@@ -117,7 +117,8 @@
     } else if (el.dataset.status === "processing") {
       const starting = !clock.stepSeen;
       el.classList.toggle("starting", starting);
-      if (starting) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
+      // A card whose model is downloading says so (the server wrote it): left as it is.
+      if (starting && !el.dataset.downloading) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
       const left = remainingSeconds(clock, now);
       if (starting) setText(el, "remaining", known(left) && left > 3 ? `About ${duration(left)} left` : "");
       else if (known(left)) setText(el, "remaining", left > 3 ? `About ${duration(left)} left` : "Almost done…");
@@ -305,6 +306,9 @@
           refreshCard(event.job_id);
         } else showProgress(el, event);
         break;
+      case "job.downloading":
+        refreshCard(event.job_id);
+        break;
       case "job.preview": {
         const img = role(el, "preview");
         if (img) {
@@ -362,7 +366,9 @@
       const [a, b] = [Number(value), Number(fallback)];
       return Number.isNaN(a) || Number.isNaN(b) ? value !== fallback : a !== b;
     };
-    if (differs("width") || differs("height")) parts.push(`${field("width").value || 512}×${field("height").value || 512}`);
+    if (differs("width") || differs("height")) {
+      parts.push(`${field("width").value || field("width").dataset.default}×${field("height").value || field("height").dataset.default}`);
+    }
     if (differs("steps")) parts.push(`${field("steps").value} steps`);
     if (differs("guidance")) parts.push(`CFG ${field("guidance").value}`);
     if (differs("scheduler")) parts.push(field("scheduler").selectedOptions[0]?.textContent || field("scheduler").value);
@@ -370,7 +376,12 @@
     if (field("seed")?.value.trim()) parts.push(`seed ${field("seed").value.trim()}`);
     if (field("negative_prompt")?.value.trim()) parts.push("negative prompt");
     const summary = role(form, "settings-summary");
-    if (summary) summary.textContent = parts.length ? `· ${parts.join(" · ")}` : "· defaults (512×512, 20 steps, CFG 7)";
+    if (summary) {
+      const d = (name) => field(name)?.dataset.default;
+      summary.textContent = parts.length
+        ? `· ${parts.join(" · ")}`
+        : `· defaults (${d("width")}×${d("height")}, ${d("steps")} steps, CFG ${d("guidance")})`;
+    }
     form.querySelectorAll(".preset").forEach((preset) => {
       const active = preset.dataset.width === field("width").value && preset.dataset.height === field("height").value;
       preset.classList.toggle("active", active);
@@ -384,6 +395,32 @@
     }
     updateCounter(form);
     updateSummary(form);
+  }
+
+  // Another model: its family's sizes, steps, guidance and sampler. A setting the person
+  // changed from the previous model's default is kept; the bounds follow the model.
+  function bindModelChoice(form) {
+    const select = form.elements.model;
+    if (!select?.dataset.limits) return;
+    const every = JSON.parse(select.dataset.limits);
+    let previous = every[select.value];
+    select.addEventListener("change", () => {
+      const limits = every[select.value];
+      if (!limits || !previous) return;
+      for (const [name, value] of Object.entries(limits.defaults)) {
+        const field = form.elements[name];
+        if (!field) continue;
+        if (String(field.value) === String(previous.defaults[name]) || field.value === "") field.value = value;
+        field.dataset.default = value;
+      }
+      for (const name of ["width", "height"]) {
+        Object.assign(form.elements[name], { min: limits.min_size, max: limits.max_size, step: limits.size_step });
+      }
+      const negative = form.elements.negative_prompt;
+      if (negative) negative.disabled = !limits.negative_prompt;
+      previous = limits;
+      updateSummary(form);
+    });
   }
 
   function showTitle(response) {
@@ -423,6 +460,7 @@
     input.addEventListener("input", () => updateCounter(form));
     form.addEventListener("input", (event) => event.target !== input && updateSummary(form));
     form.addEventListener("change", () => updateSummary(form));
+    bindModelChoice(form);
     form.querySelectorAll(".preset").forEach((preset) =>
       preset.addEventListener("click", () => fillForm(form, { width: preset.dataset.width, height: preset.dataset.height })),
     );

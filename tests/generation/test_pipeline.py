@@ -12,6 +12,7 @@ from generation.pipeline import (
     GenerationRequest,
     ImageGenerator,
     ModelRegistry,
+    ModelUnavailable,
     infotext,
     latents_preview,
 )
@@ -101,7 +102,7 @@ def test_a_local_diffusers_folder_can_be_registered_as_a_model(demo_dir):
 
 def test_a_missing_model_path_fails_clearly(tmp_path):
     generator = ImageGenerator(ModelRegistry({"gone": str(tmp_path / "nowhere")}), cache_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ModelUnavailable, match="nowhere"):
         generator.generate(_request(model="gone"))
 
 
