@@ -7,6 +7,7 @@ from django.utils.html import format_html
 
 from generation import selectors, services
 from generation.models import CircuitBreaker, ImageJob, Worker
+from generation.registry import get_registry, model_family, model_limits
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
 
@@ -23,6 +24,20 @@ class ViewOnlyPagesMixin:
         return obj is None and super().has_change_permission(request)
 
 
+def _model_row(name: str) -> dict:
+    """A registered model as the queue page lists it: where it comes from and its family's limits."""
+    info, limits = get_registry().get(name), model_limits(name)
+    return {
+        "name": name,
+        "source": info.source,
+        "kind": info.spec.kind,
+        "offload": info.offload,
+        "limits": limits,
+        "sizes": f"{limits.min_size}-{limits.max_size}, ×{limits.size_step} (default {limits.default_size})",
+        "family_dtype": limits.family.dtype,
+    }
+
+
 @admin.register(ImageJob)
 class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_display = (
@@ -32,6 +47,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         "short_prompt",
         "owner",
         "model",
+        "family",
         "size",
         "position",
         "progress",
@@ -71,6 +87,10 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     def short_prompt(self, job):
         prompt = " ".join(job.prompt.split())
         return prompt if len(prompt) <= 60 else prompt[:59] + "…"
+
+    @admin.display(description="Family")
+    def family(self, job):
+        return model_family(job.model).label
 
     @admin.display(description="Size")
     def size(self, job):
@@ -130,6 +150,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
             "rows": rows,
             "running": running,
             "service": selectors.service_status(),
+            "models": [_model_row(name) for name in get_registry().names()],
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/generation/queue.html", context)
