@@ -105,3 +105,31 @@ def sync_q(monkeypatch):
     from django_q.conf import Conf
 
     monkeypatch.setattr(Conf, "SYNC", True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """name -> folder of the tiny random pipelines of each family, built once in the model cache."""
+    from django.conf import settings as django_settings
+
+    from generation.demo_model import TINY_FAMILIES, demo_pipeline_path, random_pipeline_path
+
+    cache = django_settings.IMAGEGEN_MODEL_CACHE
+    return {"demo": demo_pipeline_path(cache)} | {shape: random_pipeline_path(cache, shape) for shape in TINY_FAMILIES}
+
+
+@pytest.fixture
+def registered(settings, tiny_models):
+    """Register models (name -> IMAGEGEN_MODELS source) for this test; the registry and generator are rebuilt."""
+    from generation import registry
+
+    def register(**models):
+        settings.IMAGEGEN_MODELS = {name: str(source) for name, source in models.items()}
+        registry.get_registry.cache_clear()
+        registry.get_generator.cache_clear()
+        return registry.get_registry()
+
+    yield register
+    settings.IMAGEGEN_MODELS = {}
+    registry.get_registry.cache_clear()
+    registry.get_generator.cache_clear()
