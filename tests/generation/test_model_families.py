@@ -152,3 +152,40 @@ def test_a_hub_id_missing_from_the_cache_fails_offline_naming_the_model_and_the_
     message = str(failure.value)
     assert "'sdxl' (nobody/not-pulled-xl)" in message
     assert "offline" in message and "manage.py model_pull sdxl" in message
+
+
+# --- Single-file checkpoints -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd1_checkpoint(tiny_models, tmp_path_factory):
+    from diffusers import StableDiffusionPipeline
+
+    from tests.checkpoints import write_sd1_checkpoint
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["demo"], local_files_only=True)
+    return write_sd1_checkpoint(pipe, tmp_path_factory.mktemp("checkpoints") / "tiny-sd15.safetensors")
+
+
+def test_a_single_file_checkpoint_loads_offline_with_configs_from_a_folder_into_the_same_weights(
+    tiny_models, sd1_checkpoint, offline_hub
+):
+    registry = ModelRegistry({"file": f"{sd1_checkpoint};config={tiny_models['demo']}", "folder": tiny_models["demo"]})
+    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+
+    assert registry.get("file").family is SD15  # read from the file's tensor names
+    from_file = np.asarray(generator.generate(_request("file")))
+    from_folder = np.asarray(generator.generate(_request("folder")))
+    assert np.array_equal(from_file, from_folder)
+
+
+def test_a_single_file_checkpoint_reads_its_familys_configs_from_the_hub_cache(
+    tiny_models, sd1_checkpoint, offline_hub
+):
+    registry = ModelRegistry({"file": str(sd1_checkpoint)})
+    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    with pytest.raises(ModelUnavailable, match="needs the configs of stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        generator.generate(_request("file"))
+
+    _fill_hub_cache(offline_hub, SD15.single_file_config, tiny_models["demo"])
+    assert generator.generate(_request("file")).size == (64, 96)
