@@ -47,12 +47,15 @@ def _unet_key(key: str, layers: int) -> str:
     if parts[0] == "down_blocks":
         if kind == "downsamplers":
             return f"input_blocks.{(layers + 1) * (block + 1)}.0.op.{rest.removeprefix('conv.')}"
-        slot = (layers + 1) * block + index + 1
-        return f"input_blocks.{slot}.{0 if kind == 'resnets' else 1}.{_rename(rest, _RESNET) if kind == 'resnets' else rest}"
+        return f"input_blocks.{(layers + 1) * block + index + 1}.{_inner(kind, rest)}"
     if kind == "upsamplers":
         return f"output_blocks.{(layers + 1) * block + layers}.UPSAMPLE.{rest}"
-    slot = (layers + 1) * block + index
-    return f"output_blocks.{slot}.{0 if kind == 'resnets' else 1}.{_rename(rest, _RESNET) if kind == 'resnets' else rest}"
+    return f"output_blocks.{(layers + 1) * block + index}.{_inner(kind, rest)}"
+
+
+def _inner(kind: str, rest: str) -> str:
+    """A resnet is slot 0 of an original block, its attention slot 1."""
+    return f"0.{_rename(rest, _RESNET)}" if kind == "resnets" else f"1.{rest}"
 
 
 def _vae_key(key: str, blocks: int) -> str:
