@@ -6,11 +6,16 @@ first) and measures from the first job's start to the last one's finish; the raw
 calls the same ImageGenerator.generate N times. Reports the throughput ratio (system / raw)
 and the idle gaps between consecutive jobs.
 
-On a CPU it runs the `demo` model. `--sd15-shaped` builds (once, offline) a pipeline
-with Stable Diffusion 1.5's layer sizes and random weights and runs that instead: on a
-GPU, in fp16, at 512x512 and 25 steps it does the real model's compute.
+On a CPU it runs the `demo` model (SD 1.x). `--model sdxl|sd3|flux` runs the tiny
+random-weight pipeline of that family instead (built once, offline: SDXL's two text
+encoders and size conditioning, SD3's joint transformer and 16-channel latents, Flux's
+packed latents and T5), through the same worker; `--model sd15` is `demo`.
+`--sd15-shaped` builds (once, offline) a pipeline with Stable Diffusion 1.5's layer
+sizes and random weights and runs that instead: on a GPU, in fp16, at 512x512 and 25
+steps it does the real model's compute.
 
     .venv/bin/python bench/worker_overhead.py [--jobs 10] [--size 512] [--steps 20]
+    .venv/bin/python bench/worker_overhead.py --model flux --jobs 10 --size 256 --steps 8
     .venv/bin/python bench/worker_overhead.py --sd15-shaped --jobs 20 --size 512 --steps 25
 """
 
@@ -34,15 +39,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--redis", help="a Redis URL: channel layer and broker on Redis (default: embedded)")
     parser.add_argument("--sd15-shaped", action="store_true", help="an SD-1.5-shaped model instead of demo")
+    parser.add_argument(
+        "--model", choices=["sd15", "sdxl", "sd3", "flux"], default="sd15", help="the tiny model of this family"
+    )
     args = parser.parse_args()
 
     model = "demo"
     overrides = {}
+    cache = Path(os.environ.get("IMAGEGEN_MODEL_CACHE", ROOT / "var" / "models"))
+    if args.model != "sd15":
+        from generation.demo_model import random_pipeline_path
+
+        model = f"tiny-{args.model}"
+        overrides["IMAGEGEN_MODELS"] = f"{model}={random_pipeline_path(cache, model)}"
     if args.sd15_shaped:
         from generation.demo_model import random_pipeline_path
 
         model = "sd15"
-        path = random_pipeline_path(Path(os.environ.get("IMAGEGEN_MODEL_CACHE", ROOT / "var" / "models")), "sd15")
+        path = random_pipeline_path(cache, "sd15")
         overrides["IMAGEGEN_MODELS"] = f"sd15={path}"
     if args.redis:
         overrides["REDIS_URL"] = args.redis
@@ -51,11 +65,13 @@ def main() -> None:
     setup(env)
     from generation.models import ImageJob
     from generation.pipeline import GenerationRequest
-    from generation.registry import get_generator
+    from generation.registry import get_generator, model_limits
     from generation.services import job_submit
 
+    guidance = model_limits(model).default_guidance
     params = {"steps": args.steps, "width": args.size, "height": args.size, "seed": 1234, "model": model}
-    request = GenerationRequest(prompt="benchmark", negative_prompt="", guidance=7.0, **params)
+    params["guidance"] = guidance
+    request = GenerationRequest(prompt="benchmark", negative_prompt="", **params)
 
     # Raw: the pipeline in a loop, warmed up by one call.
     generator = get_generator()
@@ -101,7 +117,8 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:24} {value}")
-    name = "worker_overhead" + ("_sd15" if args.sd15_shaped else "") + ("_redis" if args.redis else "")
+    family = f"_{args.model}" if args.model != "sd15" else ""
+    name = "worker_overhead" + family + ("_sd15" if args.sd15_shaped else "") + ("_redis" if args.redis else "")
     print(f"written to {write_result(name, result).relative_to(ROOT)}")
 
 
