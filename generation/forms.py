@@ -145,7 +145,7 @@ class JobForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Show the defaults (the default model's family's) as values, so nobody has to guess them.
         model = settings.IMAGEGEN_DEFAULT_MODEL
-        defaults = {**model_defaults(model_limits(model)), "model": model}
+        defaults = {**self.DEFAULTS, **model_defaults(model_limits(model)), "model": model}
         for key, default in defaults.items():
             self.fields[key].initial = default
             # The page's settings summary names only what differs from these.
@@ -177,7 +177,7 @@ class JobForm(forms.Form):
         # The size check runs whatever else is wrong, so every error shows in one round.
         model = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
         limits = model_limits(model) if model in get_registry() else None
-        defaults = model_defaults(limits) if limits else self.DEFAULTS
+        defaults = {**self.DEFAULTS, **(model_defaults(limits) if limits else {})}
         for field, label in (("width", "Width"), ("height", "Height")):
             if field not in data:
                 continue  # not a number: its own error says so
