@@ -133,3 +133,17 @@ def registered(settings, tiny_models):
     settings.IMAGEGEN_MODELS = {}
     registry.get_registry.cache_clear()
     registry.get_generator.cache_clear()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face Hub cache for this test, with the network off (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

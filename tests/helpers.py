@@ -156,3 +156,14 @@ def drain(layer, channel) -> list[dict]:
 
     async_to_sync(pull)()
     return received
+
+
+def fill_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """Lay `folder` out as the Hugging Face Hub cache holds a downloaded repository; its commit."""
+    import shutil
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit

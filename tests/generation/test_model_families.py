@@ -1,7 +1,5 @@
 """Each family's tiny pipeline, offline: its latents, preview, infotext, and where models come from."""
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -9,6 +7,7 @@ import torch
 from generation.families import FAMILIES, FLUX, SD3, SD15, SDXL
 from generation.pipeline import GenerationRequest, ImageGenerator, ModelRegistry, ModelUnavailable, infotext
 from generation.sources import detect_family, parse_spec
+from tests.helpers import fill_hub_cache
 
 TINY = {"demo": SD15, "tiny-sdxl": SDXL, "tiny-sd3": SD3, "tiny-flux": FLUX}
 # The latents the step callback sees for a 64x96 image (width x height).
@@ -108,30 +107,8 @@ def test_the_memory_mode_tiles_the_vae(tiny_models):
 # --- Hub ids, from the Hub cache -------------------------------------------------------
 
 
-def _fill_hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
-    """Lay `folder` out as the Hub cache holds a downloaded repository."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    return commit
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_a_hub_id_resolves_from_the_hub_cache_with_the_network_off(tiny_models, offline_hub):
-    commit = _fill_hub_cache(offline_hub, "tiny-org/tiny-flux", tiny_models["tiny-flux"])
+    commit = fill_hub_cache(offline_hub, "tiny-org/tiny-flux", tiny_models["tiny-flux"])
     registry = ModelRegistry({"flux": "tiny-org/tiny-flux", "pinned": f"tiny-org/tiny-flux@{commit}"})
     generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
 
@@ -187,5 +164,5 @@ def test_a_single_file_checkpoint_reads_its_familys_configs_from_the_hub_cache(
     with pytest.raises(ModelUnavailable, match="needs the configs of stable-diffusion-v1-5/stable-diffusion-v1-5"):
         generator.generate(_request("file"))
 
-    _fill_hub_cache(offline_hub, SD15.single_file_config, tiny_models["demo"])
+    fill_hub_cache(offline_hub, SD15.single_file_config, tiny_models["demo"])
     assert generator.generate(_request("file")).size == (64, 96)
