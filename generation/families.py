@@ -140,6 +140,9 @@ class Family:
     # The Hub repository whose configs a single-file checkpoint of this family is read
     # with, unless the model names its own (`config=`).
     single_file_config: str = ""
+    # The denoiser's class where a checkpoint may hold it alone (Flux.1's are published
+    # so): the other parts then come from the repository above.
+    transformer: str = ""
 
     @property
     def default_scheduler(self) -> str:
@@ -247,6 +250,7 @@ SD3 = Family(
     default_steps=28,
     schedulers=FLOW_SCHEDULERS,
     single_file_config="stabilityai/stable-diffusion-3.5-medium",
+    transformer="SD3Transformer2DModel",
 )
 FLUX = Family(
     name="flux",
@@ -262,6 +266,7 @@ FLUX = Family(
     negative_prompt=False,
     schedulers=FLOW_SCHEDULERS,
     single_file_config="black-forest-labs/FLUX.1-dev",
+    transformer="FluxTransformer2DModel",
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, SD3, FLUX)}
@@ -292,6 +297,11 @@ def family_for_checkpoint_keys(keys) -> Family | None:
     if has("double_blocks.", "model.diffusion_model.double_blocks."):
         return FLUX
     if has("joint_blocks.", "model.diffusion_model.joint_blocks."):
+        return SD3
+    # A transformer saved in diffusers' own layout.
+    if has("single_transformer_blocks.") and has("x_embedder."):
+        return FLUX
+    if has("transformer_blocks.") and has("pos_embed.proj.") and has("context_embedder."):
         return SD3
     if has("conditioner.embedders.1.", "conditioner.embedders.0.model."):
         return SDXL

@@ -23,7 +23,16 @@ from PIL import Image
 
 from generation.demo_model import DEMO, demo_pipeline_path
 from generation.families import DEFAULT_FAMILY, SAMPLER_NAMES, Family, ModelLimits, family_for_pipeline
-from generation.sources import DEMO_SOURCE, ModelSpec, ModelUnavailable, detect_family, hub_cached_file, parse_spec
+from generation.sources import (
+    DEMO_SOURCE,
+    ModelSpec,
+    ModelUnavailable,
+    detect_family,
+    holds_vae,
+    hub_cached_file,
+    parse_spec,
+    safetensors_keys,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -218,7 +227,7 @@ def place_pipeline(pipe, *, device: str, offload: bool):
     return pipe
 
 
-def _from_folder(folder: Path, family: Family, dtype):
+def _from_folder(folder: Path, family: Family, dtype, **components):
     from diffusers import AutoPipelineForText2Image
 
     index = json.loads((Path(folder) / "model_index.json").read_text())
@@ -226,7 +235,7 @@ def _from_folder(folder: Path, family: Family, dtype):
     # may be a guess made before the files were here.
     family = family_for_pipeline(index.get("_class_name", "")) or family
     return AutoPipelineForText2Image.from_pretrained(
-        str(folder), dtype=dtype, local_files_only=True, **family.load_kwargs
+        str(folder), dtype=dtype, local_files_only=True, **family.load_kwargs, **components
     )
 
 
@@ -236,6 +245,13 @@ def _from_single_file(info: ModelInfo, family: Family, dtype):
     path = Path(info.source).expanduser()
     if not path.is_file():
         raise ModelUnavailable(f"Model {info.name!r}: {path} does not exist; fix its path in IMAGEGEN_MODELS.")
+    if transformer_only(info):
+        # The other parts (text encoders, VAE) come from the family's repository.
+        base = single_file_config(info)
+        transformer = getattr(diffusers, family.transformer).from_single_file(
+            str(path), config=str(base), subfolder="transformer", dtype=dtype, local_files_only=True
+        )
+        return _from_folder(base, family, dtype, transformer=transformer)
     config = single_file_config(info)
     pipeline_class = getattr(diffusers, family.pipelines[0])
     return pipeline_class.from_single_file(
@@ -243,12 +259,21 @@ def _from_single_file(info: ModelInfo, family: Family, dtype):
     )
 
 
-def single_file_config(info: ModelInfo, *, download: bool = False) -> Path:
-    """The local folder of configs a single-file checkpoint is read with.
+def transformer_only(info: ModelInfo) -> bool:
+    """Whether a single-file model holds its family's transformer alone (as Flux.1's files do)."""
+    path = Path(info.source).expanduser()
+    if not info.family.transformer or path.suffix != ".safetensors" or not path.is_file():
+        return False
+    return not holds_vae(safetensors_keys(path))
 
-    A local folder (`config=`), or a Hub repository's configs from the Hub cache: its
-    `config=`, else its family's reference repository. Loading never downloads them
-    (`manage.py model_pull NAME` does, with `download`).
+
+def single_file_config(info: ModelInfo, *, download: bool = False) -> Path:
+    """The local folder a single-file checkpoint is read with.
+
+    A local folder (`config=`), or a Hub repository from the Hub cache: its `config=`,
+    else its family's reference repository. For a checkpoint with all its parts only
+    the configs are needed; for a transformer alone, the other parts' weights too.
+    Loading never downloads them (`manage.py model_pull NAME` does, with `download`).
     """
     wanted = info.spec.config or info.family.single_file_config
     if Path(wanted).expanduser().is_dir():
@@ -257,18 +282,21 @@ def single_file_config(info: ModelInfo, *, download: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.model", "tokenizer*/*", "*/spiece.model"]
+    needs = "configs"
+    if transformer_only(info):
+        patterns += ["text_encoder*/*", "vae/*"]
+        needs = "text encoders, VAE and configs"
     try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=not download
-            )
+        folder = snapshot_download(
+            repo_id, revision=revision or None, allow_patterns=patterns, local_files_only=not download
         )
     except Exception as exc:
         raise ModelUnavailable(
-            f"Model {info.name!r}: the single-file checkpoint needs the configs of {repo_id}, which are not in the "
-            f"Hub cache. Run `manage.py model_pull {info.name}` where the machine is online, or name a local "
+            f"Model {info.name!r}: the single-file checkpoint needs the {needs} of {repo_id}, which are not in "
+            f"the Hub cache. Run `manage.py model_pull {info.name}` where the machine is online, or name a local "
             f"diffusers folder of the same architecture with ';config=/path' in IMAGEGEN_MODELS."
         ) from exc
+    return Path(folder)
 
 
 def hub_snapshot(info: ModelInfo, *, on_download: Callable[[], None] | None = None, progress: bool = False) -> Path:

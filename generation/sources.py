@@ -95,6 +95,11 @@ def safetensors_keys(path: Path) -> list[str]:
     return [key for key in header if key != "__metadata__"]
 
 
+def holds_vae(keys) -> bool:
+    """Whether a single-file checkpoint carries a VAE (else it is a denoiser alone)."""
+    return any(key.startswith(("vae.", "first_stage_model.")) for key in keys)
+
+
 def hub_cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
     """A file of a Hub repository from the local Hub cache (HF_HUB_CACHE), or None; never online."""
     from huggingface_hub import try_to_load_from_cache

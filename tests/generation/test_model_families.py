@@ -166,3 +166,24 @@ def test_a_single_file_checkpoint_reads_its_familys_configs_from_the_hub_cache(
 
     fill_hub_cache(offline_hub, SD15.single_file_config, tiny_models["demo"])
     assert generator.generate(_request("file")).size == (64, 96)
+
+
+def test_a_flux_transformer_alone_in_one_file_takes_the_other_parts_from_the_hub_cache(
+    tiny_models, offline_hub, tmp_path
+):
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_models["tiny-flux"], subfolder="transformer")
+    path = tmp_path / "flux1-tiny.safetensors"
+    save_file({key: value.contiguous() for key, value in transformer.state_dict().items()}, str(path))
+    registry = ModelRegistry({"file": str(path), "folder": tiny_models["tiny-flux"]})
+    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    assert registry.get("file").family is FLUX
+
+    with pytest.raises(ModelUnavailable, match="needs the text encoders, VAE and configs of black-forest-labs/FLUX.1"):
+        generator.generate(_request("file"))
+
+    fill_hub_cache(offline_hub, FLUX.single_file_config, tiny_models["tiny-flux"])
+    from_file = np.asarray(generator.generate(_request("file")))
+    assert np.array_equal(from_file, np.asarray(generator.generate(_request("folder"))))
