@@ -157,17 +157,24 @@ class Family:
             return torch.float16  # pre-Ampere GPUs: fp16 runs, if less safely
         return getattr(torch, self.dtype)
 
-    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
-        """The pipeline's arguments for `request` (without generator and callbacks)."""
+    def call_kwargs(self, requests: list[GenerationRequest]) -> dict[str, Any]:
+        """The pipeline's arguments for a pass of `requests` (without generators and callbacks).
+
+        The requests share a pass key (size, steps, guidance); each keeps its prompt and
+        negative prompt.
+        """
+        first = requests[0]
         kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "width": request.width,
-            "height": request.height,
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
+            "prompt": [request.prompt for request in requests],
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
         }
         if self.negative_prompt:
-            kwargs["negative_prompt"] = request.negative_prompt or None
+            negatives = [request.negative_prompt for request in requests]
+            # An empty negative prompt is what the pipeline uses for none.
+            kwargs["negative_prompt"] = negatives if any(negatives) else None
         return kwargs
 
     def infotext_fields(self, request: GenerationRequest) -> list[tuple[str, str]]:

@@ -60,6 +60,14 @@ class TransientGenerationError(Exception):
     """A failure that may go away on its own (memory pressure, a busy device)."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device (or the host) ran out of memory: a smaller pass may fit."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom))
+
+
 def is_transient(exc: BaseException) -> bool:
     import torch
 
@@ -401,13 +409,26 @@ class ImageGenerator:
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Image.Image:
         """Run one request; `on_step` may raise to abort (cancel, timeout)."""
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
+    ) -> list[Image.Image]:
+        """Make the images of several requests in one pass of the pipeline.
+
+        The requests share a pass key (model, size, steps, guidance, scheduler); each
+        keeps its own prompt, negative prompt and seed, with a `torch.Generator` of its
+        own, so each image is the one its request would get alone. `on_step` gets the
+        whole batch's latents, one row per request, and may raise to abort the pass.
+        """
         import torch
 
+        first = requests[0]
         with self._lock:
-            pipe = self.load(request.model)
+            pipe = self.load(first.model)
             family = self._family
-            set_scheduler(pipe, request.scheduler, family)
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            set_scheduler(pipe, first.scheduler, family)
+            generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
 
             def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
                 if on_step is not None:
@@ -416,13 +437,13 @@ class ImageGenerator:
 
             with torch.inference_mode():
                 result = pipe(
-                    **family.call_kwargs(request),
-                    generator=generator,
+                    **family.call_kwargs(requests),
+                    generator=generators,
                     callback_on_step_end=step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
-            return result.images[0]
+            return list(result.images)
 
 
 # --- Output -------------------------------------------------------------------------

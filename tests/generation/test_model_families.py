@@ -92,7 +92,7 @@ def test_sizes_dtypes_and_guidance_differ_per_family():
     }
     assert (FLUX.guidance, FLUX.negative_prompt) == ("distilled", False)
     assert (SD3.guidance, SD3.negative_prompt, list(SD3.schedulers)) == ("cfg", True, ["euler"])
-    assert "negative_prompt" not in FLUX.call_kwargs(_request("flux", negative_prompt="x"))
+    assert "negative_prompt" not in FLUX.call_kwargs([_request("flux", negative_prompt="x")])
     assert FAMILIES["sd15"].torch_dtype("cpu") == torch.float32
 
 
