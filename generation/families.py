@@ -143,6 +143,10 @@ class Family:
     # The denoiser's class where a checkpoint may hold it alone (Flux.1's are published
     # so): the other parts then come from the repository above.
     transformer: str = ""
+    # SDXL's pipeline guides with zeros, not the encoded empty text, when there is no
+    # negative prompt (`force_zeros_for_empty_prompt`): a pass mixing requests with and
+    # without one needs its text encoded per request (see pipeline.py).
+    zeros_for_no_negative: bool = False
 
     @property
     def default_scheduler(self) -> str:
@@ -244,6 +248,7 @@ SDXL = Family(
     default_guidance=5.0,
     default_steps=30,
     single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
+    zeros_for_no_negative=True,
 )
 SD3 = Family(
     name="sd3",

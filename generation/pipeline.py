@@ -436,14 +436,49 @@ class ImageGenerator:
                 return callback_kwargs
 
             with torch.inference_mode():
+                kwargs = family.call_kwargs(requests)
+                if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+                    kwargs = _zeros_for_no_negative(pipe, requests, kwargs)
                 result = pipe(
-                    **family.call_kwargs(requests),
+                    **kwargs,
                     generator=generators,
                     callback_on_step_end=step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
             return list(result.images)
+
+
+def _zeros_for_no_negative(pipe, requests: list[GenerationRequest], kwargs: dict) -> dict:
+    """SDXL's text embeddings for a pass mixing requests with and without a negative prompt.
+
+    Alone, a request without one is guided by zeros; in a pass where another request has
+    one, the pipeline would encode the empty text for it instead, and its image would
+    differ from the one it gets alone. So the pass's text is encoded here and the rows
+    without a negative prompt are zeroed, as the pipeline does for a request alone.
+    """
+    missing = [not request.negative_prompt for request in requests]
+    if all(missing) or not any(missing):
+        return kwargs
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=kwargs["prompt"],
+        device=pipe._execution_device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=[request.negative_prompt for request in requests],
+    )
+    for row, none in enumerate(missing):
+        if none:
+            negative[row] = 0
+            negative_pooled[row] = 0
+    rest = {key: value for key, value in kwargs.items() if key not in ("prompt", "negative_prompt")}
+    return {
+        **rest,
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": negative,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
 
 
 # --- Output -------------------------------------------------------------------------

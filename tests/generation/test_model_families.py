@@ -187,3 +187,14 @@ def test_a_flux_transformer_alone_in_one_file_takes_the_other_parts_from_the_hub
     fill_hub_cache(offline_hub, FLUX.single_file_config, tiny_models["tiny-flux"])
     from_file = np.asarray(generator.generate(_request("file")))
     assert np.array_equal(from_file, np.asarray(generator.generate(_request("folder"))))
+
+
+@pytest.mark.parametrize("model", list(TINY))
+def test_each_family_makes_the_same_images_in_one_pass_as_alone(generator, model):
+    guidance = TINY[model].default_guidance
+    first = _request(model, seed=1, guidance=guidance, negative_prompt="" if model == "tiny-flux" else "fog")
+    second = _request(model, seed=2, guidance=guidance, prompt="a dog")
+    together = generator.generate_batch([first, second])
+    for request, image in zip([first, second], together, strict=True):
+        alone = np.asarray(generator.generate(request), dtype=int)
+        assert np.abs(alone - np.asarray(image, dtype=int)).max() <= 2, "the same image, within rounding"

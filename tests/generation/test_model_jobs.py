@@ -195,3 +195,22 @@ def test_the_eta_is_learned_per_model(submit, tiny):
     estimate = duration_estimator()
     assert estimate("demo", 64, 64, 10) == pytest.approx(2)
     assert estimate("tiny-flux", 64, 64, 10) == pytest.approx(20)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_jobs_of_a_family_share_a_pass_each_with_its_own_preview_and_image(
+    model, tiny, sent, monkeypatch, settings, submit, runner_for
+):
+    settings.IMAGEGEN_MAX_BATCH = 2
+    monkeypatch.setattr(worker, "PREVIEW_INTERVAL", 0)
+    jobs = [submit(f"image {seed}", model=model, seed=seed, steps=3) for seed in (1, 2)]
+
+    runner_for(get_generator()).run_queue(budget=60)
+
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.status, job.batch_size) == ("complete", 2)
+        assert any(e["type"] == "job.preview" and e["job_id"] == job.pk for e in sent)
+    with Image.open(jobs[0].image.path) as a, Image.open(jobs[1].image.path) as b:
+        assert a.tobytes() != b.tobytes()
