@@ -43,7 +43,7 @@ def test_each_family_runs_offline_with_its_own_latents_and_preview(generator, mo
     assert preview.mode == "RGB" and preview.size == (8, 12)  # the latents' own size, upright
 
 
-@pytest.mark.parametrize("model", list(TINY))
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])  # demo: test_pipeline.py
 def test_the_same_seed_gives_the_same_image_in_every_family(generator, model):
     first = np.asarray(generator.generate(_request(model, seed=9)))
     again = np.asarray(generator.generate(_request(model, seed=9)))
