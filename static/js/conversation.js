@@ -411,7 +411,9 @@
       for (const [name, value] of Object.entries(limits.defaults)) {
         const field = form.elements[name];
         if (!field) continue;
-        if (String(field.value) === String(previous.defaults[name]) || field.value === "") field.value = value;
+        const before = previous.defaults[name];
+        const untouched = field.value === "" || field.value === String(before) || Number(field.value) === before;
+        if (untouched) field.value = value;
         field.dataset.default = value;
       }
       for (const name of ["width", "height"]) {
