@@ -153,3 +153,37 @@ def test_admin_and_the_queue_command_show_which_jobs_ran_together(settings, clie
 class _Batching(FakeGenerator):
     def generate_batch(self, requests, on_step=None):
         return [self.generate(request) for request in requests]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_images_of_one_prompt_finishing_at_the_same_moment_leave_the_message_complete(submit):
+    import threading
+
+    from django.db import connection
+
+    job = submit("four at once", count=4)
+    jobs = services.jobs_claim(worker="w:1", max_batch=4)
+    assert len(jobs) == 4
+    start = threading.Barrier(4)
+    errors = []
+
+    def complete(job_id):
+        try:
+            start.wait()
+            services.job_complete(job_id=job_id, png=b"\x89PNG fake")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=complete, args=(each.pk,)) for each in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    message = Message.objects.get(pk=job.message_id)
+    assert message.metadata["status"] == "complete"
+    assert message.content == "Your 4 images are ready."
+    assert {entry["status"] for entry in message.metadata["images"].values()} == {"complete"}
