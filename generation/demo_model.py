@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 DEMO = "demo"
 # Bump when the random pipelines' configs change, so a stale cache is not reused.
 DEMO_VERSION = "1"
-# The tiny family shapes, with the family each one has.
+# The tiny family shapes, with the family each one has, and their own version.
 TINY_FAMILIES = {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
+TINY_VERSION = "2"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -211,7 +212,8 @@ def _tiny_vae(latent_channels: int, **config):
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=latent_channels,
-        sample_size=64,
+        # As the real VAEs: tiling (the memory mode) starts above this size, not at tiny sizes.
+        sample_size=512,
         **RANDOM_SHAPES["demo"]["vae"],
         **config,
     )
@@ -346,7 +348,7 @@ def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:
         raise KeyError(f"Unknown shape {shape!r}; known: {', '.join([*RANDOM_SHAPES, *TINY_FAMILIES])}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{shape}-v{DEMO_VERSION}"
+    target = cache_dir / f"{shape}-v{TINY_VERSION if shape in TINY_FAMILIES else DEMO_VERSION}"
     if not (target / "model_index.json").exists():
         logger.info("Building the %s model in %s", shape, target)
         build_random_pipeline(target, shape)
