@@ -40,14 +40,14 @@ def main() -> None:
     parser.add_argument("--redis", help="a Redis URL: channel layer and broker on Redis (default: embedded)")
     parser.add_argument("--sd15-shaped", action="store_true", help="an SD-1.5-shaped model instead of demo")
     parser.add_argument(
-        "--model", choices=["sd15", "sdxl", "sd3", "flux"], default="sd15", help="the tiny model of this family"
+        "--model", choices=["sd15", "sdxl", "sd3", "flux"], help="the tiny model of this family (sd15: demo)"
     )
     args = parser.parse_args()
 
     model = "demo"
     overrides = {}
     cache = Path(os.environ.get("IMAGEGEN_MODEL_CACHE", ROOT / "var" / "models"))
-    if args.model != "sd15":
+    if args.model not in (None, "sd15"):
         from generation.demo_model import random_pipeline_path
 
         model = f"tiny-{args.model}"
@@ -117,7 +117,7 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:24} {value}")
-    family = f"_{args.model}" if args.model != "sd15" else ""
+    family = f"_{args.model}" if args.model else ""
     name = "worker_overhead" + family + ("_sd15" if args.sd15_shaped else "") + ("_redis" if args.redis else "")
     print(f"written to {write_result(name, result).relative_to(ROOT)}")
 
