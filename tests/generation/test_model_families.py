@@ -198,3 +198,14 @@ def test_each_family_makes_the_same_images_in_one_pass_as_alone(generator, model
     for request, image in zip([first, second], together, strict=True):
         alone = np.asarray(generator.generate(request), dtype=int)
         assert np.abs(alone - np.asarray(image, dtype=int)).max() <= 2, "the same image, within rounding"
+
+
+def test_the_last_model_stays_loaded_and_another_family_swaps_it(generator):
+    generator.generate(_request("tiny-flux"))
+    loads = generator.loads
+    generator.generate(_request("tiny-flux", seed=4))
+    assert generator.loads == loads
+    generator.generate(_request("tiny-sdxl"))
+    generator.generate(_request("tiny-sdxl", seed=4))
+    assert generator.loads == loads + 1
+    assert type(generator.load("tiny-sdxl")).__name__ == "StableDiffusionXLPipeline"
