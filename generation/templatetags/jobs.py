@@ -5,6 +5,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from generation import texts
+from generation.registry import model_family
 
 register = template.Library()
 
@@ -66,3 +67,9 @@ def reuse_json(job) -> str:
 def text(name: str) -> str:
     """A sentence from generation/texts.py, by name."""
     return getattr(texts, name)
+
+
+@register.filter
+def guidance_label(job) -> str:
+    """ "CFG" for classifier-free guidance; "Guidance" where the model takes it as an input (Flux)."""
+    return "Guidance" if model_family(job.model).guidance == "distilled" else "CFG"

@@ -29,6 +29,7 @@ def test_choosing_a_flux_model_moves_the_settings_to_its_defaults_and_makes_its_
     card = page.locator(".job-card").last
     expect(card.locator("[data-testid=job-complete] img")).to_be_visible(timeout=90_000)
     expect(card).to_contain_text("flux")
+    expect(card.locator("figcaption")).to_contain_text("Guidance 3.5")
     shot(page, "flux-model")
 
     page.evaluate("document.querySelector('details.advanced').open = true")
