@@ -77,6 +77,8 @@ def test_the_embedded_defaults_need_no_services():
         ({"IMAGEGEN_TIMEOUT_SECONDS": "0"}, "IMAGEGEN_TIMEOUT_SECONDS must be at least 1"),
         ({"IMAGEGEN_MODELS": "broken"}, "IMAGEGEN_MODELS entries must look like name=/path"),
         ({"IMAGEGEN_MODELS": "demo=/x"}, "reserved"),
+        ({"IMAGEGEN_MODELS": "flux=black-forest-labs/FLUX.1-dev;fast"}, "model 'flux': unknown option 'fast'"),
+        ({"IMAGEGEN_MODELS": "x=/m.safetensors;family=sd4"}, "unknown option 'family=sd4'"),
         ({"IMAGEGEN_DEFAULT_MODEL": "sdxl"}, "is not in IMAGEGEN_MODELS"),
         ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
         ({"DATABASE_URL": "postgres://u@db/app", "DATABASE_POOL_MAX_SIZE": "-1"}, "must be at least 0"),
