@@ -57,15 +57,18 @@ WEB_ENV = {"DATABASE_POOL_MAX_SIZE": "20"}
 
 
 def start_web(data_dir: Path, log_path: Path, *, port: int = 0, **extra: str) -> tuple[subprocess.Popen, str]:
-    """daphne against the test database on `port` (default: a free one); returns (process, base URL)."""
+    """The web server (scripts/web.py, as the Procfile runs it) against the test database
+    on `port` (default: a free one), with one daphne process unless WEB_PROCESSES says
+    otherwise; returns (launcher process, base URL)."""
     if not port:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
+    settings = {**WEB_ENV, "WEB_PROCESSES": "1", **extra, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port)}
     web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
+        [sys.executable, "scripts/web.py"],
         cwd=BASE_DIR,
-        env=worker_env(data_dir, **{**WEB_ENV, **extra}),
+        env=worker_env(data_dir, **settings),
         stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
