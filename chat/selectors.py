@@ -1,7 +1,7 @@
 """Reads for conversations and messages."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 
 from chat.models import Conversation, Message
@@ -31,4 +31,8 @@ def conversation_get_for_user(*, user: AbstractBaseUser, conversation_id: int) -
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    return Message.objects.filter(conversation=conversation).select_related("image_job")
+    """The conversation's messages, each with its image jobs (one per image asked for) in order."""
+    from generation.models import ImageJob
+
+    jobs = Prefetch("image_jobs", queryset=ImageJob.objects.order_by("image_index"))
+    return Message.objects.filter(conversation=conversation).prefetch_related(jobs)

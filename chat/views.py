@@ -60,13 +60,13 @@ def conversation_delete(request, conversation_id: int):
 
 
 def _message_items(messages_list) -> list[dict]:
-    jobs = [message.image_job for message in messages_list if hasattr(message, "image_job")]
-    states = generation_selectors.job_live_states(jobs=jobs)
-    items = []
-    for message in messages_list:
-        job = getattr(message, "image_job", None)
-        items.append({"message": message, "job": job, "live": states.get(job.pk, {}) if job else {}})
-    return items
+    """What `chat/_messages.html` shows per message: its jobs (cards), each with its live state."""
+    jobs_of = {message.pk: list(message.image_jobs.all()) for message in messages_list}
+    states = generation_selectors.job_live_states(jobs=[job for jobs in jobs_of.values() for job in jobs])
+    return [
+        {"message": message, "cards": [(job, states.get(job.pk, {})) for job in jobs_of[message.pk]]}
+        for message in messages_list
+    ]
 
 
 def _render_conversation(request, conversation, form, status=200):
@@ -103,11 +103,10 @@ def job_submit(request, conversation_id: int):
     else:
         if not _is_fetch(request):
             return redirect("chat:conversation", conversation_id=conversation.pk)
-        # The new card's position is its rank now; its ETA comes with the next queue broadcast.
-        items = [
-            {"message": job.prompt_message, "job": None, "live": {}},
-            {"message": job.message, "job": job, "live": {"position": generation_selectors.queue_position(job=job)}},
-        ]
+        # The new cards' positions are their ranks now; ETAs come with the next queue broadcast.
+        first = generation_selectors.queue_position(job=job)
+        cards = [(each, {"position": first + index if first else None}) for index, each in enumerate(job.prompt_jobs)]
+        items = [{"message": job.prompt_message, "cards": []}, {"message": job.message, "cards": cards}]
         response = render(request, "chat/_messages.html", {"items": items}, status=201)
         # The first prompt may have named the conversation; the page shows the new title.
         response["X-Conversation-Title"] = quote(job.conversation.title)

@@ -90,16 +90,13 @@ def queue_broadcast_run(
         since = None if _copied_at is None else (moment - _copied_at).total_seconds()
         copy_due = since is None or not 0 <= since < copy_interval(len(entries))
         if copy_due:
-            message_update_many(
-                updates={
-                    entry["message_id"]: {
-                        "queue_position": entry["position"],
-                        "estimated_seconds": entry["estimated_seconds"],
-                    }
-                    for entry in entries
-                },
-                only_if={"status": "queued"},
-            )
+            # A message shared by several images of a prompt shows its first one's
+            # place and when its last one should be ready.
+            copies: dict[int, dict] = {}
+            for entry in entries:
+                copy = copies.setdefault(entry["message_id"], {"queue_position": entry["position"]})
+                copy["estimated_seconds"] = entry["estimated_seconds"]
+            message_update_many(updates=copies, only_if={"status": "queued"})
             _copied_at = moment
         per_user: dict[int, list[dict]] = {}
         for entry in entries:

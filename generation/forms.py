@@ -15,6 +15,7 @@ SIZE_MAX = 2048
 SIZE_STEP = 8
 STEPS_MIN, STEPS_MAX = 1, 100
 GUIDANCE_MIN, GUIDANCE_MAX = 0, 30
+COUNT_MIN, COUNT_MAX = 1, 8
 
 # Common sizes with their aspect ratios, for the composer's presets (all within the demo limit).
 SIZE_PRESETS = [
@@ -112,7 +113,17 @@ class JobForm(forms.Form):
         error_messages={"invalid_choice": "Scheduler: choose one from the list."},
     )
 
-    DEFAULTS = {"width": 512, "height": 512, "steps": 20, "guidance": 7.0, "scheduler": DEFAULT_SCHEDULER}
+    count = forms.IntegerField(
+        min_value=COUNT_MIN,
+        max_value=COUNT_MAX,
+        required=False,
+        label="Images",
+        error_messages=_range_errors(f"Images: {COUNT_MIN}-{COUNT_MAX}."),
+        help_text="How many images of this prompt (seeds seed, seed+1, …).",
+        widget=_number({"placeholder": "1"}),
+    )
+
+    DEFAULTS = {"count": 1, "width": 512, "height": 512, "steps": 20, "guidance": 7.0, "scheduler": DEFAULT_SCHEDULER}
     # For the template: the counter's limit and the size presets.
     prompt_max_length = PROMPT_MAX_LENGTH
     size_presets = SIZE_PRESETS

@@ -63,7 +63,10 @@ class ImageJob(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="image_jobs")
     conversation = models.ForeignKey("chat.Conversation", models.CASCADE, related_name="image_jobs")
-    message = models.OneToOneField("chat.Message", models.CASCADE, related_name="image_job")
+    # A prompt asking for n images makes n jobs that share one assistant message.
+    message = models.ForeignKey("chat.Message", models.CASCADE, related_name="image_jobs")
+    image_index = models.PositiveSmallIntegerField(default=0, help_text="Which of its prompt's images (0-based).")
+    image_count = models.PositiveSmallIntegerField(default=1, help_text="How many images its prompt asked for.")
 
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True)
@@ -84,6 +87,10 @@ class ImageJob(models.Model):
     error = models.TextField(blank=True, help_text="What the user is told.")
     error_detail = models.TextField(blank=True, help_text="What went wrong, for admins.")
     image = models.FileField(upload_to="images/%Y/%m/%d/", blank=True)
+    batch = models.CharField(
+        max_length=32, blank=True, db_index=True, help_text="The pass it last ran in; jobs that share it ran together."
+    )
+    batch_size = models.PositiveSmallIntegerField(default=1, help_text="How many images that pass made.")
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -107,6 +114,15 @@ class ImageJob(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in self.PENDING
+
+    @property
+    def in_group(self) -> bool:
+        """One of several images asked for by one prompt (they share a message and a card)."""
+        return self.image_count > 1
+
+    def pass_key(self) -> tuple:
+        """Jobs with equal keys can be made in one pass of the pipeline."""
+        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler)
 
 
 class CircuitBreaker(models.Model):
@@ -162,6 +178,7 @@ class Worker(models.Model):
     started_at = models.DateTimeField()
     last_seen_at = models.DateTimeField(db_index=True)
     stopping = models.BooleanField(default=False, help_text="Told to stop: it claims nothing more.")
+    max_batch = models.PositiveSmallIntegerField(default=1, help_text="The most images it makes in one pass.")
 
     class Meta:
         ordering = ["host", "pid"]

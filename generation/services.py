@@ -25,7 +25,7 @@ from django.utils import timezone
 from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors, texts
-from generation.forms import JobForm
+from generation.forms import SEED_MAX, JobForm
 from generation.locks import worker_is_gone
 from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket, Worker
 from generation.pipeline import is_transient
@@ -70,10 +70,36 @@ def _transition(
     metadata = {"status": to, **(metadata or {})}
     if to in ImageJob.FINAL:
         metadata["retrying"] = False  # a requeued job that ends is no longer being retried
-    message_update(job.message_id, content=content, metadata=metadata)
+    _message_update(job, metadata=metadata, content=content)
     if Status.QUEUED in expected or to == Status.QUEUED:
         _queue_changed()
     return job
+
+
+def _message_update(job: ImageJob, *, metadata: dict[str, Any], content: str | None = None) -> None:
+    """Merge a job's state into its message.
+
+    A message with one job holds that job's state. One shared by the images of a
+    prompt holds each job's state under `images.<job id>`, and, when a status changes,
+    the prompt's as a whole: running while any runs, queued while any waits, then
+    complete if any image was made.
+    """
+    if not job.in_group:
+        message_update(job.message_id, content=content, metadata=metadata)
+        return
+    update: dict[str, Any] = {"images": {str(job.pk): metadata}}
+    content = None
+    if "status" in metadata:
+        statuses = list(ImageJob.objects.filter(message_id=job.message_id).values_list("status", flat=True))
+        status = next(
+            (state for state in (Status.PROCESSING, Status.QUEUED, Status.COMPLETE, Status.ERROR) if state in statuses),
+            Status.CANCELLED,
+        )
+        update["status"] = status
+        if status != Status.QUEUED:
+            update["queue_position"] = None
+        content = texts.group_content(status, job.image_count, statuses.count(Status.COMPLETE))
+    message_update(job.message_id, content=content, metadata=update)
 
 
 def _announce_queued(job: ImageJob) -> None:
@@ -96,78 +122,101 @@ def _queue_changed() -> None:
 # --- Submit ------------------------------------------------------------------------
 
 
-def _caps_refusal(owner_id: int, *, now: datetime, submission: bool) -> str | None:
+def _caps_refusal(owner_id: int, *, now: datetime, asked: int | None) -> str | None:
     """Lock the user's row, then check their caps; what to tell them, or None.
 
     One user's submissions and retries queue behind each other on that lock, so the
     caps hold even when several tabs or scripts ask at the same moment. The counts
     are a statement of their own: one that starts after the lock is granted sees
     every job committed by the one that held it (a single statement would count
-    from its own, older snapshot on PostgreSQL). A retry brings back a job, so
-    only the pending cap applies to it; a new submission also counts against the
-    per-minute rate.
+    from its own, older snapshot on PostgreSQL). The pending cap counts images, so
+    `asked` more must fit under it; a new submission (`asked` images) also counts,
+    as one prompt, against the per-minute rate. A retry (`asked` None) brings back
+    one job, so only the pending cap applies to it.
     """
     list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
     counts = ImageJob.objects.filter(owner_id=owner_id).aggregate(
         pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
-        recent=Count("pk", filter=Q(created_at__gte=now - timedelta(minutes=1))),
+        recent=Count("message_id", filter=Q(created_at__gte=now - timedelta(minutes=1)), distinct=True),
     )
-    if counts["pending"] >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
+    limit = settings.IMAGEGEN_MAX_PENDING_PER_USER
+    if counts["pending"] >= limit:
         return texts.pending_cap(counts["pending"])
-    if submission and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+    if asked is not None and counts["pending"] + asked > limit:
+        return texts.too_many_asked(counts["pending"], asked, limit)
+    if asked is not None and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
         return texts.TOO_FAST
     return None
 
 
-def job_submit(*, user: AbstractBaseUser, conversation: Conversation, prompt: str, **params: Any) -> ImageJob:
-    """Validate, then create the user's message, the assistant's message and the job.
+def job_submit(
+    *, user: AbstractBaseUser, conversation: Conversation, prompt: str, count: Any = 1, **params: Any
+) -> ImageJob:
+    """Validate, then create the user's message, the assistant's message and the jobs.
 
-    Raises ValidationError with field errors when any input is bad, or with a
-    message when a cap refuses it; nothing is created then. The worker is rung
-    after commit. The job returned carries what a page needs to show the exchange
-    without reading it back: `job.message` (the reply), `job.prompt_message` and
-    `job.conversation` with its title as it is now.
+    `count` images (1-8) of one prompt are `count` jobs that share the assistant's
+    message, with seeds seed, seed+1, ... (as AUTOMATIC1111 numbers a batch), next to
+    each other in the queue. Raises ValidationError with field errors when any input
+    is bad, or with a message when a cap refuses it; nothing is created then. The
+    worker is rung after commit. Returns the first job; it carries what a page needs
+    to show the exchange without reading it back: `job.prompt_jobs` (all the jobs,
+    in order), `job.message` (the reply), `job.prompt_message` and `job.conversation`
+    with its title as it is now.
     """
     if conversation.owner_id != user.pk:
         raise ValidationError({"conversation": texts.NOT_YOURS})
-    form = JobForm(data={"prompt": prompt, **params})
+    form = JobForm(data={"prompt": prompt, "count": count, **params})
     if not form.is_valid():
         raise ValidationError(form.errors.as_data())
     data = form.cleaned_data
+    count = data["count"]
     with transaction.atomic():
         now = timezone.now()
-        refusal = _caps_refusal(user.pk, now=now, submission=True)
+        refusal = _caps_refusal(user.pk, now=now, asked=count)
         if refusal:
             raise ValidationError(refusal)
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
+        seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
+        reply_metadata = {
+            "status": Status.QUEUED,
+            "progress": 0,
+            "prompt": data["prompt"],
+            "params": {**job_params, "negative_prompt": data["negative_prompt"]},
+            "created_at": now.isoformat(),
+        }
+        if count > 1:
+            reply_metadata.update(count=count, seeds=seeds)
         asked, assistant = exchange_post(
             conversation=conversation,
             prompt=data["prompt"],
-            reply=texts.QUEUED,
-            reply_metadata={
-                "status": Status.QUEUED,
-                "progress": 0,
-                "prompt": data["prompt"],
-                "params": {**job_params, "negative_prompt": data["negative_prompt"]},
-                "created_at": now.isoformat(),
-            },
+            reply=texts.QUEUED if count == 1 else texts.group_content(Status.QUEUED, count, 0),
+            reply_metadata=reply_metadata,
         )
-        job = ImageJob.objects.create(
-            owner=user,
-            conversation=conversation,
-            message=assistant,
-            prompt=data["prompt"],
-            negative_prompt=data["negative_prompt"],
-            sequence=QueueTicket.objects.create().pk,
-            **job_params,
-        )
-        message_update(assistant.pk, metadata={"job_id": job.pk})
-        assistant.metadata["job_id"] = job.pk
-        job.prompt_message = asked
-        _announce_queued(job)
+        jobs = []
+        for index, seed in enumerate(seeds):
+            job = ImageJob.objects.create(
+                owner=user,
+                conversation=conversation,
+                message=assistant,
+                prompt=data["prompt"],
+                negative_prompt=data["negative_prompt"],
+                sequence=QueueTicket.objects.create().pk,
+                image_index=index,
+                image_count=count,
+                **{**job_params, "seed": seed},
+            )
+            job.message = assistant
+            jobs.append(job)
+        ids = {"job_id": jobs[0].pk} if count == 1 else {"job_ids": [job.pk for job in jobs]}
+        message_update(assistant.pk, metadata=ids)
+        assistant.metadata.update(ids)
+        for job in jobs:
+            job.prompt_message = asked
+            job.prompt_jobs = jobs
+            _announce_queued(job)
         _queue_changed()
         transaction.on_commit(ring_worker, robust=True)
-    return job
+    return jobs[0]
 
 
 # --- The worker's side: claim, progress, outcome ---------------------------------
@@ -243,7 +292,7 @@ def job_progress(
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
             if not processing.update(progress=progress, heartbeat_at=now or timezone.now()):
                 return False
-            message_update(job.message_id, metadata={"progress": progress})
+            _message_update(job, metadata={"progress": progress})
         elif not processing.exists():
             return False
         if push:
@@ -401,7 +450,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     """
     now = now or timezone.now()
     with transaction.atomic():
-        refusal = _caps_refusal(job.owner_id, now=now, submission=False)
+        refusal = _caps_refusal(job.owner_id, now=now, asked=None)
         if refusal:
             raise JobError(refusal)
         retried = _transition(
@@ -455,12 +504,15 @@ def jobs_delete(*, jobs: QuerySet[ImageJob]) -> None:
     """Delete jobs as deleting their conversation does: pending ones cancelled, files removed.
 
     Each job goes with its bot message (whose status would otherwise stay behind in the
-    chat); the user's own prompt stays.
+    chat) once none of its prompt's other images is left; the user's own prompt stays.
     """
     with transaction.atomic():
         _cancel_pending(jobs)
         rows = dict(ImageJob.objects.filter(pk__in=jobs.values("pk")).values_list("pk", "image"))
-        Message.objects.filter(image_job__pk__in=rows).delete()  # the job goes with it (CASCADE)
+        messages = set(ImageJob.objects.filter(pk__in=rows).values_list("message_id", flat=True))
+        ImageJob.objects.filter(pk__in=rows).delete()
+        # A message goes with its last job; one that still holds other images of its prompt stays.
+        Message.objects.filter(pk__in=messages, image_jobs__isnull=True).delete()
         _delete_files_after_commit(rows)
 
 

@@ -13,6 +13,19 @@ READY = "Your image is ready."
 CANCELLED = "Cancelled."
 FAILED = "Sorry, the image could not be made."
 
+
+def group_content(status: str, count: int, ready: int) -> str:
+    """The content of a message whose prompt asked for `count` images, `ready` of them made."""
+    if status == "queued":
+        return f"Your {count} images are queued."
+    if status == "processing":
+        return f"Making your {count} images… {ready} of {count} ready."
+    if status == "complete":
+        return f"Your {count} images are ready." if ready == count else f"{ready} of {count} images are ready."
+    if status == "error":
+        return "Sorry, the images could not be made."
+    return CANCELLED
+
 # A failed job's error.
 FAILED_ERROR = "Image generation failed because of a problem on the server. Please try again."
 TRANSIENT_ERROR = "The image generator is temporarily unavailable. Please try again in a few minutes."
@@ -28,6 +41,15 @@ def timed_out(seconds: int) -> str:
 # Refusals.
 def pending_cap(pending: int) -> str:
     return f"You already have {pending} images waiting. Please wait for one to finish before asking for more."
+
+
+def too_many_asked(pending: int, asked: int, limit: int) -> str:
+    if not pending:
+        return f"At most {limit} images can wait for you at once. Please ask for fewer."
+    return (
+        f"You already have {pending} images waiting; {asked} more would pass your limit of {limit}. "
+        "Please ask for fewer, or wait for some to finish."
+    )
 
 
 TOO_FAST = "You are sending prompts too quickly. Please wait a minute and try again."

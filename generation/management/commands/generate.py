@@ -29,6 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default 512x512).")
         parser.add_argument("--seed", type=int, help="0 to 2**32-1 (default: random).")
         parser.add_argument("--guidance", type=float, help="Guidance scale, 0-30 (default 7).")
+        parser.add_argument("--count", type=int, help="How many images of the prompt, 1-8 (default 1).")
         parser.add_argument(
             "--user", help="Whose job it is (default: the only superuser). It goes to their 'Command line' chat."
         )
@@ -45,7 +46,7 @@ class Command(BaseCommand):
         logging.getLogger("django-q").setLevel(logging.WARNING)
         user = self._user(options["user"])
         params = {"negative_prompt": options["negative_prompt"]}
-        for key in ("model", "steps", "seed", "guidance"):
+        for key in ("model", "steps", "seed", "guidance", "count"):
             if options[key] is not None:
                 params[key] = options[key]
         if options["size"]:
@@ -60,9 +61,14 @@ class Command(BaseCommand):
         except ValidationError as exc:
             problems = [f"{field}: {' '.join(errors)}" for field, errors in getattr(exc, "message_dict", {}).items()]
             raise CommandError("; ".join(problems) or " ".join(exc.messages)) from None
-        self.stdout.write(f"Queued job {job.pk} for {user} (seed {job.seed}).")
+        jobs = job.prompt_jobs
+        if len(jobs) == 1:
+            self.stdout.write(f"Queued job {job.pk} for {user} (seed {job.seed}).")
+        else:
+            ids = ", ".join(str(each.pk) for each in jobs)
+            self.stdout.write(f"Queued jobs {ids} for {user} (seeds {jobs[0].seed}-{jobs[-1].seed}).")
         if options["wait"]:
-            self._follow(job, pickup_timeout=options["pickup_timeout"])
+            self._follow(jobs, pickup_timeout=options["pickup_timeout"])
 
     def _user(self, username):
         users = get_user_model().objects
@@ -85,29 +91,36 @@ class Command(BaseCommand):
             line += f", starts in {duration(state['estimated_start_seconds'])}"
         return line
 
-    def _follow(self, job, *, pickup_timeout: float) -> None:
+    def _follow(self, jobs, *, pickup_timeout: float) -> None:
+        """A progress bar over all the prompt's images until each has ended; their paths then."""
         queued_since = time.monotonic()
         last = None
         checked, queued_line = 0.0, ""
+        pks = [job.pk for job in jobs]
         while True:
-            job.refresh_from_db()
-            if job.status == ImageJob.Status.QUEUED:
+            jobs = sorted(ImageJob.objects.filter(pk__in=pks), key=lambda job: job.image_index)
+            pending = [job for job in jobs if job.is_pending]
+            if not pending:
+                break
+            if all(job.status == ImageJob.Status.QUEUED for job in pending):
                 if time.monotonic() - queued_since > pickup_timeout:
                     self.stdout.write("")
                     raise CommandError(
-                        f"No worker started job {job.pk} within {pickup_timeout:g} s; it stays queued. "
+                        f"No worker started job {pending[0].pk} within {pickup_timeout:g} s; it stays queued. "
                         "Is the gpu cluster running (make run)?"
                     )
                 if time.monotonic() - checked >= 1:
                     # The position reads the whole queue: once a second is plenty.
                     checked = time.monotonic()
-                    queued_line = self._queued_line(job)
+                    queued_line = self._queued_line(pending[0])
                 line = queued_line
-            elif job.status == ImageJob.Status.PROCESSING:
-                filled = job.progress * 30 // 100
-                line = f"[{'#' * filled}{'.' * (30 - filled)}] {job.progress:3d}%"
             else:
-                break
+                queued_since = time.monotonic()
+                progress = sum(job.progress if job.is_pending else 100 for job in jobs) // len(jobs)
+                filled = progress * 30 // 100
+                line = f"[{'#' * filled}{'.' * (30 - filled)}] {progress:3d}%"
+                if len(jobs) > 1:
+                    line += f" ({len(jobs) - len(pending)} of {len(jobs)} done)"
             if line != last:
                 # Padded, so a shorter line wipes out the end of a longer one.
                 self.stdout.write(f"\r{line:<60}", ending="")
@@ -115,9 +128,16 @@ class Command(BaseCommand):
                 last = line
             time.sleep(0.25)
         self.stdout.write("")
-        if job.status == ImageJob.Status.COMPLETE:
-            self.stdout.write(self.style.SUCCESS(job.image.path))
+        for job in jobs:
+            if job.status == ImageJob.Status.COMPLETE:
+                self.stdout.write(self.style.SUCCESS(job.image.path))
+        failed = [job for job in jobs if job.status != ImageJob.Status.COMPLETE]
+        if not failed:
             return
-        if job.status == ImageJob.Status.ERROR:
-            raise CommandError(f"Job {job.pk} failed: {job.error}")
-        raise CommandError(f"Job {job.pk} was {job.status}.")
+        if len(jobs) == 1:
+            job = failed[0]
+            if job.status == ImageJob.Status.ERROR:
+                raise CommandError(f"Job {job.pk} failed: {job.error}")
+            raise CommandError(f"Job {job.pk} was {job.status}.")
+        reasons = "; ".join(f"job {job.pk} {job.error or 'was ' + job.status}" for job in failed)
+        raise CommandError(f"{len(failed)} of {len(jobs)} images were not made: {reasons}")
