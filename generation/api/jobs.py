@@ -42,7 +42,7 @@ def request_key(*, endpoint: str, idempotency_key: str = "", body: bytes = b"") 
 
 def prompt_jobs(job: ImageJob) -> list[ImageJob]:
     """All the jobs one prompt made (n images), in queue order."""
-    jobs = getattr(job, "prompt_jobs", None)
+    jobs = getattr(job, "prompt_jobs", None)  # set by job_submit
     if jobs:
         return list(jobs)
     return list(ImageJob.objects.filter(message_id=job.message_id).order_by("sequence"))
@@ -88,23 +88,28 @@ def api_jobs_submit(
         except ValidationError as exc:
             if hasattr(exc, "error_dict"):
                 raise  # bad input, on its fields
-            raise Throttled(" ".join(exc.messages), retry_after(user=user, now=now)) from None
+            raise Throttled(" ".join(exc.messages), retry_after(user=user, asked=count, now=now)) from None
         if key:
             ApiRequest.objects.update_or_create(owner=user, key=key, defaults={"job": job, "created_at": now})
         return prompt_jobs(job)
 
 
-def retry_after(*, user, now=None) -> int:
-    """Seconds until the user's caps let a request in again (1-120)."""
+def retry_after(*, user, asked: int = 1, now=None) -> int:
+    """Seconds until the user's caps let a request for `asked` images in (1-120).
+
+    For the pending cap: until enough of the user's pending jobs should have ended
+    (their ETAs); for the rate: until the oldest prompt of the last minute leaves it.
+    """
     now = now or timezone.now()
     pending = list(ImageJob.objects.filter(owner=user, status__in=ImageJob.PENDING))
     waits = []
-    if len(pending) >= settings.IMAGEGEN_MAX_PENDING_PER_USER:
-        states = selectors.job_live_states(jobs=pending)
-        waits.append(min((s["estimated_seconds"] or 0) for s in states.values()) if states else 1)
-    recent = ImageJob.objects.filter(owner=user, created_at__gte=now - timedelta(minutes=1)).order_by("created_at")
-    if recent.count() >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
-        oldest = recent.values_list("created_at", flat=True).first()
+    over = len(pending) + asked - settings.IMAGEGEN_MAX_PENDING_PER_USER
+    if over > 0 and pending:
+        etas = sorted(state["estimated_seconds"] or 0 for state in selectors.job_live_states(jobs=pending).values())
+        waits.append(etas[min(over, len(etas)) - 1])
+    recent = ImageJob.objects.filter(owner=user, created_at__gte=now - timedelta(minutes=1))
+    if recent.values("message_id").distinct().count() >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+        oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
         waits.append(60 - (now - oldest).total_seconds())
     return max(1, min(RETRY_AFTER_MAX, round(max(waits, default=1))))
 

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
         ('chat', '0001_initial'),
-        ('generation', '0005_worker'),
+        ('generation', '0006_images_per_prompt_and_batches'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
