@@ -26,6 +26,7 @@ def group_content(status: str, count: int, ready: int) -> str:
         return "Sorry, the images could not be made."
     return CANCELLED
 
+
 # A failed job's error.
 FAILED_ERROR = "Image generation failed because of a problem on the server. Please try again."
 TRANSIENT_ERROR = "The image generator is temporarily unavailable. Please try again in a few minutes."

@@ -280,6 +280,8 @@ async def txt2img(request: HttpRequest):
     failed = [result.job for result in results if result.job.status == ImageJob.Status.ERROR]
     if not made and failed:
         raise ApiError(500, failed[0].error or "The image could not be made.", error="RuntimeError")
+    if not results:
+        raise ApiError(409, "The images were deleted before they were made.", error="RuntimeError")
     # Interrupted (cancelled) images are left out, as A1111 leaves out what it did not make.
     asked_echo = {
         **body,
@@ -289,7 +291,9 @@ async def txt2img(request: HttpRequest):
     info = _info(results, {"batch_size": asked_echo["batch_size"], "n_iter": asked_echo["n_iter"]})
     return JsonResponse(
         {
-            "images": [base64.b64encode(result.png).decode("ascii") for result in made],
+            "images": [base64.b64encode(result.png).decode("ascii") for result in made]
+            if body.get("send_images", True) is not False
+            else [],
             "parameters": asked_echo,
             "info": json.dumps(info),
         }
@@ -418,8 +422,15 @@ async def progress(request: HttpRequest):
 
 
 def interrupt_running(owner) -> list[int]:
+    """Cancel the owner's running job and, as A1111 stops a whole request, the images of
+    the same prompt still waiting; their other prompts stay queued."""
+    running = list(ImageJob.objects.filter(owner=owner, status=ImageJob.Status.PROCESSING))
+    rest = ImageJob.objects.filter(
+        owner=owner, status=ImageJob.Status.QUEUED, message_id__in=[job.message_id for job in running]
+    )
     cancelled = []
-    for job in ImageJob.objects.filter(owner=owner, status=ImageJob.Status.PROCESSING):
+    # The waiting images first, so the worker does not start one of them meanwhile.
+    for job in [*rest, *running]:
         if api_jobs.api_job_cancel(job=job):
             cancelled.append(job.pk)
     return cancelled
@@ -427,7 +438,7 @@ def interrupt_running(owner) -> list[int]:
 
 @_api_view
 async def interrupt(request: HttpRequest):
-    """POST /sdapi/v1/interrupt: stops the caller's running job, nobody else's."""
+    """POST /sdapi/v1/interrupt: stops the caller's running request, nobody else's."""
     _method(request, "POST")
     api_key = await _authenticate(request)
     await run_db(interrupt_running, api_key.owner)

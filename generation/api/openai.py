@@ -174,11 +174,12 @@ async def images_generations(request: HttpRequest):
     results = await run_db(api_jobs.results, ids)
     made = [result for result in results if result.png is not None]
     if not made:
-        ended = results[0].job if results else None
-        if ended is not None and ended.status == ImageJob.Status.CANCELLED:
-            raise ApiError(409, "The image was cancelled before it was made.", type="server_error", code="cancelled")
-        error = ended.error if ended is not None and ended.error else "The image could not be made."
-        raise ApiError(500, error, type="server_error", code="generation_failed")
+        failed = [result.job for result in results if result.job.status == ImageJob.Status.ERROR]
+        if failed:
+            error = failed[0].error or "The image could not be made."
+            raise ApiError(500, error, type="server_error", code="generation_failed")
+        # Cancelled (from the chat, the admin) or deleted with its conversation.
+        raise ApiError(409, "The image was cancelled before it was made.", type="server_error", code="cancelled")
     data = []
     for result in made:
         item: dict[str, Any] = {"revised_prompt": result.job.prompt}

@@ -47,8 +47,9 @@ async def run_db(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
 
 def _finished(job_ids: list[int]) -> set[int]:
-    ended = ImageJob.objects.filter(pk__in=job_ids).exclude(status__in=ImageJob.PENDING)
-    return set(ended.values_list("pk", flat=True))
+    """The jobs that ended; a job deleted meanwhile (with its conversation) has ended too."""
+    pending = ImageJob.objects.filter(pk__in=job_ids, status__in=ImageJob.PENDING)
+    return set(job_ids) - set(pending.values_list("pk", flat=True))
 
 
 class JobWatcher:

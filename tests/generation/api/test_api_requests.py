@@ -4,6 +4,7 @@ caps, listings, and per-user progress and interrupt."""
 import base64
 import json
 
+import anyio
 import pytest
 from django.test import Client
 
@@ -340,3 +341,31 @@ def test_a_preview_is_kept_per_job_and_pruned_when_it_ends(alice, alice_key, set
     pruned = services.records_prune()
 
     assert pruned["previews"] == 1 and not JobPreview.objects.exists()
+
+
+def test_interrupt_stops_the_running_request_with_its_batch_but_not_other_prompts(alice, alice_key):
+    api_key, key = alice_key
+    batch = api_jobs_submit(api_key=api_key, prompt="four owls", count=3, width=64, height=64)
+    (other,) = api_jobs_submit(api_key=api_key, prompt="one fox", count=1, width=64, height=64)
+    services.job_claim(worker="test:1")
+
+    _post(_a1111("alice", key), "/sdapi/v1/interrupt", {})
+
+    statuses = dict(ImageJob.objects.values_list("pk", "status"))
+    assert [statuses[job.pk] for job in batch] == ["cancelled"] * 3
+    assert statuses[other.pk] == "queued"
+
+
+@pytest.mark.anyio
+async def test_a_waiting_request_ends_when_its_job_is_deleted(alice, alice_key, settings):
+    from asgiref.sync import sync_to_async
+
+    from generation.api.waiting import wait_for_jobs
+
+    settings.IMAGEGEN_API_POLL_SECONDS = 0.05
+    api_key, _ = alice_key
+    (job,) = await sync_to_async(api_jobs_submit)(api_key=api_key, prompt="a fox", count=1, width=64, height=64)
+    await sync_to_async(services.conversation_delete)(conversation=job.conversation)
+
+    with anyio.fail_after(10):
+        await wait_for_jobs([job.pk])
