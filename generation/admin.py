@@ -36,13 +36,15 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         "size",
         "position",
         "progress",
+        "ran_with",
         "created_at",
         "started_at",
         "finished_at",
         "duration",
     )
     list_filter = ("status", "model", "owner", "created_at")
-    search_fields = ("prompt", "owner__username")
+    # Searching a batch name lists the jobs that ran in that pass.
+    search_fields = ("prompt", "owner__username", "=batch")
     list_select_related = ("owner",)
     ordering = ("-created_at", "-id")  # newest first; the queue view shows the FIFO order
     date_hierarchy = "created_at"
@@ -51,7 +53,11 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ("thumbnail", "status", "owner", "conversation", "message", "prompt", "negative_prompt")}),
         ("Parameters", {"fields": ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}),
-        ("Queue", {"fields": ("position", "sequence", "progress", "attempts", "not_before", "worker")}),
+        (
+            "Queue",
+            {"fields": ("position", "sequence", "progress", "attempts", "not_before", "worker", "batch", "batch_size")},
+        ),
+        ("Prompt's images", {"fields": ("image_index", "image_count")}),
         ("Outcome", {"fields": ("error", "error_detail", "image")}),
         ("Timings", {"fields": (*TIMINGS, "duration")}),
     ]
@@ -83,6 +89,16 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         if positions is None:
             positions = selectors.queue_positions()
         return positions.get(job.pk, "—")
+
+    @admin.display(description="Ran with")
+    def ran_with(self, job):
+        """The pass the job last ran in, linked to all its jobs."""
+        if not job.batch:
+            return "—"
+        if job.batch_size <= 1:
+            return "alone"
+        url = reverse("admin:generation_imagejob_changelist") + f"?q={job.batch}"
+        return format_html('<a href="{}">{} images ({})</a>', url, job.batch_size, job.batch)
 
     @admin.display(description="Duration")
     def duration(self, job):

@@ -32,19 +32,20 @@ def worker_name() -> str:
 
 
 class WorkerBeat:
-    def __init__(self, *, device: str, interval: float):
+    def __init__(self, *, device: str, interval: float, max_batch: int = 1):
         self.name = worker_name()
         self.pid = os.getpid()
         self.device = device
+        self.max_batch = max_batch
         self.interval = interval
-        self.loading_job: int | None = None
+        self.loading_jobs: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-beat", daemon=True)
 
     def start(self) -> None:
         from generation import services
 
-        services.worker_register(name=self.name, device=self.device)
+        services.worker_register(name=self.name, device=self.device, max_batch=self.max_batch)
         self._thread.start()
 
     def stop(self) -> None:
@@ -55,7 +56,11 @@ class WorkerBeat:
         from generation import services
 
         services.worker_beat(
-            name=self.name, device=self.device, loading_job_id=self.loading_job, stopping=stop_requested()
+            name=self.name,
+            device=self.device,
+            max_batch=self.max_batch,
+            loading_job_ids=self.loading_jobs,
+            stopping=stop_requested(),
         )
 
     def _loop(self) -> None:
@@ -75,17 +80,20 @@ class WorkerBeat:
             connection.close()
 
 
-def start(*, device: str | None = None) -> WorkerBeat:
+def start(*, device: str | None = None, max_batch: int = 1) -> WorkerBeat:
     """Register this process as a worker and start beating, once per process."""
     global _beat
     with _lock:
         if _beat is None or _beat.pid != os.getpid():
             _beat = WorkerBeat(
-                device=device or settings.IMAGEGEN_DEVICE, interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS
+                device=device or settings.IMAGEGEN_DEVICE,
+                interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS,
+                max_batch=max_batch,
             )
             _beat.start()
-        elif device and device != _beat.device:
-            _beat.device = device
+        elif (device and device != _beat.device) or max_batch != _beat.max_batch:
+            _beat.device = device or _beat.device
+            _beat.max_batch = max_batch
             _beat.beat()
         return _beat
 
@@ -106,14 +114,14 @@ def stop() -> None:
 
 
 @contextmanager
-def loading(job_id: int) -> Iterator[None]:
-    """While this block runs (a model loading for `job_id`), the beat keeps the job's heartbeat fresh."""
+def loading(job_ids: list[int]) -> Iterator[None]:
+    """While this block runs (a model loading for `job_ids`), the beat keeps the jobs' heartbeats fresh."""
     beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
     if beat is None:
         yield
         return
-    beat.loading_job = job_id
+    beat.loading_jobs = list(job_ids)
     try:
         yield
     finally:
-        beat.loading_job = None
+        beat.loading_jobs = []

@@ -59,6 +59,14 @@ class TransientGenerationError(Exception):
     """A failure that may go away on its own (memory pressure, a busy device)."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device (or the host) ran out of memory: a smaller pass may fit."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom))
+
+
 def is_transient(exc: BaseException) -> bool:
     import torch
 
@@ -198,32 +206,47 @@ class ImageGenerator:
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> Image.Image:
         """Run one request; `on_step` may raise to abort (cancel, timeout)."""
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
+    ) -> list[Image.Image]:
+        """Make the images of several requests in one pass of the pipeline.
+
+        The requests share a pass key (model, size, steps, guidance, scheduler); each
+        keeps its own prompt, negative prompt and seed, with a `torch.Generator` of its
+        own, so each image is the one its request would get alone. `on_step` gets the
+        whole batch's latents, one row per request, and may raise to abort the pass.
+        """
         import torch
 
+        first = requests[0]
         with self._lock:
-            pipe = self.load(request.model)
-            set_scheduler(pipe, request.scheduler)
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            pipe = self.load(first.model)
+            set_scheduler(pipe, first.scheduler)
+            generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
 
             def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
                 if on_step is not None:
                     on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
                 return callback_kwargs
 
+            negatives = [request.negative_prompt for request in requests]
             with torch.inference_mode():
                 result = pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    width=request.width,
-                    height=request.height,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
-                    generator=generator,
+                    prompt=[request.prompt for request in requests],
+                    # An empty negative prompt is what the pipeline uses for none.
+                    negative_prompt=negatives if any(negatives) else None,
+                    width=first.width,
+                    height=first.height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    generator=generators,
                     callback_on_step_end=step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
-            return result.images[0]
+            return list(result.images)
 
 
 # --- Output -------------------------------------------------------------------------

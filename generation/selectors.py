@@ -46,90 +46,137 @@ def queue_positions() -> dict[int, int]:
 
 
 def duration_estimator(*, history: int = 200):
-    """A function (model, width, height, steps) -> seconds, from recently finished jobs.
+    """A function (model, width, height, steps, batch=1) -> seconds a pass of `batch`
+    images takes, from recently finished jobs.
 
-    Seconds per step are measured per model and size; a size with no history is
-    scaled from the model's (or any model's) seconds per step per megapixel; with no
-    history at all a configured default is used.
+    Seconds per step of a pass are measured per model, size and batch size (a job of
+    a batched pass took as long as its pass). A batch size with no history takes the
+    size's seconds per image times the batch (no speed-up is promised before one is
+    measured); a size with no history is scaled from the model's (or any model's)
+    seconds per step per megapixel per image; with no history at all a configured
+    default is used.
     """
     recent = (
         ImageJob.objects.filter(status=Status.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
         .order_by("-finished_at")
-        .values_list("model", "width", "height", "steps", "started_at", "finished_at")[:history]
+        .values_list("model", "width", "height", "steps", "batch_size", "started_at", "finished_at")[:history]
     )
+    per_pass: dict[tuple[str, int, int, int], list[float]] = {}
     per_size: dict[tuple[str, int, int], list[float]] = {}
     per_model: dict[str, list[float]] = {}
     overall: list[float] = []
-    for model, width, height, steps, started, finished in recent:
+    for model, width, height, steps, batch, started, finished in recent:
         per_step = max((finished - started).total_seconds(), 0.0) / max(steps, 1)
-        per_size.setdefault((model, width, height), []).append(per_step)
-        per_megapixel = per_step / (width * height / 1e6)
+        per_pass.setdefault((model, width, height, batch), []).append(per_step)
+        per_image = per_step / max(batch, 1)
+        per_size.setdefault((model, width, height), []).append(per_image)
+        per_megapixel = per_image / (width * height / 1e6)
         per_model.setdefault(model, []).append(per_megapixel)
         overall.append(per_megapixel)
     default = settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP / (512 * 512 / 1e6)
-    rates: dict[tuple[str, int, int], float] = {}  # a queue repeats a few sizes many times
+    rates: dict[tuple[str, int, int, int], float] = {}  # a queue repeats a few sizes many times
 
-    def per_step(model: str, width: int, height: int) -> float:
-        measured = per_size.get((model, width, height))
+    def per_step(model: str, width: int, height: int, batch: int) -> float:
+        measured = per_pass.get((model, width, height, batch))
         if measured:
             return median(measured)
+        if batch == 1 and (model, width, height) in per_size:
+            return median(per_size[(model, width, height)])
+        if batch > 1:
+            return per_step(model, width, height, 1) * batch
         scaled = per_model.get(model) or overall
         per_megapixel = median(scaled) if scaled else default
         return per_megapixel * (width * height / 1e6)
 
-    def estimate(model: str, width: int, height: int, steps: int) -> float:
-        key = (model, width, height)
+    def estimate(model: str, width: int, height: int, steps: int, batch: int = 1) -> float:
+        key = (model, width, height, batch)
         if key not in rates:
-            rates[key] = per_step(model, width, height)
+            rates[key] = per_step(model, width, height, batch)
         return rates[key] * steps
 
     return estimate
 
 
+def _pass_key(row: dict) -> tuple:
+    return tuple(row[field] for field in PASS_FIELDS)
+
+
+PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler")  # as ImageJob.pass_key
+
+
 def queue_eta(*, now: datetime | None = None) -> list[dict]:
     """Every queued job with its position and ETA, in queue order (a window function).
 
-    The live workers are parallel lanes (at least one): each running job occupies the
-    lane that is free soonest for what is left of it, then each queued job, in queue
-    order, starts when the first lane frees and keeps that lane for its own duration.
-    With one worker that is the sum of everything ahead. `estimated_start_seconds` is
-    when a job should start, `estimated_seconds` adds its own duration (seconds until
-    done). A worker told to stop claims nothing more, so it is no lane.
+    The live workers are parallel lanes (at least one): each running pass occupies the
+    lane that is free soonest for what is left of it, then the queue is cut into
+    passes as the workers will claim them (the head and up to the workers' batch size
+    less one of the jobs that can share its pass, within IMAGEGEN_BATCH_WINDOW places
+    behind it); each pass, in order, starts when the first lane frees and keeps that
+    lane for its own duration. With one worker and no batching that is the sum of
+    everything ahead. `estimated_start_seconds` is when a job should start,
+    `estimated_seconds` adds its pass's duration (seconds until done). A worker told
+    to stop claims nothing more, so it is no lane. Positions stay the FIFO ranks.
     """
     estimate = duration_estimator()
     fields = ("model", "width", "height", "steps")
-    # A heap of the times at which each lane frees; the smallest is the next to take a job.
-    lanes = [0.0] * max(1, workers_live(now=now).filter(stopping=False).count())
-    for job in ImageJob.objects.filter(status=Status.PROCESSING).values("progress", *fields):
-        left = estimate(*(job[f] for f in fields)) * (100 - job["progress"]) / 100
+    live = list(workers_live(now=now).filter(stopping=False).values_list("max_batch", flat=True))
+    max_batch = max(live, default=1) or 1
+    # A heap of the times at which each lane frees; the smallest is the next to take a pass.
+    lanes = [0.0] * max(1, len(live))
+    running: dict[str, dict] = {}
+    for job in ImageJob.objects.filter(status=Status.PROCESSING).values(
+        "pk", "progress", "batch", "batch_size", *fields
+    ):
+        running.setdefault(job["batch"] or f"job-{job['pk']}", job)  # a pass's jobs move together
+    for job in running.values():
+        left = estimate(*(job[f] for f in fields), job["batch_size"]) * (100 - job["progress"]) / 100
         heapq.heapreplace(lanes, lanes[0] + left)
-    rows = (
+    rows = list(
         ImageJob.objects.filter(status=Status.QUEUED)
         .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
         .order_by("sequence")
-        .values("pk", "owner_id", "message_id", "position", *fields)
+        .values("pk", "owner_id", "message_id", "position", "guidance", "scheduler", *fields)
     )
-    entries = []
-    for row in rows:
-        own = estimate(*(row[f] for f in fields))
+    window = settings.IMAGEGEN_BATCH_WINDOW
+    timing: dict[int, tuple[float, float]] = {}
+    waiting = 0  # the first row not yet in a pass
+    while waiting < len(rows):
+        head = rows[waiting]
+        batch = [head]
+        if max_batch > 1:
+            seen = 0
+            for index in range(waiting + 1, len(rows)):
+                row = rows[index]
+                if len(batch) >= max_batch or seen >= window:
+                    break
+                if row["pk"] in timing:
+                    continue  # already in an earlier pass
+                seen += 1
+                if _pass_key(row) == _pass_key(head):
+                    batch.append(row)
         start = lanes[0]
-        entries.append(
-            {
-                "job_id": row["pk"],
-                "owner_id": row["owner_id"],
-                "message_id": row["message_id"],
-                "position": row["position"],
-                "estimated_start_seconds": round(start),
-                "estimated_seconds": round(start + own),
-            }
-        )
-        heapq.heapreplace(lanes, start + own)
-    return entries
+        done = start + estimate(*(head[f] for f in fields), len(batch))
+        for row in batch:
+            timing[row["pk"]] = (start, done)
+        heapq.heapreplace(lanes, done)
+        while waiting < len(rows) and rows[waiting]["pk"] in timing:
+            waiting += 1
+    return [
+        {
+            "job_id": row["pk"],
+            "owner_id": row["owner_id"],
+            "message_id": row["message_id"],
+            "position": row["position"],
+            "estimated_start_seconds": round(timing[row["pk"]][0]),
+            "estimated_seconds": round(timing[row["pk"]][1]),
+        }
+        for row in rows
+    ]
 
 
 def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
     estimate = estimate or duration_estimator()
-    return round(estimate(job.model, job.width, job.height, job.steps) * (100 - job.progress) / 100)
+    return round(estimate(job.model, job.width, job.height, job.steps, job.batch_size) * (100 - job.progress) / 100)
 
 
 def service_status(*, breaker: CircuitBreaker | None = None) -> dict[str, str]:
@@ -207,6 +254,20 @@ def image_list(*, user: AbstractBaseUser) -> QuerySet[ImageJob]:
         .select_related("conversation")
         .order_by("-finished_at", "-pk")
     )
+
+
+def recent_passes(*, limit: int = 5) -> list[tuple[str, list[int]]]:
+    """The latest finished passes that made several images: (batch name, job ids), newest first."""
+    recent = (
+        ImageJob.objects.filter(batch_size__gt=1, finished_at__isnull=False)
+        .order_by("-finished_at")
+        .values_list("batch", flat=True)[: limit * 8]
+    )
+    names = list(dict.fromkeys(recent))[:limit]
+    members: dict[str, list[int]] = {name: [] for name in names}
+    for batch, job_id in ImageJob.objects.filter(batch__in=names).order_by("sequence").values_list("batch", "pk"):
+        members[batch].append(job_id)
+    return list(members.items())
 
 
 def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:

@@ -8,6 +8,7 @@ metadata, in one transaction. Events go out after commit, from `generation.event
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -223,16 +224,32 @@ def job_submit(
 
 
 def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
-    """Move the oldest runnable queued job to `processing` and return it.
+    """Move the oldest runnable queued job to `processing` and return it (None: nothing to run)."""
+    jobs = jobs_claim(worker=worker, now=now, max_batch=1)
+    return jobs[0] if jobs else None
+
+
+def jobs_claim(
+    *, worker: str, now: datetime | None = None, max_batch: int = 1, window: int | None = None
+) -> list[ImageJob]:
+    """Claim the oldest runnable queued job and up to `max_batch - 1` more to share its pass.
+
+    The head of the queue always comes first. The others are the oldest runnable
+    jobs among the `window` behind it (IMAGEGEN_BATCH_WINDOW) that can share its
+    pass (`ImageJob.pass_key`: same model, size, steps, guidance and scheduler), so a
+    job moves ahead of at most `window` others and never of the head. Returns the
+    jobs claimed in queue order, sharing one `batch` name; empty when nothing is
+    runnable.
 
     The order is the job table's, whatever order the broker delivers doorbells in:
     a lost or doubled doorbell can neither lose nor double-run a job. On PostgreSQL
     `SKIP LOCKED` lets several workers (one per GPU) claim side by side; on SQLite
     the IMMEDIATE transaction already serialises claims. The compare-and-set is the
     final word either way. While the circuit breaker is open nothing is claimed;
-    when its cool-down has passed, the claimed job is its half-open trial.
+    when its cool-down has passed, the claimed job alone is its half-open trial.
     """
     now = now or timezone.now()
+    window = settings.IMAGEGEN_BATCH_WINDOW if window is None else window
     with transaction.atomic():
         # A closed breaker is only read: locking its row on every claim would make
         # every worker queue behind it. Only an open one is locked, to pick one trial.
@@ -240,13 +257,24 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
         if breaker is not None and breaker.state != CircuitBreaker.State.CLOSED:
             breaker = _breaker_locked()
             if not breaker.admits(now):
-                return None
+                return []
+            max_batch = 1
         runnable = ImageJob.objects.filter(status=Status.QUEUED).filter(
             Q(not_before__isnull=True) | Q(not_before__lte=now)
         )
         if connection.features.has_select_for_update_skip_locked:
             runnable = runnable.select_for_update(skip_locked=True)
-        for candidate in runnable.order_by("sequence").only("pk")[:5]:
+        fields = ("pk", "model", "width", "height", "steps", "guidance", "scheduler")
+        candidates = list(runnable.order_by("sequence").only(*fields)[: 1 + max(window, 4) if max_batch > 1 else 5])
+        batch = f"{timezone.now():%H%M%S}-{secrets.token_hex(3)}"
+        claimed: list[ImageJob] = []
+        head_at = 0  # the head's place among the candidates
+        for index, candidate in enumerate(candidates):
+            if claimed:
+                if len(claimed) >= max_batch or index > head_at + window:
+                    break
+                if candidate.pass_key() != claimed[0].pass_key():
+                    continue
             job = _transition(
                 candidate.pk,
                 "claim",
@@ -257,19 +285,27 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
                     "worker": worker,
                     "progress": 0,
                     "not_before": None,
+                    "batch": batch,
                 },
                 metadata={"progress": 0, "queue_position": None, "started_at": now.isoformat()},
                 content=texts.RUNNING,
             )
             if job is None:
-                continue
-            if breaker is not None and breaker.state == CircuitBreaker.State.OPEN:
-                _breaker_set(breaker, state=CircuitBreaker.State.HALF_OPEN)
+                continue  # somebody else moved it first
+            if not claimed:
+                head_at = index
+            claimed.append(job)
+        if not claimed:
+            return []
+        ImageJob.objects.filter(pk__in=[job.pk for job in claimed]).update(batch_size=len(claimed))
+        for job in claimed:
+            job.batch_size = len(claimed)
             events.send_to_user(
                 job.owner_id, "job.progress", job_id=job.pk, status=job.status, step=0, total=job.steps, progress=0
             )
-            return job
-    return None
+        if breaker is not None and breaker.state == CircuitBreaker.State.OPEN:
+            _breaker_set(breaker, state=CircuitBreaker.State.HALF_OPEN)
+        return claimed
 
 
 def job_progress(
@@ -373,6 +409,23 @@ def job_fail(*, job_id: int, error: str, detail: str = "", now: datetime | None 
     return job
 
 
+def jobs_record_failure(
+    *,
+    jobs: list[ImageJob],
+    exc: BaseException,
+    error: str | None = None,
+    detail: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """A failed pass: each of its jobs by the failure policy; the breaker counts it once."""
+    now = now or timezone.now()
+    for job in jobs:
+        job_record_failure(
+            job_id=job.pk, attempts=job.attempts, exc=exc, error=error, detail=detail, now=now, count=False
+        )
+    breaker_record_failure(now=now)
+
+
 def job_record_failure(
     *,
     job_id: int,
@@ -381,13 +434,14 @@ def job_record_failure(
     error: str | None = None,
     detail: str | None = None,
     now: datetime | None = None,
+    count: bool = True,
 ) -> ImageJob | None:
     """What a failed run of a job means; the failure policy, in one place.
 
     A transient error (out of memory, a busy device) with attempts left puts the job
     back in its place, runnable after 2, 4, 8... seconds; anything else ends it with
     `error`, or a message a person understands. Either way the failure counts once
-    against the circuit breaker.
+    against the circuit breaker (unless `count` is False: a pass counts once).
     """
     now = now or timezone.now()
     detail = detail or f"{type(exc).__name__}: {exc}"
@@ -398,7 +452,8 @@ def job_record_failure(
     else:
         error = error or (texts.TRANSIENT_ERROR if transient else texts.FAILED_ERROR)
         job = job_fail(job_id=job_id, error=error, detail=detail, now=now)
-    breaker_record_failure(now=now)
+    if count:
+        breaker_record_failure(now=now)
     return job
 
 
@@ -652,7 +707,7 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
 # --- Workers ----------------------------------------------------------------------
 
 
-def worker_register(*, name: str, device: str, now: datetime | None = None) -> Worker:
+def worker_register(*, name: str, device: str, max_batch: int = 1, now: datetime | None = None) -> Worker:
     """Record a worker process as started (a restarted pid on the same host starts afresh)."""
     now = now or timezone.now()
     host, _, pid = name.rpartition(":")
@@ -662,6 +717,7 @@ def worker_register(*, name: str, device: str, now: datetime | None = None) -> W
             "host": host,
             "pid": int(pid),
             "device": device,
+            "max_batch": max_batch,
             "started_at": now,
             "last_seen_at": now,
             "stopping": False,
@@ -674,16 +730,18 @@ def worker_beat(
     *,
     name: str,
     device: str,
-    loading_job_id: int | None = None,
+    max_batch: int = 1,
+    loading_job_ids: list[int] | None = None,
     stopping: bool = False,
     now: datetime | None = None,
 ) -> None:
-    """A worker is alive (and maybe stopping); a job whose model it is loading is too."""
+    """A worker is alive (and maybe stopping); the jobs whose model it is loading are too."""
     now = now or timezone.now()
-    if not Worker.objects.filter(name=name).update(last_seen_at=now, device=device, stopping=stopping):
-        worker_register(name=name, device=device, now=now)  # its row was pruned meanwhile
-    if loading_job_id is not None:
-        ImageJob.objects.filter(pk=loading_job_id, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)
+    changes = {"last_seen_at": now, "device": device, "max_batch": max_batch, "stopping": stopping}
+    if not Worker.objects.filter(name=name).update(**changes):
+        worker_register(name=name, device=device, max_batch=max_batch, now=now)  # its row was pruned meanwhile
+    if loading_job_ids:
+        ImageJob.objects.filter(pk__in=loading_job_ids, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)
 
 
 # --- Retention --------------------------------------------------------------------

@@ -18,7 +18,7 @@ def process_next_job() -> list[int]:
     if not ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         return []  # a spare doorbell: nothing to load, lock or claim
     runner = JobRunner()
-    heartbeat.start(device=runner.generator.device)
+    heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch)
     ran = runner.run_queue(budget=drain_budget())
     if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
         # Keep the queue moving even if a doorbell was lost, or the device was busy

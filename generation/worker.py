@@ -37,6 +37,7 @@ from generation.pipeline import (
     GenerationTimeout,
     ImageGenerator,
     infotext,
+    is_out_of_memory,
     latents_preview,
 )
 from generation.png import encode_png
@@ -52,7 +53,7 @@ PUSH_INTERVAL = 0.5  # seconds between live progress events (the page interpolat
 DRAIN_SWITCH_INTERVAL = 0.0001
 PREVIEW_INTERVAL = 1.0  # seconds between live previews
 PROGRESS_PERSIST_EVERY = 10  # percent
-FINISHED_BACKLOG = 2  # images waiting to be recorded before the device waits for the bookkeeper
+FINISHED_BACKLOG = 2  # passes' images waiting to be recorded before the device waits for the bookkeeper
 
 
 class WorkerStopping(Exception):
@@ -89,15 +90,15 @@ class JobRunner:
         try:
             with self._device_locked(), _Bookkeeper(self) as bookkeeper:
                 while not heartbeat.stop_requested():
-                    job = self._run_one(bookkeeper)
-                    if job is None and bookkeeper.busy:
+                    jobs = self._run_one(bookkeeper)
+                    if not jobs and bookkeeper.busy:
                         # A breaker trial may be the job being recorded: once its outcome
                         # is, the queue may open again.
                         bookkeeper.wait_idle()
-                        job = self._run_one(bookkeeper)
-                    if job is None:
+                        jobs = self._run_one(bookkeeper)
+                    if not jobs:
                         break
-                    ran.append(job.pk)
+                    ran.extend(job.pk for job in jobs)
                     if self.out_of_time or self.clock() - started >= budget:
                         break
         except DeviceBusy as exc:
@@ -109,17 +110,28 @@ class JobRunner:
         return ran
 
     def run_next(self) -> ImageJob | None:
-        """Claim the oldest runnable job and run it, writing everything on this thread.
+        """Claim the oldest runnable job (and those that share its pass) and run them,
+        writing everything on this thread.
 
-        None when there was nothing to run; the outcome is recorded before this returns.
+        Returns the head job, or None when there was nothing to run; the outcomes are
+        recorded before this returns.
         """
         try:
             with self._device_locked():
-                return self._run_one(None)
+                jobs = self._run_one(None)
         except DeviceBusy as exc:
             logger.warning("%s", exc)
             self.device_busy = True
             return None
+        return jobs[0] if jobs else None
+
+    @property
+    def max_batch(self) -> int:
+        """How many images a pass may make: IMAGEGEN_MAX_BATCH, else 4 on CUDA and 1 on a CPU."""
+        if not hasattr(self.generator, "generate_batch"):
+            return 1
+        configured = settings.IMAGEGEN_MAX_BATCH
+        return configured or (4 if self.generator.device.startswith("cuda") else 1)
 
     def _device_locked(self):
         return device_lock(
@@ -130,87 +142,101 @@ class JobRunner:
             sleep=self.sleep,
         )
 
-    def _run_one(self, bookkeeper: _Bookkeeper | None) -> ImageJob | None:
-        job = self._claim_when_ready()
-        if job is not None:
+    def _run_one(self, bookkeeper: _Bookkeeper | None) -> list[ImageJob]:
+        jobs = self._claim_when_ready()
+        if jobs:
             try:
-                self._run(job, bookkeeper)
+                self._run(jobs, bookkeeper)
             except TimeoutException as exc:
                 # django-q2's hard timeout fired (our soft one did not: a hang
-                # outside the steps). End the job; the worker lives on.
+                # outside the steps). End the jobs; the worker lives on.
                 self.out_of_time = True
                 seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
-                services.job_record_failure(
-                    job_id=job.pk, attempts=job.attempts, exc=exc, error=texts.timed_out(seconds), now=self.now()
-                )
+                services.jobs_record_failure(jobs=jobs, exc=exc, error=texts.timed_out(seconds), now=self.now())
             except Exception as exc:
                 # Something outside the generation failed (the database, the
-                # disk): the job must still end, and the task report it.
-                services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
+                # disk): the jobs must still end, and the task report it.
+                for job in jobs:
+                    services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
                 raise
-        return job
+        return jobs
 
-    def _claim_when_ready(self) -> ImageJob | None:
-        """Claim a job, waiting (bounded) when only a retry delay or the breaker holds the queue."""
+    def _claim_when_ready(self) -> list[ImageJob]:
+        """Claim a pass's jobs, waiting (bounded) when only a retry delay or the breaker holds the queue."""
         deadline = self.clock() + settings.IMAGEGEN_BREAKER_COOLDOWN_SECONDS + 5
         while not heartbeat.stop_requested():
-            job = services.job_claim(worker=self.name, now=self.now())
-            if job is not None:
-                return job
+            jobs = services.jobs_claim(worker=self.name, now=self.now(), max_batch=self.max_batch)
+            if jobs:
+                return jobs
             wake_at = selectors.queue_blocked_until(now=self.now())
             if wake_at is None:
-                return None
+                return []
             delay = max((wake_at - self.now()).total_seconds(), 0.0)
             if self.clock() + delay > deadline:
-                return None
+                return []
             # Short naps, so a job submitted meanwhile is not kept waiting.
             self.sleep(min(max(delay, 0.05), 1.0))
-        return None  # told to stop: claim nothing more
+        return []  # told to stop: claim nothing more
 
-    def _run(self, job: ImageJob, bookkeeper: _Bookkeeper | None) -> None:
-        request = GenerationRequest(
-            model=job.model,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            seed=job.seed,
-            scheduler=job.scheduler,
-        )
-        timeout = settings.IMAGEGEN_TIMEOUT_SECONDS
+    def _run(self, jobs: list[ImageJob], bookkeeper: _Bookkeeper | None) -> None:
         try:
             # Loading a model is not generating: the time limit starts after it. The
-            # worker's beat keeps the job's heartbeat fresh meanwhile.
-            with heartbeat.loading(job.pk):
-                self.generator.load(request.model)
-            on_step = _StepReporter(self, job, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
-            image = self.generator.generate(request, on_step)
+            # worker's beat keeps the jobs' heartbeats fresh meanwhile.
+            with heartbeat.loading([job.pk for job in jobs]):
+                self.generator.load(jobs[0].model)
+        except Exception as exc:
+            logger.exception("Model %s could not be loaded for jobs %s", jobs[0].model, [job.pk for job in jobs])
+            services.jobs_record_failure(jobs=jobs, exc=exc, now=self.now())
+            return
+        self._generate(jobs, bookkeeper)
+
+    def _generate(self, jobs: list[ImageJob], bookkeeper: _Bookkeeper | None) -> None:
+        """One pass for `jobs`; split in smaller passes when it does not fit in memory."""
+        fits = _BATCH_FITS.get(_pass_size(jobs[0]), len(jobs))
+        if len(jobs) > fits:
+            for start in range(0, len(jobs), fits):
+                self._generate(jobs[start : start + fits], bookkeeper)
+            return
+        requests = [_request(job) for job in jobs]
+        timeout = settings.IMAGEGEN_TIMEOUT_SECONDS
+        on_step = _StepReporter(self, jobs, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
+        try:
+            if len(jobs) == 1:
+                images = [self.generator.generate(requests[0], on_step)]
+            else:
+                images = self.generator.generate_batch(requests, on_step)
         except GenerationCancelled:
-            logger.info("Job %s was cancelled while running", job.pk)
+            logger.info("Jobs %s were cancelled while running", [job.pk for job in jobs])
             services.breaker_release_trial()
         except WorkerStopping:
-            logger.info("Stopping: job %s goes back to its place in the queue", job.pk)
-            services.job_hand_back(job_id=job.pk)
+            logger.info("Stopping: jobs %s go back to their places in the queue", [job.pk for job in jobs])
+            for job in jobs:
+                services.job_hand_back(job_id=job.pk)
             services.breaker_release_trial()
         except GenerationTimeout as exc:
-            services.job_record_failure(
-                job_id=job.pk,
-                attempts=job.attempts,
-                exc=exc,
-                error=texts.timed_out(timeout),
-                detail=f"Over {timeout} s",
-                now=self.now(),
+            services.jobs_record_failure(
+                jobs=on_step.live, exc=exc, error=texts.timed_out(timeout), detail=f"Over {timeout} s", now=self.now()
             )
         except Exception as exc:
-            logger.exception("Job %s failed (attempt %s)", job.pk, job.attempts)
-            services.job_record_failure(job_id=job.pk, attempts=job.attempts, exc=exc, now=self.now())
+            live = on_step.live
+            if len(live) > 1 and is_out_of_memory(exc):
+                # Smaller passes, remembered for this size: each job still gets its image.
+                _BATCH_FITS[_pass_size(jobs[0])] = len(live) // 2
+                logger.warning("A pass of %s images ran out of memory; trying %s", len(live), len(live) // 2)
+                self._generate(live, bookkeeper)
+                return
+            logger.exception("Jobs %s failed", [job.pk for job in live])
+            services.jobs_record_failure(jobs=live, exc=exc, now=self.now())
         else:
-            if bookkeeper is None:
-                self.finish(job, image, request)
-            else:
-                bookkeeper.finish(job, image, request)
+            made = [(job, image, request) for job, image, request in zip(jobs, images, requests, strict=True)]
+            kept = [item for item in made if item[0].pk not in on_step.dropped]  # a cancelled job's image goes
+            if not kept:
+                services.breaker_release_trial()
+            for job, image, request in kept:
+                if bookkeeper is None:
+                    self.finish(job, image, request)
+                else:
+                    bookkeeper.finish(job, image, request)
 
     def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
         """Encode and store the image, complete the job, and tell the breaker."""
@@ -221,18 +247,51 @@ class JobRunner:
             services.breaker_record_success()
 
 
+# (model, width, height) -> the most images a pass of that size made without running
+# out of memory, learnt when a bigger one did; for the life of the worker process.
+_BATCH_FITS: dict[tuple[str, int, int], int] = {}
+
+
+def _pass_size(job: ImageJob) -> tuple[str, int, int]:
+    return (job.model, job.width, job.height)
+
+
+def _request(job: ImageJob) -> GenerationRequest:
+    return GenerationRequest(
+        model=job.model,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance=job.guidance,
+        seed=job.seed,
+        scheduler=job.scheduler,
+    )
+
+
 class _StepReporter:
-    """The per-step callback: time limit, cancel checks, persisted and live progress.
+    """The per-step callback of a pass: time limit, cancel checks, persisted and live
+    progress and previews for each of its jobs.
 
     With a bookkeeper the writes are posted to it and a cancel is noticed from its
-    last write; without one they happen here.
+    last write; without one they happen here. A cancelled job is dropped from the
+    pass (its image will be thrown away) while the others go on; when every job is
+    cancelled the pass stops.
     """
 
     def __init__(
-        self, runner: JobRunner, job: ImageJob, *, started: float, timeout: int, bookkeeper: _Bookkeeper | None
+        self,
+        runner: JobRunner,
+        jobs: list[ImageJob],
+        *,
+        started: float,
+        timeout: int,
+        bookkeeper: _Bookkeeper | None,
     ):
         self.runner = runner
-        self.job = job
+        self.jobs = jobs
+        self.dropped: set[int] = set()
         self.started = started
         self.timeout = timeout
         self.bookkeeper = bookkeeper
@@ -241,17 +300,28 @@ class _StepReporter:
         self.pushed_at = float("-inf")
         self.previewed_at = started
 
+    @property
+    def live(self) -> list[ImageJob]:
+        return [job for job in self.jobs if job.pk not in self.dropped]
+
+    def _drop(self, job: ImageJob) -> None:
+        self.dropped.add(job.pk)
+        if not self.live:
+            raise GenerationCancelled()
+
     def __call__(self, step: int, total: int, latents) -> None:
         now = self.runner.clock()
         if now - self.started > self.timeout:
             raise GenerationTimeout()
         if step < total and heartbeat.stop_requested():
-            # Told to stop: a job about to end is finished, a longer one handed back.
+            # Told to stop: a pass about to end is finished, a longer one handed back.
             remaining = (now - self.started) / max(step, 1) * (total - step)
             if remaining > settings.IMAGEGEN_STOP_GRACE_SECONDS:
                 raise WorkerStopping()
-        if self.bookkeeper is not None and self.bookkeeper.cancelled(self.job.pk):
-            raise GenerationCancelled()
+        if self.bookkeeper is not None:
+            for job in self.live:
+                if self.bookkeeper.cancelled(job.pk):
+                    self._drop(job)
         decile = step * 100 // max(total, 1) // PROGRESS_PERSIST_EVERY
         persist = (
             decile > self.persisted_decile
@@ -261,22 +331,26 @@ class _StepReporter:
         push = now - self.pushed_at >= PUSH_INTERVAL or step == total
         if persist or push:
             progress = {"step": step, "total": total, "persist": persist, "push": push, "now": self.runner.now()}
-            if self.bookkeeper is not None:
-                self.bookkeeper.progress(self.job, **progress)
-            elif not services.job_progress(job=self.job, **progress):
-                raise GenerationCancelled()
+            for job in self.live:
+                if self.bookkeeper is not None:
+                    self.bookkeeper.progress(job, **progress)
+                elif not services.job_progress(job=job, **progress):
+                    self._drop(job)
             if push:
                 self.pushed_at = now
             if persist:
                 self.persisted_decile, self.persisted_at = decile, now
         if step < total and now - self.previewed_at >= PREVIEW_INTERVAL:
             self.previewed_at = now
+            rows = [(job, self.jobs.index(job)) for job in self.live]
             if self.bookkeeper is not None:
                 # Only a copy off the device is started here; the bookkeeper waits for
-                # it and makes the picture.
-                self.bookkeeper.preview(self.job, step, *_copy_to_host(latents[:1]))
+                # it and makes the pictures.
+                self.bookkeeper.preview(rows, step, *_copy_to_host(latents))
             else:
-                send_preview(self.job, step, latents[:1].detach().float().cpu())
+                host = latents.detach().float().cpu()
+                for job, row in rows:
+                    send_preview(job, step, host[row : row + 1])
 
 
 def _copy_to_host(latents) -> tuple:
@@ -322,6 +396,7 @@ class _Bookkeeper:
         self._finishing = 0
         self._closing = False
         self._cancelled: set[int] = set()
+        self._backlog = FINISHED_BACKLOG * runner.max_batch  # images of whole passes
         self._thread = threading.Thread(target=self._loop, name="bookkeeper", daemon=True)
 
     def __enter__(self) -> _Bookkeeper:
@@ -350,24 +425,35 @@ class _Bookkeeper:
     def progress(self, job: ImageJob, *, step: int, total: int, persist: bool, push: bool, now: datetime) -> None:
         fields = {"step": step, "total": total, "persist": persist, "push": push, "now": now}
         with self._changed:
-            last = self._items[-1] if self._items else None
-            if last is not None and last[0] == "progress" and last[1].pk == job.pk:
-                fields["persist"] = persist or last[2]["persist"]
-                fields["push"] = push or last[2]["push"]
-                self._items[-1] = ("progress", job, fields)
+            waiting = next(
+                (
+                    index
+                    for index, (kind, other, _) in enumerate(self._items)
+                    if kind == "progress" and other.pk == job.pk
+                ),
+                None,
+            )
+            if waiting is not None:
+                last = self._items[waiting][2]
+                fields["persist"] = persist or last["persist"]
+                fields["push"] = push or last["push"]
+                self._items[waiting] = ("progress", job, fields)
             else:
                 self._items.append(("progress", job, fields))
             self._changed.notify_all()
 
-    def preview(self, job: ImageJob, step: int, latents, copied=None) -> None:
+    def preview(self, rows: list[tuple[ImageJob, int]], step: int, latents, copied=None) -> None:
+        """Previews of a pass's jobs: `rows` pairs each job with its row in `latents`."""
         with self._changed:
             if not any(kind == "preview" for kind, *_ in self._items):  # a late preview is no use
-                self._items.append(("preview", job, {"step": step, "latents": latents, "copied": copied}))
+                self._items.append(
+                    ("preview", rows[0][0], {"rows": rows, "step": step, "latents": latents, "copied": copied})
+                )
                 self._changed.notify_all()
 
     def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self._finishing < FINISHED_BACKLOG)
+            self._changed.wait_for(lambda: self._finishing < self._backlog)
             self._finishing += 1
             # Its completion says more than any progress still waiting to be written.
             for item in [item for item in self._items if item[0] == "progress" and item[1].pk == job.pk]:
@@ -404,7 +490,9 @@ class _Bookkeeper:
             elif kind == "preview":
                 if fields["copied"] is not None:
                     fields["copied"].synchronize()
-                send_preview(job, fields["step"], fields["latents"].float())
+                latents = fields["latents"].float()
+                for each, row in fields["rows"]:
+                    send_preview(each, fields["step"], latents[row : row + 1])
             else:
                 self.runner.finish(job, fields["image"], fields["request"])
         except Exception as exc:

@@ -292,6 +292,10 @@ IMAGEGEN_TASK_RETENTION_HOURS = env_float("IMAGEGEN_TASK_RETENTION_HOURS", 24.0,
 # The GPU worker runs queued jobs back to back in one task for up to this long, so no
 # broker round trip sits between two jobs; then it rings itself and starts afresh.
 IMAGEGEN_DRAIN_SECONDS = env_float("IMAGEGEN_DRAIN_SECONDS", 60.0, minimum=0)
+# How many images one pass of the pipeline may make (0: 4 on CUDA, 1 on a CPU), and
+# how many places behind the head of the queue a job may be to join the head's pass.
+IMAGEGEN_MAX_BATCH = env_int("IMAGEGEN_MAX_BATCH", 0, minimum=0)
+IMAGEGEN_BATCH_WINDOW = env_int("IMAGEGEN_BATCH_WINDOW", 8, minimum=0)
 # Queue broadcasts (positions and ETAs of waiting jobs) are at least this far apart.
 IMAGEGEN_BROADCAST_INTERVAL_SECONDS = env_float("IMAGEGEN_BROADCAST_INTERVAL_SECONDS", 0.25, minimum=0)
 # What makes the images: empty for the diffusers pipeline, or the dotted path of a

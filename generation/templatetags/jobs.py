@@ -55,5 +55,6 @@ def reuse_json(job) -> str:
             "guidance": job.guidance,
             "seed": job.seed,
             "scheduler": job.scheduler,
+            "count": job.image_count,
         }
     )

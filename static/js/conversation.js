@@ -327,7 +327,7 @@
 
   // --- The composer --------------------------------------------------------------------
 
-  const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler"];
+  const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler", "count"];
   let lastPrompt = [...document.querySelectorAll(".message.role-user .content")].pop()?.textContent || "";
 
   function formNotice(form, text) {
@@ -367,6 +367,7 @@
     if (differs("guidance")) parts.push(`CFG ${field("guidance").value}`);
     if (differs("scheduler")) parts.push(field("scheduler").selectedOptions[0]?.textContent || field("scheduler").value);
     if (differs("model")) parts.push(field("model").value);
+    if (differs("count")) parts.push(`${field("count").value} images`);
     if (field("seed")?.value.trim()) parts.push(`seed ${field("seed").value.trim()}`);
     if (field("negative_prompt")?.value.trim()) parts.push("negative prompt");
     const summary = role(form, "settings-summary");
@@ -490,7 +491,7 @@
     }
     if (!form.matches("[data-live], [data-submit]")) return;
     event.preventDefault();
-    const current = form.closest(".job-card");
+    const current = form.closest(".job-card, .job-group");
     const buttons = form.querySelectorAll("button");
     buttons.forEach((button) => (button.disabled = true));
     const { response, html, error } = await send(form.action, { method: "POST", body: new FormData(form) });
@@ -526,7 +527,7 @@
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("[data-action]");
     if (!button) return;
-    const current = button.closest(".job-card");
+    const current = button.closest(".job-card, .job-group");
     const params = JSON.parse(button.closest("[data-params]").dataset.params);
     const form = document.getElementById("prompt-form");
     if (button.dataset.action === "copy") {

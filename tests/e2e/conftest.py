@@ -37,20 +37,23 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup, tmp_path_factory):
+def stack(django_db_setup, tmp_path_factory, request):
     """daphne, a gpu cluster and the maintenance cluster (which sends the queue
-    broadcasts) against the test database, for the whole module."""
+    broadcasts) against the test database, for the whole module.
+
+    A module's STACK_EXTRA_ENV adds to the settings of all three."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is needed for the browser tests: {CHROMIUM} is missing (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("stack")
-    env = worker_env(data_dir, IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
+    stack_env = {**STACK_ENV, **getattr(request.module, "STACK_EXTRA_ENV", {})}
+    env = worker_env(data_dir, IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **stack_env)
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
-    web_env = {"IMAGEGEN_LOCK_DIR": str(data_dir / "locks"), **STACK_ENV}
+    web_env = {"IMAGEGEN_LOCK_DIR": str(data_dir / "locks"), **stack_env}
     web, url = start_web(data_dir, data_dir / "web.log", **web_env)
-    gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **STACK_ENV)
-    maintenance = start_cluster("maintenance", data_dir, data_dir / "maintenance.log", **STACK_ENV)
+    gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **stack_env)
+    maintenance = start_cluster("maintenance", data_dir, data_dir / "maintenance.log", **stack_env)
     stack = {"url": url, "data_dir": data_dir, "web": web}
 
     def stop_web():

@@ -17,11 +17,15 @@ class Command(BaseCommand):
         for worker in live:
             state = "stopping" if worker.stopping else "running"
             self.stdout.write(
-                f"  {worker.name} on {worker.device}, {state}, since {worker.started_at:%Y-%m-%d %H:%M:%S}"
+                f"  {worker.name} on {worker.device}, up to {worker.max_batch} per pass, {state}, "
+                f"since {worker.started_at:%Y-%m-%d %H:%M:%S}"
             )
         running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
         for job in running:
-            self.stdout.write(f"Running: job {job.pk} for {job.owner}, {job.progress}% ({job.worker})")
+            together = f", pass {job.batch} of {job.batch_size}" if job.batch_size > 1 else ""
+            self.stdout.write(f"Running: job {job.pk} for {job.owner}, {job.progress}% ({job.worker}{together})")
+        for batch, job_ids in selectors.recent_passes():
+            self.stdout.write(f"Ran together: jobs {', '.join(map(str, job_ids))} (pass {batch})")
         entries = selectors.queue_eta()
         if not entries:
             self.stdout.write("The queue is empty.")
