@@ -27,7 +27,7 @@ def api_stack(django_db_setup, tmp_path_factory):
     web, url = start_web(data_dir, data_dir / "web.log", **env)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", **env)
     try:
-        yield {"url": url, "data_dir": data_dir}
+        yield {"url": url, "data_dir": data_dir, "web": web}
     finally:
         stop(gpu)
         stop(web)
