@@ -48,12 +48,14 @@ def prompt_jobs(job: ImageJob) -> list[ImageJob]:
     return list(ImageJob.objects.filter(message_id=job.message_id).order_by("sequence"))
 
 
-def _attachable(previous: ApiRequest, now) -> bool:
-    status = previous.job.status
-    if status in ImageJob.PENDING:
+def _attachable(jobs: list[ImageJob], now) -> bool:
+    """Whether a retry should have these jobs (of its first try) rather than new ones."""
+    if any(job.status in ImageJob.PENDING for job in jobs):
         return True
-    finished = previous.job.finished_at
-    return status == ImageJob.Status.COMPLETE and finished is not None and finished >= now - ATTACH_FINISHED_WITHIN
+    return any(
+        job.status == ImageJob.Status.COMPLETE and job.finished_at and job.finished_at >= now - ATTACH_FINISHED_WITHIN
+        for job in jobs
+    )
 
 
 def api_jobs_submit(
@@ -80,8 +82,10 @@ def api_jobs_submit(
         list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
         if key:
             previous = ApiRequest.objects.select_related("job").filter(owner=user, key=key).first()
-            if attach and previous is not None and _attachable(previous, now):
-                return prompt_jobs(previous.job)
+            if attach and previous is not None:
+                jobs = prompt_jobs(previous.job)
+                if _attachable(jobs, now):
+                    return jobs
         conversation = api_key_conversation(api_key=api_key)
         try:
             job = services.job_submit(user=user, conversation=conversation, prompt=prompt, count=count, **params)
