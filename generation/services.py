@@ -91,6 +91,9 @@ def _message_update(job: ImageJob, *, metadata: dict[str, Any], content: str | N
     update: dict[str, Any] = {"images": {str(job.pk): metadata}}
     content = None
     if "status" in metadata:
+        # The message's lock first: a sibling changing at the same moment has then
+        # committed, and the statuses read next include its change.
+        list(Message.objects.select_for_update().filter(pk=job.message_id).values_list("pk"))
         statuses = list(ImageJob.objects.filter(message_id=job.message_id).values_list("status", flat=True))
         status = next(
             (state for state in (Status.PROCESSING, Status.QUEUED, Status.COMPLETE, Status.ERROR) if state in statuses),

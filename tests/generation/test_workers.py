@@ -73,7 +73,7 @@ def test_a_worker_registers_once_per_process_and_shows_as_live(db, settings, cap
         assert (worker.name, worker.device) == (heartbeat.worker_name(), "cpu")
         assert list(selectors.workers_live()) == [worker]
         call_command("queue")
-        assert f"Live workers: 1\n  {worker.name} on cpu, running" in capsys.readouterr().out
+        assert f"Live workers: 1\n  {worker.name} on cpu, up to 1 per pass, running" in capsys.readouterr().out
     finally:
         heartbeat.stop()
 
