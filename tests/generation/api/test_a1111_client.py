@@ -129,3 +129,13 @@ def test_two_users_each_see_and_interrupt_only_their_own_job(api_stack, key_for)
     assert len(bob_result.images) == 1
     assert ImageJob.objects.get(owner=bob).status == "complete"
     assert json.loads(json.dumps(bob_result.info))["all_seeds"]
+
+
+def test_a_failed_job_is_a_500_with_its_message(api_stack, key_for):
+    alice, key = key_for("alice")
+
+    with pytest.raises(RuntimeError) as failed:
+        _api(api_stack, alice, key).txt2img(prompt="[fail] a broken vase", **TINY)
+
+    status, body = failed.value.args
+    assert status == 500 and json.loads(body)["detail"] == ImageJob.objects.get(owner=alice).error

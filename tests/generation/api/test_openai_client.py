@@ -147,3 +147,13 @@ def test_models_lists_the_registry(api_stack, key_for):
     models = _client(api_stack, key).models.list()
 
     assert [model.id for model in models.data] == ["demo", "tiny"]
+
+
+def test_a_failed_job_is_a_server_error_with_its_message(api_stack, key_for):
+    alice, key = key_for("alice")
+
+    with pytest.raises(openai.InternalServerError) as failed:
+        _client(api_stack, key).images.generate(prompt="[fail] a broken vase", size="64x64")
+
+    job = ImageJob.objects.get(owner=alice)
+    assert job.status == "error" and failed.value.body["message"] == job.error
