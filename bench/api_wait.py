@@ -94,6 +94,9 @@ def main() -> None:
     keys = [api_key_create(owner=make_user(f"user{n}"))[1] for n in range(USERS)]
     data_dir = Path(env["DATA_DIR"])
     web, base = start_web(data_dir / "web.log", DATABASE_POOL_MAX_SIZE=str(args.pool))
+    from tests.helpers import web_processes
+
+    (server,) = web_processes(web)  # the one daphne process serving
     gpu = None
     samples: list[tuple[float, int, int, int]] = []  # (t, threads, connections, in flight)
     in_flight = 0
@@ -104,18 +107,18 @@ def main() -> None:
     def sample() -> None:
         with psycopg.connect(database, autocommit=True) as db:
             while not sampling.is_set():
-                ports = list(tcp_ports_of(web.pid))
+                ports = list(tcp_ports_of(server))
                 row = db.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND client_port = ANY(%s)",
                     [args.database, ports],
                 ).fetchone()
                 with lock:
                     waiting = in_flight
-                samples.append((time.perf_counter() - started, threads_of(web.pid), row[0], waiting))
+                samples.append((time.perf_counter() - started, threads_of(server), row[0], waiting))
                 time.sleep(0.1)
 
     try:
-        idle_threads = threads_of(web.pid)
+        idle_threads = threads_of(server)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         barrier = threading.Barrier(args.requests)
@@ -145,9 +148,9 @@ def main() -> None:
         while ImageJob.objects.count() < args.requests and time.monotonic() < deadline:
             time.sleep(0.2)
         queued_after = round(time.perf_counter() - started, 2)
-        cpu_before = cpu_seconds_of(web.pid)
+        cpu_before = cpu_seconds_of(server)
         time.sleep(5)  # everything waits: nothing runs yet
-        hold_cpu = cpu_seconds_of(web.pid) - cpu_before
+        hold_cpu = cpu_seconds_of(server) - cpu_before
         held = [s for s in samples if s[0] >= queued_after]
         gpu = start_cluster({**env, "IMAGEGEN_LOCK_DIR": str(data_dir / "locks")}, "gpu", data_dir / "gpu.log")
         for client in clients:

@@ -85,6 +85,19 @@ def start_web(data_dir: Path, log_path: Path, *, port: int = 0, **extra: str) ->
     raise RuntimeError(f"the web server did not open port {port}")
 
 
+def web_processes(web: subprocess.Popen, *, count: int = 1, timeout: float = 30) -> list[int]:
+    """The pids of the daphne processes of a server started by start_web, once `count` run."""
+    found: list[int] = []
+
+    def running() -> bool:
+        out = subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout
+        found[:] = [int(pid) for pid in out.split()]
+        return len(found) == count
+
+    wait_for(running, timeout=timeout, interval=0.1, message=f"{count} daphne process(es)")
+    return list(found)
+
+
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) -> None:
     """Stop a process started with start_new_session, and its children.
 

@@ -14,7 +14,7 @@ from chat.models import Conversation
 from generation import services
 from generation.models import ImageJob
 from tests.conftest import make_user
-from tests.helpers import LAYER_DATABASES, wait_for
+from tests.helpers import LAYER_DATABASES, wait_for, web_processes
 
 pytestmark = [
     pytest.mark.configured_layer,
@@ -41,8 +41,8 @@ def _web_connections() -> int | None:
 
 
 def test_requests_waiting_behind_a_busy_worker_share_a_few_threads_and_connections(api_stack, key_for):
-    web = api_stack["web"]
-    idle_threads = _threads(web.pid)
+    (server,) = web_processes(api_stack["web"])  # the one daphne process serving
+    idle_threads = _threads(server)
     blocker = make_user("blocker")
     chat = Conversation.objects.create(owner=blocker, title="blocking")
     # The worker hangs on this job until it is cancelled: everything after it waits.
@@ -64,7 +64,7 @@ def test_requests_waiting_behind_a_busy_worker_share_a_few_threads_and_connectio
     with ThreadPoolExecutor(total) as pool:
         answers = [pool.submit(ask, n) for n in range(total)]
         wait_for(lambda: ImageJob.objects.filter(status="queued").count() == total, timeout=60, message="all queued")
-        waiting_threads = _threads(web.pid)
+        waiting_threads = _threads(server)
         waiting_connections = _web_connections()
         services.job_cancel(job=hang)
         results = [answer.result(timeout=240) for answer in answers]
