@@ -4,7 +4,8 @@
 Authentication is HTTP Basic with the user name and an API key as the password (what
 A1111's `--api-auth`, webuiapi's `set_auth` and Open WebUI's "API Auth" send). Errors
 have A1111's shapes: `{"error", "detail", "body", "errors"}`, and FastAPI's
-`{"detail": [{"loc", "msg", "type"}]}` (422) for bad input.
+`{"detail": [{"loc", "msg", "type"}]}` for bad input, with status 400 as every bad
+request to Imagegen gets (A1111 itself answers that shape with 422).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ApiError(Exception):
         self.status, self.detail, self.error, self.headers = status, detail, error, headers or {}
 
     def response(self) -> JsonResponse:
-        if self.status == 422:
+        if self.status == BAD_INPUT:
             body: dict[str, Any] = {"detail": self.detail}  # FastAPI's validation shape
         else:
             body = {"error": self.error, "detail": self.detail, "body": "", "errors": ""}
@@ -54,8 +55,11 @@ class ApiError(Exception):
         return response
 
 
+BAD_INPUT = 400
+
+
 def invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
+    return ApiError(BAD_INPUT, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
 
 
 def _api_view(view):
@@ -199,7 +203,7 @@ def validation_error(exc: ValidationError) -> ApiError:
         for field, messages in errors.items()
         for message in messages
     ]
-    return ApiError(422, detail)
+    return ApiError(BAD_INPUT, detail)
 
 
 def _submit(api_key: ApiKey, asked: dict, key: str | None, attach: bool) -> list[ImageJob]:

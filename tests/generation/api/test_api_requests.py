@@ -199,10 +199,10 @@ def test_a1111_refuses_missing_empty_or_wrong_credentials(path, alice, alice_key
         ({"prompt": "a fox", "override_settings": {"sd_model_checkpoint": "sdxl"}}, "override_settings"),
     ],
 )
-def test_a1111_bad_input_is_a_422_naming_the_field(body, field, alice_key):
+def test_a1111_bad_input_is_a_400_naming_the_field(body, field, alice_key):
     response = _post(_a1111("alice", alice_key[1]), "/sdapi/v1/txt2img", body)
 
-    assert response.status_code == 422, response.content
+    assert response.status_code == 400, response.content
     assert field in [error["loc"][-1] for error in response.json()["detail"]]
     assert not ImageJob.objects.exists()
 
@@ -258,7 +258,7 @@ def test_a1111_lists_and_options(alice, alice_key, bob, bob_key):
         _post(client, "/sdapi/v1/options", {"sd_model_checkpoint": f"demo [{models[0]['hash']}]", "x": 1}).status_code
         == 200
     )
-    assert _post(client, "/sdapi/v1/options", {"sd_model_checkpoint": "sdxl"}).status_code == 422
+    assert _post(client, "/sdapi/v1/options", {"sd_model_checkpoint": "sdxl"}).status_code == 400
     assert client.get("/sdapi/v1/upscalers").status_code == 404
     assert client.get("/sdapi/v1/txt2img").status_code == 405
 
