@@ -94,7 +94,7 @@ def main() -> None:
                     _submit(job_submit, chats[n % USERS], f"a benchmark picture {n}", 1000 + n, params)
                     for n in range(args.jobs)
                 ]
-            _wait(lambda: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
+            _wait(lambda ids=ids: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
         finally:
             stop(cluster)
         jobs = list(ImageJob.objects.filter(pk__in=ids))

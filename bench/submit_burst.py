@@ -1,11 +1,12 @@
 """Submit burst: N concurrent HTTP submissions to the running server on PostgreSQL.
 
-Starts daphne against a fresh PostgreSQL database (and Redis for the channel layer),
-logs 20 users in, then fires N prompt submissions at once from N threads. Checks that
-every job was persisted and that the queue positions are unique, 1..N; reports p50 and
-p95 latency. No worker runs, so the jobs stay queued.
+Starts the web server (scripts/web.py) against a fresh PostgreSQL database (and Redis
+for the channel layer), logs 20 users in, then fires N prompt submissions at once from
+N threads. Checks that every job was persisted and that the queue positions are
+unique, 1..N; reports p50 and p95 latency. No worker runs, so the jobs stay queued.
+Runs once per number of web processes in --processes, each on an empty queue.
 
-    .venv/bin/python bench/submit_burst.py [--requests 200]
+    .venv/bin/python bench/submit_burst.py [--requests 200] [--processes 1,2]
 """
 
 import argparse
@@ -27,7 +28,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
-    parser.add_argument("--pool", type=int, default=20, help="the web process's connection pool; 0 = none")
+    parser.add_argument("--pool", type=int, default=20, help="each web process's connection pool; 0 = none")
+    parser.add_argument("--processes", default="1,2", help="web processes to compare, in one run (default 1,2)")
     args = parser.parse_args()
 
     import requests
@@ -38,6 +40,7 @@ def main() -> None:
     setup(env)
     from django.contrib.auth import get_user_model
 
+    from chat.models import Message
     from chat.services import conversation_create
     from generation.models import ImageJob
     from generation.selectors import queue_positions
@@ -45,7 +48,33 @@ def main() -> None:
     users = [get_user_model().objects.create_user(f"user{n}", password="bench-password-1") for n in range(USERS)]
     chats = [conversation_create(owner=user, title="burst").pk for user in users]
 
-    web, base = start_web(Path(env["DATA_DIR"]) / "web.log", DATABASE_POOL_MAX_SIZE=str(args.pool))
+    runs = {}
+    for processes in [int(value) for value in args.processes.split(",")]:
+        # The same empty queue for each server.
+        ImageJob.objects.all().delete()
+        Message.objects.all().delete()
+        runs[f"{processes}_process"] = _burst(args, env, processes, chats, start_web, stop, requests)
+        runs[f"{processes}_process"]["jobs_persisted"] = ImageJob.objects.count()
+        positions = sorted(queue_positions().values())
+        runs[f"{processes}_process"]["positions_unique_1_to_n"] = positions == list(range(1, args.requests + 1))
+
+    result = {
+        "command": "bench/submit_burst.py " + " ".join(sys.argv[1:]),
+        "database": "PostgreSQL",
+        "channel_layer": "channels-redis",
+        "server": "scripts/web.py: daphne processes sharing one port",
+        "connection_pool": args.pool,
+        "requests": args.requests,
+        **runs,
+    }
+    for key, value in result.items():
+        print(f"{key:24} {value}")
+    print(f"written to {write_result('submit_burst', result).relative_to(ROOT)}")
+
+
+def _burst(args, env, processes, chats, start_web, stop, requests) -> dict:
+    log = Path(env["DATA_DIR"]) / f"web-{processes}.log"
+    web, base = start_web(log, DATABASE_POOL_MAX_SIZE=str(args.pool), WEB_PROCESSES=str(processes))
     try:
         cookies = []
         for n in range(USERS):
@@ -57,6 +86,9 @@ def main() -> None:
                 data={"username": f"user{n}", "password": "bench-password-1", "csrfmiddlewaretoken": token},
             )
             cookies.append(session.cookies.get_dict())
+        # Every process has served a request before the burst (their first costs more).
+        for _ in range(4 * processes):
+            requests.get(f"{base}/login/", timeout=30)
 
         barrier = threading.Barrier(args.requests)
         latencies: list[float] = []
@@ -85,25 +117,12 @@ def main() -> None:
         wall = time.perf_counter() - wall
     finally:
         stop(web)
-
-    positions = sorted(queue_positions().values())
-    result = {
-        "command": "bench/submit_burst.py " + " ".join(sys.argv[1:]),
-        "database": "PostgreSQL",
-        "channel_layer": "channels-redis",
-        "server": "one daphne process",
-        "connection_pool": args.pool,
-        "requests": args.requests,
+    return {
         "created_201": statuses.count(201),
         "other_statuses": sorted(set(statuses) - {201}),
-        "jobs_persisted": ImageJob.objects.count(),
-        "positions_unique_1_to_n": positions == list(range(1, args.requests + 1)),
         "wall_seconds": round(wall, 2),
         "latency": summary_ms(latencies),
     }
-    for key, value in result.items():
-        print(f"{key:24} {value}")
-    print(f"written to {write_result('submit_burst', result).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

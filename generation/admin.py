@@ -6,7 +6,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from generation import selectors, services
-from generation.models import CircuitBreaker, ImageJob, Worker
+from generation.api import auth
+from generation.models import ApiKey, CircuitBreaker, ImageJob, Worker
 from generation.registry import get_registry, model_family, model_limits
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
@@ -236,3 +237,46 @@ class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         from django.utils import timezone
 
         return worker.is_live(timezone.now())
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
+    """Keys are made here for any user (the key is shown once, on the page after Save),
+    listed, and revoked; never edited."""
+
+    list_display = ("name", "owner", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "owner__username", "prefix")
+    list_select_related = ("owner",)
+    actions = ["revoke_keys"]
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at", "conversation")
+    exclude = ("digest",)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("owner", "name")
+        return ("owner", "name", *self.readonly_fields)
+
+    def save_model(self, request, obj, form, change):
+        # Made by the service, which draws the key; the page after Save shows it once.
+        api_key, request._new_api_key = auth.api_key_create(owner=obj.owner, name=obj.name)
+        obj.pk = api_key.pk
+        obj.prefix, obj.digest, obj.created_at = api_key.prefix, api_key.digest, api_key.created_at
+
+    def response_add(self, request, obj, post_url_continue=None):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "api_key": obj,
+            "key": request._new_api_key,
+            "title": "API key created",
+        }
+        response = TemplateResponse(request, "admin/generation/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset):
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            auth.api_key_revoke(api_key=api_key)
+        self.message_user(request, "Revoked the selected keys.", messages.SUCCESS)

@@ -121,7 +121,7 @@ class JobForm(forms.Form):
         widget=_number({"placeholder": "random"}),
     )
     scheduler = forms.ChoiceField(
-        choices=list(SCHEDULERS.items()),
+        choices=[(key, label) for key, (_, label, _) in SCHEDULERS.items()],
         required=False,
         error_messages={"invalid_choice": "Scheduler: choose one from the list."},
     )
@@ -207,7 +207,7 @@ class JobForm(forms.Form):
         family = limits.family
         scheduler = data.get("scheduler")
         if scheduler and scheduler not in limits.schedulers:
-            names = ", ".join(SCHEDULERS[key] for key in limits.schedulers)
+            names = ", ".join(SCHEDULERS[key][1] for key in limits.schedulers)
             self.add_error("scheduler", f"Scheduler: {family.label} models use {names}.")
         if data.get("negative_prompt") and not limits.negative_prompt:
             self.add_error(

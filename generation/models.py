@@ -193,3 +193,76 @@ class Worker(models.Model):
 
     def is_live(self, now: datetime) -> bool:
         return self.last_seen_at >= self.live_since(now)
+
+
+class JobPreview(models.Model):
+    """The latest live preview of a running job, for readers that poll (the A1111 API's
+    progress); the browser gets the same picture as a `job.preview` event.
+
+    One row per job, written by the worker's bookkeeper about once a second (an upsert)
+    and pruned once the job has ended.
+    """
+
+    job = models.OneToOneField(ImageJob, models.CASCADE, primary_key=True, related_name="preview")
+    step = models.PositiveIntegerField()
+    image = models.TextField(help_text="A data URL (small JPEG).")
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"Preview of job {self.job_id} at step {self.step}"
+
+
+class ApiKey(models.Model):
+    """A user's key for the HTTP APIs (OpenAI and AUTOMATIC1111).
+
+    The key itself is shown once, when it is made; only its SHA-256 digest is stored
+    (see generation.api.auth for why a fast hash is right for a random key). Its jobs
+    appear in the owner's chat, in a conversation named after the key.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, default="API", help_text="Also the title of its conversation.")
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to tell keys apart.")
+    digest = models.CharField(max_length=64, unique=True)
+    conversation = models.ForeignKey(
+        "chat.Conversation", models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class ApiRequest(models.Model):
+    """An API request by its idempotency key: a client's retry finds the job it queued."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64, help_text="SHA-256 of the endpoint and the Idempotency-Key or body.")
+    job = models.ForeignKey(ImageJob, models.CASCADE, related_name="+", help_text="The first job of the request.")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="api_request_owner_key")]
+
+    def __str__(self) -> str:
+        return f"API request {self.key[:8]} -> job {self.job_id}"
+
+
+class ApiOptions(models.Model):
+    """What a user set through the A1111 API's options: their own default model."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="+")
+    sd_model_checkpoint = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return f"A1111 options of user {self.owner_id}"

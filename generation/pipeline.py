@@ -17,12 +17,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from generation.demo_model import DEMO, demo_pipeline_path
-from generation.families import DEFAULT_FAMILY, SAMPLER_NAMES, Family, ModelLimits, family_for_pipeline
+from generation.families import (
+    DEFAULT_FAMILY,
+    DISCRETE_SCHEDULERS,
+    SAMPLER_NAMES,
+    Family,
+    ModelLimits,
+    family_for_pipeline,
+)
 from generation.sources import (
     DEMO_SOURCE,
     ModelSpec,
@@ -41,10 +48,12 @@ if TYPE_CHECKING:
 # the registry and scheduler names without loading them.
 
 
-# scheduler key -> AUTOMATIC1111 sampler name; which diffusers class a key means is the
-# family's (`Family.schedulers`): "euler" is Euler on a discrete schedule for SD 1.x and
-# SDXL, Euler on the flow for SD3 and Flux.
-SCHEDULERS: dict[str, str] = SAMPLER_NAMES
+# scheduler key -> (diffusers class name, AUTOMATIC1111 sampler name, extra config), as SD
+# 1.x and SDXL run them. Which class a key means for a model is its family's
+# (`Family.schedulers`): "euler" is Euler on the flow for SD3 and Flux, their only one.
+SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    key: (class_name, SAMPLER_NAMES[key], extra) for key, (class_name, extra) in DISCRETE_SCHEDULERS.items()
+}
 DEFAULT_SCHEDULER = "euler"
 
 

@@ -28,7 +28,7 @@ from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import SEED_MAX, JobForm
 from generation.locks import worker_is_gone
-from generation.models import CircuitBreaker, ImageJob, QueueTicket, Worker
+from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket, Worker
 from generation.pipeline import ModelUnavailable, is_transient
 
 logger = logging.getLogger(__name__)
@@ -363,7 +363,17 @@ def jobs_downloading(*, jobs: list[ImageJob], downloading: bool) -> None:
                     events.send_to_user(job.owner_id, "job.downloading", job_id=job.pk, model=job.model)
 
 
-def job_preview(*, job: ImageJob, step: int, image_data_url: str) -> None:
+def job_preview(*, job: ImageJob, step: int, image_data_url: str, now: datetime | None = None) -> None:
+    """Keep the job's latest preview (for the A1111 API's progress) and push it live.
+
+    One upsert: a reader that polls finds the newest picture without a channel.
+    """
+    JobPreview.objects.bulk_create(
+        [JobPreview(job_id=job.pk, step=step, image=image_data_url, updated_at=now or timezone.now())],
+        update_conflicts=True,
+        unique_fields=["job"],
+        update_fields=["step", "image", "updated_at"],
+    )
     events.send_to_user(job.owner_id, "job.preview", job_id=job.pk, step=step, image=image_data_url)
 
 
@@ -780,12 +790,16 @@ def records_prune(*, now: datetime | None = None) -> dict[str, int]:
     newest = QueueTicket.objects.order_by("-pk").values_list("pk", flat=True).first()
     tickets = QueueTicket.objects.filter(pk__lt=newest).delete()[0] if newest else 0
     workers, _ = Worker.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
+    previews, _ = JobPreview.objects.filter(job__status__in=ImageJob.FINAL).delete()
+    api_requests, _ = ApiRequest.objects.filter(created_at__lt=now - timedelta(days=1)).delete()
     return {
         "files": len(orphans),
         "tasks": tasks,
         "tickets": tickets,
         "channel_rows": _channel_rows_prune(now=now),
         "workers": workers,
+        "previews": previews,
+        "api_requests": api_requests,
     }
 
 

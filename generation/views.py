@@ -1,12 +1,15 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_POST
 
 from generation import selectors, services
+from generation.api import auth
+from generation.models import ApiKey
 
 
 def _card(request, job, status=200):
@@ -69,3 +72,33 @@ def job_cancel(request, job_id: int):
 @login_required
 def job_retry(request, job_id: int):
     return _act(request, job_id, services.job_retry)
+
+
+@login_required
+def api_keys(request):
+    """The user's API keys; a new one is shown once, on the page that made it."""
+    new_key = None
+    status = 200
+    if request.method == "POST":
+        try:
+            api_key, new_key = auth.api_key_create(owner=request.user, name=request.POST.get("name", ""))
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            status = 400
+        else:
+            status = 201
+    keys = ApiKey.objects.filter(owner=request.user)
+    context = {"keys": keys, "new_key": new_key, "name_max_length": auth.NAME_MAX_LENGTH}
+    response = render(request, "generation/api_keys.html", context, status=status)
+    if new_key:
+        response["Cache-Control"] = "no-store"  # the key must not stay in a cache
+    return response
+
+
+@require_POST
+@login_required
+def api_key_revoke(request, key_id: int):
+    api_key = get_object_or_404(ApiKey, pk=key_id, owner=request.user)
+    auth.api_key_revoke(api_key=api_key)
+    messages.success(request, f"Revoked “{api_key.name}” ({api_key.prefix}…).")
+    return redirect("api_keys")

@@ -144,7 +144,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "imagegen_site.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -358,6 +358,15 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL_SECONDS", 0.2, minimum=0.01)
+
+# --- HTTP APIs (OpenAI Images at /v1/, AUTOMATIC1111 at /sdapi/v1/) -----------------
+
+# A waiting API request's jobs are looked up (all waiting requests in one query) this often.
+IMAGEGEN_API_POLL_SECONDS = env_float("IMAGEGEN_API_POLL_SECONDS", 0.5, minimum=0.05)
+# Threads (and so at most database connections) the web process uses for API requests.
+IMAGEGEN_API_DB_THREADS = env_int("IMAGEGEN_API_DB_THREADS", 4, minimum=1)
+# An OpenAI `response_format=url` link works this long.
+IMAGEGEN_API_URL_SECONDS = env_int("IMAGEGEN_API_URL_SECONDS", 3600, minimum=60)
 
 # --- Operations -------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 # lines use are read the same way (the real environment first, then .env) and exported,
 # so the shell, daphne, the clusters and manage.py agree. Then a stable SECRET_KEY when
 # neither gives one.
-eval "$(.venv/bin/python -m imagegen_site.envfile DATA_DIR SECRET_KEY WEB_HOST WEB_PORT DATABASE_POOL_MAX_SIZE REDIS_URL)"
+eval "$(.venv/bin/python -m imagegen_site.envfile DATA_DIR SECRET_KEY WEB_HOST WEB_PORT WEB_PROCESSES DATABASE_POOL_MAX_SIZE REDIS_URL)"
 DATA_DIR="${DATA_DIR:-var}"
 mkdir -p "$DATA_DIR"
 if [ -z "${SECRET_KEY:-}" ]; then

@@ -1,6 +1,6 @@
-"""A generator for the browser tests that fails or hangs when the prompt asks it to.
+"""A generator for the stack tests that fails, hangs or runs slowly when the prompt asks it to.
 
-Chosen with IMAGEGEN_GENERATOR=tests.faults.FaultyGenerator by the browser tests'
+Chosen with IMAGEGEN_GENERATOR=tests.faults.FaultyGenerator by the browser and API tests'
 stack, so the real failure paths (an error, a stuck job, an open circuit breaker) can be
 driven from a page. The production worker knows nothing of it.
 """
@@ -11,6 +11,7 @@ from generation.models import ImageJob
 from generation.pipeline import GenerationCancelled, ImageGenerator
 
 HANG_LIMIT = 120  # seconds a "[hang]" job stays silent at most
+SLOW_STEP_SECONDS = 0.4  # each step of a "[slow]" job takes at least this long
 
 
 class FaultyGenerator(ImageGenerator):
@@ -23,6 +24,14 @@ class FaultyGenerator(ImageGenerator):
             while time.monotonic() < deadline and _processing(request.prompt):
                 time.sleep(0.5)
             raise GenerationCancelled()
+        if "[slow]" in request.prompt and on_step is not None:
+            # Long enough to watch its progress and previews, and to interrupt it.
+            inner = on_step
+
+            def on_step(step, total, latents):
+                time.sleep(SLOW_STEP_SECONDS)
+                inner(step, total, latents)
+
         return super().generate(request, on_step)
 
 

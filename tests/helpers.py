@@ -57,15 +57,18 @@ WEB_ENV = {"DATABASE_POOL_MAX_SIZE": "20"}
 
 
 def start_web(data_dir: Path, log_path: Path, *, port: int = 0, **extra: str) -> tuple[subprocess.Popen, str]:
-    """daphne against the test database on `port` (default: a free one); returns (process, base URL)."""
+    """The web server (scripts/web.py, as the Procfile runs it) against the test database
+    on `port` (default: a free one), with one daphne process unless WEB_PROCESSES says
+    otherwise; returns (launcher process, base URL)."""
     if not port:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
+    settings = {**WEB_ENV, "WEB_PROCESSES": "1", **extra, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port)}
     web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "imagegen_site.asgi:application"],
+        [sys.executable, "scripts/web.py"],
         cwd=BASE_DIR,
-        env=worker_env(data_dir, **{**WEB_ENV, **extra}),
+        env=worker_env(data_dir, **settings),
         stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -80,6 +83,19 @@ def start_web(data_dir: Path, log_path: Path, *, port: int = 0, **extra: str) ->
         time.sleep(0.2)
     stop(web)
     raise RuntimeError(f"the web server did not open port {port}")
+
+
+def web_processes(web: subprocess.Popen, *, count: int = 1, timeout: float = 30) -> list[int]:
+    """The pids of the daphne processes of a server started by start_web, once `count` run."""
+    found: list[int] = []
+
+    def running() -> bool:
+        out = subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout
+        found[:] = [int(pid) for pid in out.split()]
+        return len(found) == count
+
+    wait_for(running, timeout=timeout, interval=0.1, message=f"{count} daphne process(es)")
+    return list(found)
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 5) -> None:

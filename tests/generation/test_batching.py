@@ -213,7 +213,9 @@ def test_a_job_gets_the_same_pixels_alone_and_inside_a_pass_of_four(batches, set
 
 def test_the_eta_counts_passes_of_the_workers_batch_size_from_measured_passes(batches, submit):
     now = timezone.now()
-    Worker.objects.create(name="gpu:1", host="gpu", pid=1, device="cuda:0", started_at=now, last_seen_at=now, max_batch=4)
+    Worker.objects.create(
+        name="gpu:1", host="gpu", pid=1, device="cuda:0", started_at=now, last_seen_at=now, max_batch=4
+    )
     # History: a pass of 4 images of this size took 8 s (4 steps: 2 s a step).
     for n in range(4):
         done = submit(f"done {n}")

@@ -51,7 +51,9 @@ def _queue_snapshot():
         positions = selectors.queue_positions()
         order = list(ImageJob.objects.filter(status="queued").order_by("sequence").values_list("pk", flat=True))
         copies = dict(
-            Message.objects.filter(image_jobs__status="queued").values_list("image_jobs__pk", "metadata__queue_position")
+            Message.objects.filter(image_jobs__status="queued").values_list(
+                "image_jobs__pk", "metadata__queue_position"
+            )
         )
     return positions, order, copies
 

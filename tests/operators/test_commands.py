@@ -10,7 +10,7 @@ from generation.models import ImageJob
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
 
-COMMANDS = ["generate", "queue", "expire_stuck_jobs", "retry_failed", "build_demo_model", "model_pull"]
+COMMANDS = ["generate", "queue", "expire_stuck_jobs", "retry_failed", "build_demo_model", "model_pull", "api_key"]
 
 
 def _run(*args, **options) -> str:

@@ -71,3 +71,37 @@ def test_a_cluster_busy_with_a_job_is_stopped_within_seconds_and_leaves_nothing_
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(line) for line in out.split()]
+
+
+def test_the_web_server_runs_several_processes_on_one_port_and_replaces_one_that_dies(tmp_path):
+    import requests
+
+    from tests.helpers import start_web, stop
+
+    web, url = start_web(tmp_path, tmp_path / "web.log", WEB_PROCESSES="2")
+    try:
+        wait_for(lambda: len(_children(web.pid)) == 2, timeout=30, message="two daphne processes")
+        first, second = _children(web.pid)
+        wait_for(lambda: requests.get(f"{url}/login/", timeout=5).status_code == 200, timeout=60, message="answers")
+
+        os.kill(first, signal.SIGKILL)  # one process dies: the other goes on serving
+        assert all(requests.get(f"{url}/login/", timeout=5).status_code == 200 for _ in range(10))
+        wait_for(
+            lambda: len(_children(web.pid)) == 2 and first not in _children(web.pid),
+            timeout=30,
+            message="a new process in place of the dead one",
+        )
+        assert second in _children(web.pid)
+
+        children = _children(web.pid)
+        web.send_signal(signal.SIGTERM)  # what honcho sends: everything stops
+        web.wait(timeout=15)
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), timeout=10, message="all gone")
+    finally:
+        stop(web, signal.SIGKILL)
+    assert "web: 2 daphne process(es)" in (tmp_path / "web.log").read_text()

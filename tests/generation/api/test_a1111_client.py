@@ -1,0 +1,141 @@
+"""The `webuiapi` package against the real web server and gpu cluster."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import webuiapi
+
+from generation.models import ImageJob
+from tests.helpers import LAYER_DATABASES, wait_for
+
+pytestmark = [
+    pytest.mark.configured_layer,
+    pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES),
+    pytest.mark.timeout(300),
+]
+
+TINY = {"width": 64, "height": 64, "steps": 2}
+
+
+def _api(api_stack, user, key) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(baseurl=f"{api_stack['url']}/sdapi/v1", username=user.username, password=key)
+
+
+def test_txt2img_with_webuiapis_defaults_makes_images_with_their_parameters(api_stack, key_for):
+    alice, key = key_for("alice", name="webuiapi")
+    api = _api(api_stack, alice, key)
+
+    result = api.txt2img(prompt="a cat on a wall", negative_prompt="blurry", seed=1234, cfg_scale=6.5, **TINY)
+
+    assert len(result.images) == 1 and result.image.size == (64, 64)
+    assert result.info["seed"] == 1234 and result.info["all_seeds"] == [1234]
+    assert result.info["sampler_name"] == "Euler a"  # webuiapi's default sampler
+    assert (result.info["width"], result.info["height"], result.info["steps"]) == (64, 64, 2)
+    assert result.info["cfg_scale"] == 6.5 and result.info["sd_model_name"] == "demo"
+    assert result.info["prompt"] == "a cat on a wall"
+    infotext = result.image.info["parameters"]
+    assert infotext == result.info["infotexts"][0]
+    assert "Negative prompt: blurry" in infotext and "Sampler: Euler a, CFG scale: 6.5, Seed: 1234" in infotext
+    assert result.parameters["prompt"] == "a cat on a wall"
+    job = ImageJob.objects.get(owner=alice)
+    assert (job.scheduler, job.conversation.title) == ("euler_a", "webuiapi")
+
+
+def test_batch_size_times_n_iter_images_with_consecutive_seeds(api_stack, key_for):
+    alice, key = key_for("alice")
+
+    result = _api(api_stack, alice, key).txt2img(prompt="boats", seed=7, batch_size=2, n_iter=2, **TINY)
+
+    assert len(result.images) == 4
+    assert result.info["all_seeds"] == [7, 8, 9, 10]
+    assert ImageJob.objects.filter(owner=alice).count() == 4
+
+
+def test_a_model_chosen_in_options_is_that_users_default_only(api_stack, key_for):
+    alice, alice_key = key_for("alice")
+    bob, bob_key = key_for("bob")
+    alice_api, bob_api = _api(api_stack, alice, alice_key), _api(api_stack, bob, bob_key)
+    assert sorted(alice_api.util_get_model_names()) == ["demo", "tiny"]
+
+    alice_api.util_set_model("Tiny")
+
+    assert alice_api.util_get_current_model() == "tiny"
+    assert bob_api.util_get_current_model() == "demo"
+    assert alice_api.txt2img(prompt="a tiny house", **TINY).info["sd_model_name"] == "tiny"
+    assert bob_api.txt2img(prompt="a big house", **TINY).info["sd_model_name"] == "demo"
+    overridden = bob_api.txt2img(prompt="a house", override_settings={"sd_model_checkpoint": "tiny"}, **TINY)
+    assert overridden.info["sd_model_name"] == "tiny"
+    assert bob_api.util_get_current_model() == "demo"  # an override is for that request only
+
+
+def test_lists_samplers_schedulers_and_scripts(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+
+    assert "Euler a" in api.util_get_sampler_names()
+    assert api.util_get_scheduler_names() == ["automatic"]
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    model = api.get_sd_models()[0]
+    assert set(model) >= {"title", "model_name", "hash", "sha256", "filename", "config"}
+
+
+def _wait_running(api, *, step: int = 1, image: bool = False) -> dict:
+    def running():
+        progress = api.get_progress()
+        state = progress["state"]
+        if state["sampling_step"] >= step and (progress["current_image"] or not image):
+            return progress
+        return None
+
+    return wait_for(running, timeout=60, interval=0.2, message="the job to run")
+
+
+def test_two_users_each_see_and_interrupt_only_their_own_job(api_stack, key_for):
+    alice, alice_key = key_for("alice")
+    bob, bob_key = key_for("bob")
+    alice_api, bob_api = _api(api_stack, alice, alice_key), _api(api_stack, bob, bob_key)
+    assert bob_api.get_progress()["progress"] == 0 and bob_api.get_progress()["state"]["job_count"] == 0
+
+    with ThreadPoolExecutor(2) as pool:
+        alice_call = pool.submit(alice_api.txt2img, prompt="[slow] alice's owl", width=64, height=64, steps=10)
+        alice_progress = _wait_running(alice_api, step=2, image=True)
+        bob_call = pool.submit(bob_api.txt2img, prompt="[slow] bob's owl", width=64, height=64, steps=4)
+        wait_for(lambda: ImageJob.objects.filter(owner=bob).exists(), timeout=30, message="bob's job")
+
+        # Alice sees her running job with its preview; bob sees his queued job, nothing running.
+        assert 0 < alice_progress["progress"] < 1 and alice_progress["eta_relative"] >= 0
+        assert alice_progress["state"]["sampling_steps"] == 10 and alice_progress["state"]["job_count"] == 1
+        assert alice_progress["current_image"]
+        bob_progress = bob_api.get_progress()
+        assert bob_progress["progress"] == 0 and bob_progress["current_image"] is None
+        assert bob_progress["state"]["job_count"] == 1 and bob_progress["state"]["sampling_step"] == 0
+
+        bob_api.interrupt()  # bob has nothing running: alice's job goes on
+        time.sleep(1)
+        assert ImageJob.objects.get(owner=alice).status == "processing"
+        assert alice_api.get_progress()["state"]["sampling_step"] >= alice_progress["state"]["sampling_step"]
+
+        alice_api.interrupt()
+        alice_result = alice_call.result(timeout=60)
+        bob_progress = _wait_running(bob_api, step=1)
+        assert bob_progress["state"]["sampling_steps"] == 4
+        assert alice_api.get_progress()["progress"] == 0
+        bob_result = bob_call.result(timeout=60)
+
+    assert alice_result.images == []  # interrupted before its image was made
+    assert ImageJob.objects.get(owner=alice).status == "cancelled"
+    assert len(bob_result.images) == 1
+    assert ImageJob.objects.get(owner=bob).status == "complete"
+    assert json.loads(json.dumps(bob_result.info))["all_seeds"]
+
+
+def test_a_failed_job_is_a_500_with_its_message(api_stack, key_for):
+    alice, key = key_for("alice")
+
+    with pytest.raises(RuntimeError) as failed:
+        _api(api_stack, alice, key).txt2img(prompt="[fail] a broken vase", **TINY)
+
+    status, body = failed.value.args
+    assert status == 500 and json.loads(body)["detail"] == ImageJob.objects.get(owner=alice).error
