@@ -1,6 +1,5 @@
 """A worker told to stop claims nothing more, and finishes or hands back its running job."""
 
-import os
 import signal
 import subprocess
 import time
@@ -75,7 +74,13 @@ def test_ctrl_c_on_a_running_cluster_hands_its_job_back_and_stops_within_seconds
     )
     log = open(tmp_path / "gpu.log", "wb")  # noqa: SIM115 - closed below
     script = subprocess.Popen(
-        ["scripts/qcluster.sh", "gpu"], cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+        ["scripts/qcluster.sh", "gpu"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # As from a terminal, whatever this run inherited (a shell's background job ignores SIGINT).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for(lambda: ImageJob.objects.get(pk=slow.pk).progress > 0, timeout=60, message="the slow job running")
@@ -85,7 +90,8 @@ def test_ctrl_c_on_a_running_cluster_hands_its_job_back_and_stops_within_seconds
         stopped_in = time.monotonic() - started
     finally:
         if script.poll() is None:
-            os.killpg(script.pid, signal.SIGKILL)
+            script.terminate()  # the script stops its cluster (which runs in a session of its own)
+            script.wait(timeout=20)
         log.close()
     slow.refresh_from_db()
     after.refresh_from_db()
