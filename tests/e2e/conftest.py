@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup, tmp_path_factory, request):
+def stack(django_db_setup, django_db_blocker, tmp_path_factory, request):
     """daphne, a gpu cluster and the maintenance cluster (which sends the queue
     broadcasts) against the test database, for the whole module.
 
@@ -45,6 +45,12 @@ def stack(django_db_setup, tmp_path_factory, request):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is needed for the browser tests: {CHROMIUM} is missing (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("stack")
+    with django_db_blocker.unblock():
+        from generation.models import Worker
+
+        # The previous module's gpu worker beat until it stopped: for the next 20 s its
+        # row would count as a live worker, a second lane in every ETA.
+        Worker.objects.all().delete()
     stack_env = {**STACK_ENV, **getattr(request.module, "STACK_EXTRA_ENV", {})}
     env = worker_env(data_dir, IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **stack_env)
     subprocess.run(
