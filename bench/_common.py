@@ -63,3 +63,15 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def wait_or_exit(predicate, timeout: float, log) -> None:
+    """Poll `predicate` until it holds; past `timeout` seconds, exit with the end of `log`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"timed out; worker log:\n{log.read_text()[-3000:]}")

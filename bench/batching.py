@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import wait_or_exit, write_result  # noqa: E402
 from bench._django import ROOT, bench_env, migrate, setup, start_cluster, stop  # noqa: E402
 
 USERS = 4
@@ -88,13 +88,17 @@ def main() -> None:
         cluster = start_cluster({**env, "IMAGEGEN_MAX_BATCH": str(batch)}, "gpu", log)
         try:
             warm = [_submit(job_submit, chats[n % USERS], f"warm-up {n}", n, params) for n in range(batch)]
-            _wait(lambda ids=warm: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 600, log)
+            wait_or_exit(
+                lambda ids=warm: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 600, log
+            )
             with transaction.atomic():  # the whole backlog appears at once
                 ids = [
                     _submit(job_submit, chats[n % USERS], f"a benchmark picture {n}", 1000 + n, params)
                     for n in range(args.jobs)
                 ]
-            _wait(lambda ids=ids: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
+            wait_or_exit(
+                lambda ids=ids: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log
+            )
         finally:
             stop(cluster)
         jobs = list(ImageJob.objects.filter(pk__in=ids))
@@ -127,18 +131,13 @@ def main() -> None:
     print(f"written to {write_result(name, result).relative_to(ROOT)}")
 
 
+def _all_complete(job_model, ids: list[int]) -> bool:
+    return job_model.objects.filter(pk__in=ids, status="complete").count() == len(ids)
+
+
 def _submit(job_submit, chat, prompt: str, seed: int, params: dict) -> int:
     user, conversation = chat
     return job_submit(user=user, conversation=conversation, prompt=prompt, seed=seed, **params).pk
-
-
-def _wait(predicate, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out; worker log:\n{log.read_text()[-3000:]}")
 
 
 if __name__ == "__main__":

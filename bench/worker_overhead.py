@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import wait_or_exit, write_result  # noqa: E402
 from bench._django import ROOT, bench_env, migrate, setup, start_cluster, stop, user_with_conversation  # noqa: E402
 
 
@@ -87,11 +87,11 @@ def main() -> None:
     cluster = start_cluster(env, "gpu", log)
     try:
         warm = job_submit(user=user, conversation=conversation, prompt="warm-up", **params)
-        _wait(lambda: ImageJob.objects.get(pk=warm.pk).status == "complete", 300, log)
+        wait_or_exit(lambda: ImageJob.objects.get(pk=warm.pk).status == "complete", 300, log)
         ids = [
             job_submit(user=user, conversation=conversation, prompt="benchmark", **params).pk for _ in range(args.jobs)
         ]
-        _wait(lambda: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
+        wait_or_exit(lambda: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
     finally:
         stop(cluster)
     jobs = list(ImageJob.objects.filter(pk__in=ids).order_by("started_at"))
@@ -120,15 +120,6 @@ def main() -> None:
     family = f"_{args.model}" if args.model else ""
     name = "worker_overhead" + family + ("_sd15" if args.sd15_shaped else "") + ("_redis" if args.redis else "")
     print(f"written to {write_result(name, result).relative_to(ROOT)}")
-
-
-def _wait(predicate, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out; worker log:\n{log.read_text()[-3000:]}")
 
 
 if __name__ == "__main__":

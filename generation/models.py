@@ -120,6 +120,22 @@ class ImageJob(models.Model):
         """One of several images asked for by one prompt (they share a message and a card)."""
         return self.image_count > 1
 
+    def generation_request(self):
+        """The pipeline's request for this job's image."""
+        from generation.pipeline import GenerationRequest
+
+        return GenerationRequest(
+            model=self.model,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=self.seed,
+            scheduler=self.scheduler,
+        )
+
     def pass_key(self) -> tuple:
         """Jobs with equal keys can be made in one pass of the pipeline."""
         return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler)

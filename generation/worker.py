@@ -197,7 +197,7 @@ class JobRunner:
             for start in range(0, len(jobs), fits):
                 self._generate(jobs[start : start + fits], bookkeeper)
             return
-        requests = [_request(job) for job in jobs]
+        requests = [job.generation_request() for job in jobs]
         timeout = settings.IMAGEGEN_TIMEOUT_SECONDS
         on_step = _StepReporter(self, jobs, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
         try:
@@ -266,20 +266,6 @@ _BATCH_FITS: dict[tuple[str, int, int], int] = {}
 
 def _pass_size(job: ImageJob) -> tuple[str, int, int]:
     return (job.model, job.width, job.height)
-
-
-def _request(job: ImageJob) -> GenerationRequest:
-    return GenerationRequest(
-        model=job.model,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance=job.guidance,
-        seed=job.seed,
-        scheduler=job.scheduler,
-    )
 
 
 class _StepReporter:

@@ -21,9 +21,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
 
 from generation import selectors
+from generation.api import ApiFailure, api_view
 from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, basic_credentials
 from generation.api.waiting import run_db, wait_for_jobs
@@ -39,7 +39,7 @@ FIELD_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "model": "s
 SCHEDULE_SUFFIXES = (" karras", " exponential", " sgm uniform", " uniform", " automatic")
 
 
-class ApiError(Exception):
+class ApiError(ApiFailure):
     def __init__(self, status: int, detail: Any, *, error: str = "HTTPException", headers: dict | None = None):
         super().__init__(str(detail))
         self.status, self.detail, self.error, self.headers = status, detail, error, headers or {}
@@ -60,20 +60,6 @@ BAD_INPUT = 400
 
 def invalid(field: str, message: str) -> ApiError:
     return ApiError(BAD_INPUT, [{"loc": ["body", field], "msg": message, "type": "value_error"}])
-
-
-def _api_view(view):
-    """CSRF-exempt (Basic credentials, not a cookie, authenticate), errors in A1111's shape."""
-
-    async def wrapped(request: HttpRequest, *args, **kwargs):
-        try:
-            return await view(request, *args, **kwargs)
-        except ApiError as exc:
-            return exc.response()
-
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
-    return csrf_exempt(wrapped)
 
 
 def _method(request: HttpRequest, *allowed: str) -> None:
@@ -262,7 +248,7 @@ def _info(results: list[api_jobs.Result], asked: dict) -> dict[str, Any]:
 # --- Views ---------------------------------------------------------------------------
 
 
-@_api_view
+@api_view
 async def txt2img(request: HttpRequest):
     """POST /sdapi/v1/txt2img: queue batch_size x n_iter images and answer when they are made."""
     _method(request, "POST")
@@ -315,7 +301,7 @@ def _options(owner) -> dict[str, Any]:
     }
 
 
-@_api_view
+@api_view
 async def options(request: HttpRequest):
     """GET: the caller's options. POST: a model named there becomes the caller's default
     (never a switch for everybody); other keys are accepted and ignored."""
@@ -332,7 +318,7 @@ async def options(request: HttpRequest):
     return JsonResponse(None, safe=False)
 
 
-@_api_view
+@api_view
 async def sd_models(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -354,7 +340,7 @@ async def sd_models(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@_api_view
+@api_view
 async def samplers(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -362,7 +348,7 @@ async def samplers(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@_api_view
+@api_view
 async def schedulers(request: HttpRequest):
     """Each sampler runs with its own default noise schedule: one choice, "automatic"."""
     _method(request, "GET")
@@ -371,7 +357,7 @@ async def schedulers(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@_api_view
+@api_view
 async def scripts(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -416,7 +402,7 @@ def progress_of(owner, *, with_image: bool) -> dict[str, Any]:
     }
 
 
-@_api_view
+@api_view
 async def progress(request: HttpRequest):
     """GET /sdapi/v1/progress: the caller's running job, its step, ETA and live preview."""
     _method(request, "GET")
@@ -440,7 +426,7 @@ def interrupt_running(owner) -> list[int]:
     return cancelled
 
 
-@_api_view
+@api_view
 async def interrupt(request: HttpRequest):
     """POST /sdapi/v1/interrupt: stops the caller's running request, nobody else's."""
     _method(request, "POST")
@@ -449,6 +435,6 @@ async def interrupt(request: HttpRequest):
     return JsonResponse({})
 
 
-@_api_view
+@api_view
 async def not_found(request: HttpRequest, rest: str = ""):
     raise ApiError(404, "Not Found")

@@ -17,7 +17,7 @@ from django.utils import timezone
 from generation import selectors, services
 from generation.api.auth import api_key_conversation
 from generation.models import ApiKey, ApiRequest, ImageJob
-from generation.pipeline import GenerationRequest, infotext
+from generation.pipeline import infotext
 from generation.registry import model_family
 
 # A retry attaches to the job of its first try while that job is pending, or finished
@@ -141,17 +141,7 @@ def results(job_ids: list[int]) -> list[Result]:
 def job_infotext(job: ImageJob) -> str:
     """The job's parameters as AUTOMATIC1111 writes them (the same text as in its PNG)."""
     return infotext(
-        GenerationRequest(
-            model=job.model,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            seed=job.seed,
-            scheduler=job.scheduler,
-        ),
+        job.generation_request(),
         model_family(job.model),
     )
 

@@ -17,8 +17,8 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, JsonResponse
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
 
+from generation.api import ApiFailure, api_view
 from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, bearer_key
 from generation.api.waiting import run_db, wait_for_jobs
@@ -32,7 +32,7 @@ URL_SALT = "generation.api.openai.image"
 PARAM_NAMES = {"width": "size", "height": "size", "model": "model", "prompt": "prompt"}
 
 
-class ApiError(Exception):
+class ApiError(ApiFailure):
     def __init__(
         self,
         status: int,
@@ -53,20 +53,6 @@ class ApiError(Exception):
         for name, value in self.headers.items():
             response[name] = value
         return response
-
-
-def _api_view(view):
-    """CSRF-exempt (a key, not a cookie, authenticates), errors in OpenAI's shape."""
-
-    async def wrapped(request: HttpRequest, *args, **kwargs):
-        try:
-            return await view(request, *args, **kwargs)
-        except ApiError as exc:
-            return exc.response()
-
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
-    return csrf_exempt(wrapped)
 
 
 def _method(request: HttpRequest, allowed: str) -> None:
@@ -139,7 +125,7 @@ def validation_error(exc: ValidationError) -> ApiError:
 # --- Views ---------------------------------------------------------------------------
 
 
-@_api_view
+@api_view
 async def images_generations(request: HttpRequest):
     """POST /v1/images/generations: queue n images and answer when they are made."""
     _method(request, "POST")
@@ -191,7 +177,7 @@ async def images_generations(request: HttpRequest):
     return JsonResponse({"created": int(time.time()), "data": data})
 
 
-@_api_view
+@api_view
 async def models(request: HttpRequest):
     """GET /v1/models: the registry."""
     _method(request, "GET")
@@ -200,7 +186,7 @@ async def models(request: HttpRequest):
     return JsonResponse({"object": "list", "data": data})
 
 
-@_api_view
+@api_view
 async def not_found(request: HttpRequest, rest: str = ""):
     raise ApiError(404, f"Unknown API path {request.path}.", code="unknown_url")
 
