@@ -355,7 +355,7 @@ def test_the_main_scenario_on_a_phone(open_page, stack):
 def test_up_in_an_empty_composer_recalls_the_last_prompt_and_the_tab_shows_progress(open_page, stack):
     page, alice = open_page("alice")
     new_conversation(page)
-    submit_prompt(page, "a slow sunrise", steps="30", width="256", height="256")
+    submit_prompt(page, "a slow sunrise", steps="40", width="512", height="512")
     prompt = page.get_by_test_id("prompt-input")
     expect(prompt).to_have_value("")
     prompt.press("ArrowUp")
