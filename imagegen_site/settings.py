@@ -172,6 +172,10 @@ TEMPLATES = [
 
 WSGI_APPLICATION = None
 ASGI_APPLICATION = "imagegen_site.asgi.application"
+# How many threads of a web process run requests' sync code (views, middleware, the
+# database); more requests at once wait for one, holding nothing. Waiting API requests
+# hold none. More threads than this fight over the process's one core for Python.
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1)
 
 # --- Database -------------------------------------------------------------------
 

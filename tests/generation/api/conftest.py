@@ -23,6 +23,8 @@ def api_stack(django_db_setup, tmp_path_factory):
         "IMAGEGEN_MODELS": f"tiny={tiny}",
         "IMAGEGEN_API_POLL_SECONDS": "0.1",
         "LOG_LEVEL": "WARNING",
+        # Fewer page threads than the requests that wait at once in test_waiting_requests.
+        "WEB_THREADS": "2",
     }
     web, url = start_web(data_dir, data_dir / "web.log", **env)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", **env)

@@ -66,6 +66,8 @@ def test_requests_waiting_behind_a_busy_worker_share_a_few_threads_and_connectio
         wait_for(lambda: ImageJob.objects.filter(status="queued").count() == total, timeout=60, message="all queued")
         waiting_threads = _threads(server)
         waiting_connections = _web_connections()
+        # The waiting requests hold none of the web process's page threads.
+        assert requests.get(f"{api_stack['url']}/login/", timeout=10).status_code == 200
         services.job_cancel(job=hang)
         results = [answer.result(timeout=240) for answer in answers]
 
