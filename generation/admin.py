@@ -1,4 +1,6 @@
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -280,3 +282,19 @@ class ApiKeyAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         for api_key in queryset.filter(revoked_at__isnull=True):
             auth.api_key_revoke(api_key=api_key)
         self.message_user(request, "Revoked the selected keys.", messages.SUCCESS)
+
+
+class ImagegenUserAdmin(UserAdmin):
+    """Django's user admin; deleting a user also stops their jobs and removes their images."""
+
+    # Django's delete page and its "Delete selected" action both end here.
+    def delete_model(self, request, obj):
+        services.user_delete(user=obj)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            services.user_delete(user=user)
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), ImagegenUserAdmin)

@@ -609,6 +609,20 @@ def conversation_delete(*, conversation: Conversation) -> None:
         _delete_files_after_commit(rows)
 
 
+def user_delete(*, user: AbstractBaseUser) -> None:
+    """Delete a user with everything of theirs, as deleting each conversation does.
+
+    Their pending jobs are cancelled first (a running one stops at its next step, and
+    the worker moves on), and their image files are removed once the deletion commits.
+    """
+    with transaction.atomic():
+        jobs = ImageJob.objects.filter(owner_id=user.pk)
+        _cancel_pending(jobs)
+        rows = dict(jobs.values_list("pk", "image"))
+        user.delete()
+        _delete_files_after_commit(rows)
+
+
 def _cancel_pending(jobs: QuerySet[ImageJob]) -> None:
     for job in jobs.filter(status__in=ImageJob.PENDING):
         try:

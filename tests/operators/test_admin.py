@@ -229,3 +229,31 @@ def test_the_queue_view_costs_the_same_queries_for_3_and_30_jobs(settings, admin
         return len(queries)
 
     assert queries_for(3) == queries_for(30)
+
+
+@pytest.mark.parametrize("how", ["delete page", "delete selected"])
+def test_deleting_a_user_in_admin_stops_their_jobs_and_removes_their_images(
+    settings, admin_client, submit, runner_for, bob_chat, django_capture_on_commit_callbacks, how
+):
+    finished = submit("alice's finished kite")
+    runner_for(FakeGenerator()).run_next()
+    queued = submit("alice's waiting kite")
+    bobs = submit("bob's kite", conversation=bob_chat)
+    alice = finished.owner
+    assert _media_files(settings)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        if how == "delete page":
+            response = admin_client.post(reverse("admin:auth_user_delete", args=[alice.pk]), {"post": "yes"})
+        else:
+            response = admin_client.post(
+                reverse("admin:auth_user_changelist"),
+                {"action": "delete_selected", "_selected_action": [alice.pk], "post": "yes"},
+            )
+    assert response.status_code == 302
+
+    assert not ImageJob.objects.filter(pk__in=[finished.pk, queued.pk]).exists()
+    assert not Conversation.objects.filter(owner_id=alice.pk).exists()
+    assert _media_files(settings) == set(), "alice's image went with her"
+    # Bob's job keeps its place, now first in the queue.
+    assert selectors.queue_position(job=ImageJob.objects.get(pk=bobs.pk)) == 1
