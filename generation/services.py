@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -602,11 +603,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
 
     Its pending jobs are cancelled first (a running one stops at its next step).
     """
-    with transaction.atomic():
-        _cancel_pending(conversation.image_jobs.all())
-        rows = dict(conversation.image_jobs.values_list("pk", "image"))
-        conversation.delete()
-        _delete_files_after_commit(rows)
+    _delete_with_jobs(conversation.image_jobs.all(), conversation.delete)
 
 
 def user_delete(*, user: AbstractBaseUser) -> None:
@@ -615,11 +612,16 @@ def user_delete(*, user: AbstractBaseUser) -> None:
     Their pending jobs are cancelled first (a running one stops at its next step, and
     the worker moves on), and their image files are removed once the deletion commits.
     """
+    _delete_with_jobs(ImageJob.objects.filter(owner_id=user.pk), user.delete)
+
+
+def _delete_with_jobs(jobs: QuerySet[ImageJob], delete: Callable[[], Any]) -> None:
+    """Cancel `jobs`' pending ones, run `delete` (which takes the jobs with it), and
+    remove their files once it commits; one transaction."""
     with transaction.atomic():
-        jobs = ImageJob.objects.filter(owner_id=user.pk)
         _cancel_pending(jobs)
         rows = dict(jobs.values_list("pk", "image"))
-        user.delete()
+        delete()
         _delete_files_after_commit(rows)
 
 

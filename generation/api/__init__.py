@@ -5,13 +5,13 @@ Thin adapters over generation.services: a request becomes jobs in the one global
 them without holding a thread or a database connection (see `waiting`).
 """
 
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
 
 def api_view(view):
     """An async API view: CSRF-exempt (a key, not a cookie, authenticates), and an
-    error it raises (anything with a `response()`: each API's ApiError) answered in
-    that API's shape."""
-    from django.views.decorators.csrf import csrf_exempt
-
+    error it raises (each API's ApiError, an ApiFailure) answered in that API's shape."""
     async def wrapped(request, *args, **kwargs):
         try:
             return await view(request, *args, **kwargs)
@@ -24,7 +24,15 @@ def api_view(view):
 
 
 class ApiFailure(Exception):
-    """A request an API refuses; `response()` answers it in that API's shape."""
+    """A request an API refuses: `body`, in that API's error shape, sent as JSON with
+    `status` and `headers`."""
 
-    def response(self):
-        raise NotImplementedError
+    def __init__(self, status: int, body: dict, *, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.body, self.headers = status, body, headers or {}
+
+    def response(self) -> JsonResponse:
+        response = JsonResponse(self.body, status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response

@@ -40,19 +40,15 @@ SCHEDULE_SUFFIXES = (" karras", " exponential", " sgm uniform", " uniform", " au
 
 
 class ApiError(ApiFailure):
-    def __init__(self, status: int, detail: Any, *, error: str = "HTTPException", headers: dict | None = None):
-        super().__init__(str(detail))
-        self.status, self.detail, self.error, self.headers = status, detail, error, headers or {}
+    """An error in the shapes A1111's FastAPI answers with: `{"detail": [...]}` for bad
+    input, else `{"error", "detail", "body", "errors"}`."""
 
-    def response(self) -> JsonResponse:
-        if self.status == BAD_INPUT:
-            body: dict[str, Any] = {"detail": self.detail}  # FastAPI's validation shape
+    def __init__(self, status: int, detail: Any, *, error: str = "HTTPException", headers: dict | None = None):
+        if status == BAD_INPUT:
+            body: dict[str, Any] = {"detail": detail}
         else:
-            body = {"error": self.error, "detail": self.detail, "body": "", "errors": ""}
-        response = JsonResponse(body, status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
+            body = {"error": error, "detail": detail, "body": "", "errors": ""}
+        super().__init__(status, body, message=str(detail), headers=headers)
 
 
 BAD_INPUT = 400

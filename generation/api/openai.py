@@ -33,6 +33,8 @@ PARAM_NAMES = {"width": "size", "height": "size", "model": "model", "prompt": "p
 
 
 class ApiError(ApiFailure):
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
     def __init__(
         self,
         status: int,
@@ -43,16 +45,8 @@ class ApiError(ApiFailure):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JsonResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        response = JsonResponse(body, status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
+        body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        super().__init__(status, body, message=message, headers=headers)
 
 
 def _method(request: HttpRequest, allowed: str) -> None:
