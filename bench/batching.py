@@ -56,8 +56,8 @@ def main() -> None:
 
     from chat.services import conversation_create
     from generation.models import ImageJob
-    from generation.pipeline import GenerationRequest
     from generation.registry import get_generator
+    from generation.request import GenerationRequest
     from generation.services import job_submit
 
     params = {"steps": args.steps, "width": args.size, "height": args.size, "model": model, "guidance": 7.0}
@@ -137,7 +137,7 @@ def _all_complete(job_model, ids: list[int]) -> bool:
 
 def _submit(job_submit, chat, prompt: str, seed: int, params: dict) -> int:
     user, conversation = chat
-    return job_submit(user=user, conversation=conversation, prompt=prompt, seed=seed, **params).pk
+    return job_submit(user=user, conversation=conversation, prompt=prompt, seed=seed, **params).jobs[0].pk
 
 
 if __name__ == "__main__":

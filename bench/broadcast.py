@@ -48,7 +48,7 @@ def main() -> None:
     chats = [user_with_conversation(f"user{n}", "broadcast") for n in range(USERS)]
     for n in range(args.jobs):
         user, conversation = chats[n % USERS]
-        job_submit(user=user, conversation=conversation, prompt=f"job {n}", steps=4, width=64, height=64)
+        job_submit(user=user, conversation=conversation, prompt=f"job {n}", steps=4, width=64, height=64).jobs[0]
 
     broadcast = []
     for _ in range(args.repeat):

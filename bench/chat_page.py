@@ -44,7 +44,9 @@ def main() -> None:
     for messages in (100, 1000):
         conversation = conversation_create(owner=user, title=f"{messages} messages")
         for n in range(messages // 2):
-            job = job_submit(user=user, conversation=conversation, prompt=f"prompt {n}", steps=4, width=64, height=64)
+            job = job_submit(
+                user=user, conversation=conversation, prompt=f"prompt {n}", steps=4, width=64, height=64
+            ).jobs[0]
             ImageJob.objects.filter(pk=job.pk).update(status=STATES[n % len(STATES)])
         url = reverse("chat:conversation", args=[conversation.pk])
         client.get(url)  # warm caches

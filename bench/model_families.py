@@ -32,7 +32,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from generation.pipeline import GenerationRequest, ImageGenerator, ModelRegistry
+    from generation.loading import ModelRegistry
+    from generation.pipeline import DiffusersGenerator
+    from generation.request import GenerationRequest
 
     cache = Path(args.cache)
     folders = {"sd15": demo_pipeline_path(cache)} | {
@@ -41,7 +43,7 @@ def main() -> None:
     extra = {name: str(path) for name, path in folders.items()}
     extra |= {f"{name}-offload": f"{path};offload" for name, path in folders.items()}
     registry = ModelRegistry(extra)
-    generator = ImageGenerator(registry, cache_dir=cache)
+    generator = DiffusersGenerator(registry, cache_dir=cache)
     cuda = generator.device.startswith("cuda")
     runs = {}
     for name in folders:

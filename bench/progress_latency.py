@@ -58,12 +58,15 @@ def measure(steps: int) -> dict:
         def load(self, name):
             return self.inner.load(name)
 
-        def generate(self, request, on_step=None):
+        def needs_download(self, name):
+            return self.inner.needs_download(name)
+
+        def generate_batch(self, requests, on_step=None):
             def timed(step, total, latents):
                 callback_at[step] = time.time()
                 on_step(step, total, latents)
 
-            return self.inner.generate(request, timed)
+            return self.inner.generate_batch(requests, timed)
 
     try:
         with sync_playwright() as playwright:
@@ -79,8 +82,10 @@ def measure(steps: int) -> dict:
             get_generator().load("demo")  # warm
 
             def work():
-                job_submit(user=user, conversation=conversation, prompt="latency", steps=steps, width=512, height=512)
-                JobRunner(Timed(get_generator())).run_next()
+                job_submit(
+                    user=user, conversation=conversation, prompt="latency", steps=steps, width=512, height=512
+                ).jobs[0]
+                JobRunner(Timed(get_generator())).run_queue(budget=0)
 
             worker = threading.Thread(target=work)
             worker.start()

@@ -68,11 +68,11 @@ def child(backend: str, depth: int, measured: int, gpu_ms: float, postgres: str,
     users = [get_user_model().objects.create_user(f"user{n}", password="bench-password-1") for n in range(USERS)]
     chats = [conversation_create(owner=user, title="depth") for user in users]
     for n in range(depth):
-        job_submit(user=users[n % USERS], conversation=chats[n % USERS], prompt=f"waiting {n}", **PARAMS)
+        job_submit(user=users[n % USERS], conversation=chats[n % USERS], prompt=f"waiting {n}", **PARAMS).jobs[0]
     started = time.perf_counter()
     head = []
     for n in range(measured):
-        job = job_submit(user=users[n % USERS], conversation=chats[n % USERS], prompt=f"measured {n}", **PARAMS)
+        job = job_submit(user=users[n % USERS], conversation=chats[n % USERS], prompt=f"measured {n}", **PARAMS).jobs[0]
         head.append(job.pk)
     submit_seconds = time.perf_counter() - started
     # The measured jobs go first: they take the queue's head.

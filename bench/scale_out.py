@@ -72,7 +72,7 @@ def child(workers: int, jobs: int, gpu_ms: float, postgres: str, redis: str) -> 
         with transaction.atomic():
             for n in range(jobs):
                 chat = chats[n % USERS]
-                job_submit(user=chat.owner, conversation=chat, prompt=f"job {n}", **PARAMS)
+                job_submit(user=chat.owner, conversation=chat, prompt=f"job {n}", **PARAMS).jobs[0]
         committed = timezone.now()
         deadline = time.monotonic() + 600
         while ImageJob.objects.filter(status="complete").count() < jobs:

@@ -135,13 +135,13 @@ def main() -> None:
     viewer = users[0]
     page = conversation_create(owner=viewer, title="the viewer's conversation")
     for n in range(20):
-        job = job_submit(user=viewer, conversation=page, prompt=f"mine {n}", steps=20, width=512, height=512)
+        job = job_submit(user=viewer, conversation=page, prompt=f"mine {n}", steps=20, width=512, height=512).jobs[0]
         if n < 10:
             ImageJob.objects.filter(pk=job.pk).update(status="complete")
     for user in users:
         chat = page if user == viewer else conversation_create(owner=user, title="waiting")
         for n in range(10 if user != viewer else 0):
-            job_submit(user=user, conversation=chat, prompt=f"waiting {n}", steps=20, width=512, height=512)
+            job_submit(user=user, conversation=chat, prompt=f"waiting {n}", steps=20, width=512, height=512).jobs[0]
     waiting = ImageJob.objects.filter(status="queued").count()
     client = Client(HTTP_HOST="localhost")
     client.force_login(viewer)

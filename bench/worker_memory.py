@@ -61,8 +61,8 @@ def main() -> None:
             steps=args.steps,
             width=args.size,
             height=args.size,
-        )
-        runner.run_next()
+        ).jobs[0]
+        runner.run_queue(budget=0)
         if n == 1 or n % args.every == 0:
             samples.append((n, rss_mb()))
     elapsed = time.perf_counter() - started

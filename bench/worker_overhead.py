@@ -64,8 +64,8 @@ def main() -> None:
     migrate(env)
     setup(env)
     from generation.models import ImageJob
-    from generation.pipeline import GenerationRequest
     from generation.registry import get_generator, model_limits
+    from generation.request import GenerationRequest
     from generation.services import job_submit
 
     guidance = model_limits(model).default_guidance
@@ -86,10 +86,11 @@ def main() -> None:
     log = Path(env["DATA_DIR"]) / "gpu.log"
     cluster = start_cluster(env, "gpu", log)
     try:
-        warm = job_submit(user=user, conversation=conversation, prompt="warm-up", **params)
+        warm = job_submit(user=user, conversation=conversation, prompt="warm-up", **params).jobs[0]
         wait_or_exit(lambda: ImageJob.objects.get(pk=warm.pk).status == "complete", 300, log)
         ids = [
-            job_submit(user=user, conversation=conversation, prompt="benchmark", **params).pk for _ in range(args.jobs)
+            job_submit(user=user, conversation=conversation, prompt="benchmark", **params).jobs[0].pk
+            for _ in range(args.jobs)
         ]
         wait_or_exit(lambda: ImageJob.objects.filter(pk__in=ids, status="complete").count() == len(ids), 3600, log)
     finally:

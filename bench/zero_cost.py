@@ -43,7 +43,11 @@ class ZeroCostGenerator:
     def load(self, name):
         return None
 
-    def generate(self, request, on_step=None):
+    def needs_download(self, name):
+        return False
+
+    def generate_batch(self, requests, on_step=None):
+        request = requests[0]
         size = (request.width, request.height)
         if size not in self._pictures:
             self._pictures[size] = picture(*size)
@@ -53,9 +57,9 @@ class ZeroCostGenerator:
             if self.gpu_seconds:
                 time.sleep(self.gpu_seconds / request.steps)
             if on_step is not None:
-                on_step(step, request.steps, self._latents[size])
+                on_step(step, request.steps, self._latents[size].expand(len(requests), -1, -1, -1))
         ended = time.time()
         if self._timings is not None:
             self._timings.write(f"{started} {ended}\n")
             self._timings.flush()
-        return self._pictures[size].copy()
+        return [self._pictures[size].copy() for _ in requests]

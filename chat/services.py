@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -70,7 +71,13 @@ def _merge_flat_sql(column: str, *, vendor: str, keys: list[str]) -> str:
     return f"json_set({column}, {paths})"
 
 
-def message_update(message_id: int, *, content: str | None = None, metadata: dict | None = None) -> None:
+def message_update(
+    message_id: int,
+    *,
+    content: str | None = None,
+    metadata: dict | None = None,
+    derive: Callable[[dict[str, Any]], tuple[dict[str, Any], str | None]] | None = None,
+) -> None:
     """Deep-merge `metadata` into a message and optionally replace its content.
 
     Nested dicts merge, other values replace, keys the update does not name stay.
@@ -80,18 +87,27 @@ def message_update(message_id: int, *, content: str | None = None, metadata: dic
     way concurrent updates from the web process and the workers never lose each
     other's keys. On SQLite the IMMEDIATE transaction mode takes the database write
     lock at BEGIN, which does the same.
+
+    `derive`, if given, is called with the merged metadata under the same lock and
+    returns more top-level keys to merge and a new content (or None): a summary that
+    must agree with everything merged so far, such as a prompt's state from its
+    images' states.
     """
     if metadata is not None:
         _check_metadata(metadata)
     now = timezone.now()
-    if metadata and _is_flat(metadata) and all(_KEY.fullmatch(key) for key in metadata):
+    if derive is None and metadata and _is_flat(metadata) and all(_KEY.fullmatch(key) for key in metadata):
         _message_merge_flat(message_id, content=content, metadata=metadata, now=now)
         return
     with transaction.atomic():
-        message = Message.objects.select_for_update().get(pk=message_id)
-        changes: dict[str, Any] = {"updated_at": now}
-        if metadata:
-            changes["metadata"] = deep_merge(message.metadata or {}, metadata)
+        message = Message.objects.select_for_update().only("metadata").get(pk=message_id)
+        merged = deep_merge(message.metadata or {}, metadata or {})
+        if derive is not None:
+            summary, derived_content = derive(merged)
+            _check_metadata(summary)
+            merged = deep_merge(merged, summary)
+            content = derived_content if derived_content is not None else content
+        changes: dict[str, Any] = {"updated_at": now, "metadata": merged}
         if content is not None:
             changes["content"] = content
         Message.objects.filter(pk=message_id).update(**changes)

@@ -69,6 +69,11 @@ def _message_items(messages_list) -> list[dict]:
     ]
 
 
+def _message_item(message, jobs, *, etas: bool = True) -> dict:
+    states = generation_selectors.job_live_states(jobs=jobs, etas=etas)
+    return {"message": message, "cards": [(job, states.get(job.pk, {})) for job in jobs]}
+
+
 def _render_conversation(request, conversation, form, status=200):
     context = {
         "conversation": conversation,
@@ -92,24 +97,24 @@ def job_submit(request, conversation_id: int):
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
     fields = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST and key != "prompt"}
     try:
-        job = generation_services.job_submit(
+        submission = generation_services.job_submit(
             user=request.user, conversation=conversation, prompt=request.POST.get("prompt", ""), **fields
         )
-    except ValidationError as exc:
+    except (ValidationError, generation_services.JobRefused) as exc:
         # Show the refusal on the form: its fields' own errors, or the cap that refused it.
         form = JobForm(data=request.POST)
         if form.is_valid():
-            form.add_error(None, exc)
+            form.add_error(None, str(exc) if isinstance(exc, generation_services.JobRefused) else exc)
     else:
         if not _is_fetch(request):
             return redirect("chat:conversation", conversation_id=conversation.pk)
-        # The new cards' positions are their ranks now; ETAs come with the next queue broadcast.
-        first = generation_selectors.queue_position(job=job)
-        cards = [(each, {"position": first + index if first else None}) for index, each in enumerate(job.prompt_jobs)]
-        items = [{"message": job.prompt_message, "cards": []}, {"message": job.message, "cards": cards}]
+        items = [
+            {"message": submission.prompt_message, "cards": []},
+            _message_item(submission.reply, submission.jobs, etas=False),
+        ]
         response = render(request, "chat/_messages.html", {"items": items}, status=201)
         # The first prompt may have named the conversation; the page shows the new title.
-        response["X-Conversation-Title"] = quote(job.conversation.title)
+        response["X-Conversation-Title"] = quote(submission.conversation.title)
         return response
     if _is_fetch(request):
         return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=400)

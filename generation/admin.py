@@ -1,3 +1,5 @@
+from contextvars import ContextVar
+
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -13,6 +15,9 @@ from generation.models import ApiKey, CircuitBreaker, ImageJob, Worker
 from generation.registry import get_registry, model_family, model_limits
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
+
+# job id -> position, for the changelist page being rendered by this thread.
+_page_positions: ContextVar[dict[int, int] | None] = ContextVar("page_positions", default=None)
 
 
 class ViewOnlyPagesMixin:
@@ -107,7 +112,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
 
     @admin.display(description="Position")
     def position(self, job):
-        positions = getattr(self, "_positions", None)
+        positions = _page_positions.get()
         if positions is None:
             positions = selectors.queue_positions()
         return positions.get(job.pk, "—")
@@ -136,13 +141,14 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         return format_html('<a href="{0}"><img src="{0}" alt="" width="64" height="64" loading="lazy"></a>', url)
 
     def changelist_view(self, request, extra_context=None):
-        # Positions are global, whatever the filters: one query for the whole page.
-        self._positions = selectors.queue_positions()
+        # Positions are global, whatever the filters: one query for the whole page, kept
+        # for this request alone (the admin instance is shared by every request thread).
+        token = _page_positions.set(selectors.queue_positions())
         try:
             extra_context = {**(extra_context or {}), "queue_url": reverse("admin:generation_imagejob_queue")}
             return super().changelist_view(request, extra_context)
         finally:
-            self._positions = None
+            _page_positions.reset(token)
 
     # --- Views ------------------------------------------------------------------------
 

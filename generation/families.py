@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from generation.pipeline import GenerationRequest
+    from generation.request import GenerationRequest
 
 
 # scheduler key -> AUTOMATIC1111's sampler name (what the infotext and the form show)
@@ -115,6 +115,13 @@ FLUX_LATENTS = LatentFormat(
 )
 
 
+# The bounds of any image size (a family or a model may allow less): the one home of
+# these numbers for the form, the APIs and the registry.
+SIZE_MIN = 64
+SIZE_MAX = 2048
+SIZE_STEP = 8
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -125,8 +132,8 @@ class Family:
     latents: LatentFormat
     default_size: int
     size_step: int  # the VAE's x8 times the transformer's patch size, where it has one
-    max_size: int = 2048
-    min_size: int = 64
+    max_size: int = SIZE_MAX
+    min_size: int = SIZE_MIN
     dtype: str = "float16"  # on CUDA; a CPU runs float32
     # "cfg": classifier-free guidance (two passes a step, a negative prompt applies);
     # "distilled": the guidance strength is an input of the model (one pass, no negative prompt).

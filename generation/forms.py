@@ -6,15 +6,13 @@ import secrets
 from django import forms
 from django.conf import settings
 
-from generation.families import ModelLimits
-from generation.pipeline import DEFAULT_SCHEDULER, SCHEDULERS
+from generation.families import SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
+from generation.pipeline import SCHEDULERS
 from generation.registry import get_registry, model_limits
+from generation.request import DEFAULT_SCHEDULER
 
 PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
-SIZE_MIN = 64
-SIZE_MAX = 2048
-SIZE_STEP = 8
 STEPS_MIN, STEPS_MAX = 1, 100
 GUIDANCE_MIN, GUIDANCE_MAX = 0, 30
 COUNT_MIN, COUNT_MAX = 1, 8
@@ -89,12 +87,12 @@ class JobForm(forms.Form):
     width = forms.IntegerField(
         required=False,
         error_messages={"invalid": f"Width: a whole number of pixels, a multiple of {SIZE_STEP}."},
-        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP, "placeholder": "512"}),
+        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP}),
     )
     height = forms.IntegerField(
         required=False,
         error_messages={"invalid": f"Height: a whole number of pixels, a multiple of {SIZE_STEP}."},
-        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP, "placeholder": "512"}),
+        widget=_number({"min": SIZE_MIN, "step": SIZE_STEP}),
     )
     steps = forms.IntegerField(
         min_value=STEPS_MIN,
@@ -102,7 +100,7 @@ class JobForm(forms.Form):
         required=False,
         error_messages=_range_errors(f"Steps: {STEPS_MIN}-{STEPS_MAX}."),
         help_text="More steps: finer detail, slower.",
-        widget=_number({"placeholder": "20"}),
+        widget=_number({}),
     )
     guidance = forms.FloatField(
         min_value=GUIDANCE_MIN,
@@ -110,7 +108,7 @@ class JobForm(forms.Form):
         required=False,
         error_messages=_range_errors(f"Guidance: {GUIDANCE_MIN}-{GUIDANCE_MAX}."),
         help_text="How closely to follow the prompt.",
-        widget=forms.NumberInput(attrs={"step": "0.5", "placeholder": "7", "inputmode": "decimal"}),
+        widget=forms.NumberInput(attrs={"step": "0.5", "inputmode": "decimal"}),
     )
     seed = forms.IntegerField(
         min_value=0,
@@ -136,7 +134,8 @@ class JobForm(forms.Form):
         widget=_number({"placeholder": "1"}),
     )
 
-    DEFAULTS = {"count": 1, "width": 512, "height": 512, "steps": 20, "guidance": 7.0, "scheduler": DEFAULT_SCHEDULER}
+    # Every other default is the model's family's (`model_defaults`): one home for them.
+    DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER}
     # For the template: the counter's limit and the size presets.
     prompt_max_length = PROMPT_MAX_LENGTH
     size_presets = SIZE_PRESETS
@@ -149,7 +148,10 @@ class JobForm(forms.Form):
         for key, default in defaults.items():
             self.fields[key].initial = default
             # The page's settings summary names only what differs from these.
-            self.fields[key].widget.attrs["data-default"] = f"{default:g}" if isinstance(default, float) else default
+            shown = f"{default:g}" if isinstance(default, float) else default
+            self.fields[key].widget.attrs["data-default"] = shown
+            if key in ("width", "height", "steps", "guidance"):
+                self.fields[key].widget.attrs["placeholder"] = shown
         every = {name: model_limits(name) for name in get_registry().names()}
         for key in ("width", "height"):
             self.fields[key].widget.attrs["max"] = max((limits.max_size for limits in every.values()), default=SIZE_MAX)
@@ -177,7 +179,8 @@ class JobForm(forms.Form):
         # The size check runs whatever else is wrong, so every error shows in one round.
         model = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
         limits = model_limits(model) if model in get_registry() else None
-        defaults = {**self.DEFAULTS, **(model_defaults(limits) if limits else {})}
+        fallback = model_limits(settings.IMAGEGEN_DEFAULT_MODEL)  # an unknown model is an error anyway
+        defaults = {**self.DEFAULTS, **model_defaults(limits or fallback)}
         for field, label in (("width", "Width"), ("height", "Height")):
             if field not in data:
                 continue  # not a number: its own error says so

@@ -3,17 +3,16 @@
 The beat runs on a thread of its own, so it goes on while the main thread loads a
 model or runs a long step; while a model is loading for a job, it also keeps that
 job's heartbeat fresh (the step callback cannot yet). Each beat also puts back in the
-queue the jobs of workers that stopped beating (one query when there are none), so a
-dead worker's job waits IMAGEGEN_WORKER_DEAD_AFTER_SECONDS plus a beat while any
-other worker lives, and at most a minute more (the guard) when none does. One per process: a forked
-child starts its own.
+queue the jobs of dead workers (`services.jobs_requeue_from_dead_workers`: one query
+when there are none), so a dead worker's job waits IMAGEGEN_WORKER_DEAD_AFTER_SECONDS
+plus a beat while any other worker lives, and at most a minute more (the guard) when
+none does. One per process: a forked child starts its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,19 +20,17 @@ from contextlib import contextmanager
 from django.conf import settings
 from django.db import connection
 
+from generation import workers
+
 logger = logging.getLogger(__name__)
 
 _beat: WorkerBeat | None = None
 _lock = threading.Lock()
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class WorkerBeat:
     def __init__(self, *, device: str, interval: float, max_batch: int = 1):
-        self.name = worker_name()
+        self.name = workers.worker_name()
         self.pid = os.getpid()
         self.device = device
         self.max_batch = max_batch
@@ -43,9 +40,7 @@ class WorkerBeat:
         self._thread = threading.Thread(target=self._loop, name="worker-beat", daemon=True)
 
     def start(self) -> None:
-        from generation import services
-
-        services.worker_register(name=self.name, device=self.device, max_batch=self.max_batch)
+        workers.worker_register(name=self.name, device=self.device, max_batch=self.max_batch)
         self._thread.start()
 
     def stop(self) -> None:
@@ -53,9 +48,7 @@ class WorkerBeat:
         self._thread.join(timeout=5)
 
     def beat(self) -> None:
-        from generation import services
-
-        services.worker_beat(
+        workers.worker_beat(
             name=self.name,
             device=self.device,
             max_batch=self.max_batch,

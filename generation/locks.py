@@ -13,30 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def worker_is_gone(worker: str, *, host: str) -> bool:
-    """True when `worker` ("host:pid") names a process on `host` that no longer runs.
-
-    Workers on other hosts cannot be checked from here: they count as alive, and the
-    heartbeat guard covers them.
-    """
-    worker_host, _, pid = worker.rpartition(":")
-    if worker_host != host or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # A killed process whose parent died too can stay a zombie when nothing reaps it
-    # (pid 1 in many containers): it still answers kill(0) but runs nothing.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
-
-
 class DeviceBusy(Exception):
     """The device lock could not be had within the wait limit."""
 

@@ -5,6 +5,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import models
 
+from generation.request import GenerationRequest
+
 
 class QueueTicket(models.Model):
     """A database-assigned, ever-increasing number that orders the global queue.
@@ -120,10 +122,8 @@ class ImageJob(models.Model):
         """One of several images asked for by one prompt (they share a message and a card)."""
         return self.image_count > 1
 
-    def generation_request(self):
+    def generation_request(self) -> GenerationRequest:
         """The pipeline's request for this job's image."""
-        from generation.pipeline import GenerationRequest
-
         return GenerationRequest(
             model=self.model,
             prompt=self.prompt,
@@ -136,9 +136,13 @@ class ImageJob(models.Model):
             scheduler=self.scheduler,
         )
 
+    # What jobs must share to be made in one pass of the pipeline: the claim, the ETA
+    # and the admin's queue page all group by these.
+    PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler")
+
     def pass_key(self) -> tuple:
         """Jobs with equal keys can be made in one pass of the pipeline."""
-        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler)
+        return tuple(getattr(self, field) for field in self.PASS_FIELDS)
 
 
 class CircuitBreaker(models.Model):

@@ -6,7 +6,9 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from generation.families import DEFAULT_FAMILY, Family, ModelLimits
-from generation.pipeline import ImageGenerator, ModelRegistry
+from generation.loading import ModelRegistry
+from generation.pipeline import DiffusersGenerator
+from generation.request import ImageGenerator
 
 
 @cache
@@ -17,7 +19,7 @@ def get_registry() -> ModelRegistry:
 @cache
 def get_generator() -> ImageGenerator:
     # One per worker process: the pipeline stays loaded between jobs.
-    cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else ImageGenerator
+    cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else DiffusersGenerator
     return cls(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)
 
 

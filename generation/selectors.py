@@ -98,10 +98,8 @@ def duration_estimator(*, history: int = 200):
 
 
 def _pass_key(row: dict) -> tuple:
-    return tuple(row[field] for field in PASS_FIELDS)
-
-
-PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler")  # as ImageJob.pass_key
+    """`ImageJob.pass_key` of a row read with `.values(*ImageJob.PASS_FIELDS)`."""
+    return tuple(row[field] for field in ImageJob.PASS_FIELDS)
 
 
 def queue_eta(*, now: datetime | None = None) -> list[dict]:
@@ -135,7 +133,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         ImageJob.objects.filter(status=Status.QUEUED)
         .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
         .order_by("sequence")
-        .values("pk", "owner_id", "message_id", "position", "guidance", "scheduler", *fields)
+        .values("pk", "owner_id", "message_id", "position", *ImageJob.PASS_FIELDS)
     )
     window = settings.IMAGEGEN_BATCH_WINDOW
     timing: dict[int, tuple[float, float]] = {}
@@ -205,11 +203,22 @@ def queue_blocked_until(*, now: datetime) -> datetime | None:
     return max(jobs_ready, breaker_ready)
 
 
-def job_live_states(*, jobs: list[ImageJob]) -> dict[int, dict]:
-    """Position and ETA of each pending job in `jobs`, keyed by job id (a few queries in all)."""
+def job_live_states(*, jobs: list[ImageJob], etas: bool = True) -> dict[int, dict]:
+    """Position and ETA of each pending job in `jobs`, keyed by job id (a few queries in all).
+
+    What every card is rendered with: the page, a card fetched again, a new prompt's
+    cards. Without `etas` only the positions are read (a count for each queued job,
+    for a reply that must not read the whole queue); its ETAs come with the next
+    queue broadcast.
+    """
     pending = [job for job in jobs if job.status in ImageJob.PENDING]
     if not pending:
         return {}
+    if not etas:
+        return {
+            job.pk: {"position": queue_position(job=job), "estimated_start_seconds": None, "estimated_seconds": None}
+            for job in pending
+        }
     estimate = duration_estimator()
     queue = {entry["job_id"]: entry for entry in queue_eta()} if any(j.status == Status.QUEUED for j in pending) else {}
     states = {}
@@ -268,6 +277,26 @@ def recent_passes(*, limit: int = 5) -> list[tuple[str, list[int]]]:
     for batch, job_id in ImageJob.objects.filter(batch__in=names).order_by("sequence").values_list("batch", "pk"):
         members[batch].append(job_id)
     return list(members.items())
+
+
+def workers_dead(*, now: datetime | None = None) -> dict[str, str]:
+    """Worker name -> why it is dead, for every worker row that is: silent for
+    IMAGEGEN_WORKER_DEAD_AFTER_SECONDS wherever it ran, or on this machine with its
+    process gone. One query for the silent ones and one for this host's few rows."""
+    import socket
+
+    from django.utils import timezone
+
+    from generation.workers import process_is_gone
+
+    now = now or timezone.now()
+    silent = Worker.objects.filter(last_seen_at__lt=Worker.live_since(now)).values_list("name", flat=True)
+    dead = {name: "stopped beating" for name in silent}
+    here = Worker.objects.filter(host=socket.gethostname(), last_seen_at__gte=Worker.live_since(now))
+    for name, host, pid in here.values_list("name", "host", "pid"):
+        if process_is_gone(host, pid):
+            dead[name] = "died"
+    return dead
 
 
 def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:

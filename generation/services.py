@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,9 +28,9 @@ from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import SEED_MAX, JobForm
-from generation.locks import worker_is_gone
-from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket, Worker
-from generation.pipeline import ModelUnavailable, is_transient
+from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket
+from generation.pipeline import is_transient
+from generation.sources import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -79,32 +79,53 @@ def _transition(
 
 
 def _message_update(job: ImageJob, *, metadata: dict[str, Any], content: str | None = None) -> None:
-    """Merge a job's state into its message.
+    """Merge a job's state into its message, in the one shape every reply has.
 
-    A message with one job holds that job's state. One shared by the images of a
-    prompt holds each job's state under `images.<job id>`, and, when a status changes,
-    the prompt's as a whole: running while any runs, queued while any waits, then
-    complete if any image was made.
+    The image's own state goes under `images.<job id>`; the top level is the prompt's
+    state, derived from all of its images' under the message's row lock (so two
+    images changing at once both count): see `_prompt_state`. `content` is what this
+    change says of an image (the reply's text when the prompt asked for one image).
     """
-    if not job.in_group:
-        message_update(job.message_id, content=content, metadata=metadata)
-        return
-    update: dict[str, Any] = {"images": {str(job.pk): metadata}}
-    content = None
-    if "status" in metadata:
-        # The message's lock first: a sibling changing at the same moment has then
-        # committed, and the statuses read next include its change.
-        list(Message.objects.select_for_update().filter(pk=job.message_id).values_list("pk"))
-        statuses = list(ImageJob.objects.filter(message_id=job.message_id).values_list("status", flat=True))
-        status = next(
-            (state for state in (Status.PROCESSING, Status.QUEUED, Status.COMPLETE, Status.ERROR) if state in statuses),
-            Status.CANCELLED,
-        )
-        update["status"] = status
-        if status != Status.QUEUED:
-            update["queue_position"] = None
-        content = texts.group_content(status, job.image_count, statuses.count(Status.COMPLETE))
-    message_update(job.message_id, content=content, metadata=update)
+    count = job.image_count
+
+    def derive(merged: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        return _prompt_state(merged.get("images", {}), count=count, said=content)
+
+    message_update(job.message_id, metadata={"images": {str(job.pk): metadata}}, derive=derive)
+
+
+def _prompt_state(images: dict[str, dict], *, count: int, said: str | None) -> tuple[dict[str, Any], str]:
+    """The prompt's state from its images' (keyed by job id): what the top level of its reply holds.
+
+    Running while any image runs, queued while any waits, then complete if any image
+    was made, else failed, else cancelled. Its progress is the images' mean, its image
+    the first one made, its error the first one's when none was made, and it started
+    with the first image and finished with the last.
+    """
+    entries = [images[key] for key in sorted(images, key=int)]
+    statuses = [entry.get("status") for entry in entries]
+    status = next(
+        (state for state in (Status.PROCESSING, Status.QUEUED, Status.COMPLETE, Status.ERROR) if state in statuses),
+        Status.CANCELLED,
+    )
+    made = [
+        entry["image_url"] for entry in entries if entry.get("status") == Status.COMPLETE and entry.get("image_url")
+    ]
+    errors = [entry["error"] for entry in entries if entry.get("status") == Status.ERROR and entry.get("error")]
+    started = [entry["started_at"] for entry in entries if entry.get("started_at")]
+    finished = [entry["finished_at"] for entry in entries if entry.get("finished_at")]
+    state = {
+        "status": status,
+        "progress": round(sum(entry.get("progress") or 0 for entry in entries) / max(count, 1)),
+        "image_url": made[0] if made else None,
+        "error": errors[0] if status == Status.ERROR and errors else None,
+        "started_at": min(started) if started else None,
+        "finished_at": max(finished) if status in ImageJob.FINAL and finished else None,
+        "retrying": any(entry.get("retrying") for entry in entries),
+    }
+    if status != Status.QUEUED:
+        state["queue_position"] = None
+    return state, texts.prompt_content(status, count, statuses.count(Status.COMPLETE), said)
 
 
 def _announce_queued(job: ImageJob) -> None:
@@ -127,46 +148,129 @@ def _queue_changed() -> None:
 # --- Submit ------------------------------------------------------------------------
 
 
-def _caps_refusal(owner_id: int, *, now: datetime, asked: int | None) -> str | None:
-    """Lock the user's row, then check their caps; what to tell them, or None.
+@dataclass(frozen=True)
+class Refusal:
+    """Why a cap refused a request, and when asking again should succeed (seconds)."""
 
-    One user's submissions and retries queue behind each other on that lock, so the
-    caps hold even when several tabs or scripts ask at the same moment. The counts
-    are a statement of their own: one that starts after the lock is granted sees
-    every job committed by the one that held it (a single statement would count
-    from its own, older snapshot on PostgreSQL). The pending cap counts images, so
-    `asked` more must fit under it; a new submission (`asked` images) also counts,
-    as one prompt, against the per-minute rate. A retry (`asked` None) brings back
-    one job, so only the pending cap applies to it.
-    """
+    message: str
+    retry_after: int
+
+
+class JobRefused(JobError):
+    """A cap (pending images, prompts a minute) refused a submission or a retry."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `job_submit` made (or found, for a retried API request: `attached`)."""
+
+    jobs: list[ImageJob]  # one per image, in queue order
+    reply: Message  # the assistant's message the jobs share
+    conversation: Conversation  # with its title as it is now
+    prompt_message: Message | None = None  # the user's message; None when attached
+    attached: bool = False
+
+
+# A retry attaches to the jobs of its first try while one is pending, or finished this
+# recently (the answer was lost on the way, the image is there).
+ATTACH_FINISHED_WITHIN = timedelta(minutes=10)
+RETRY_AFTER_MAX = 120
+
+
+def _lock_user(owner_id: int) -> None:
+    """One user's submissions and retries queue behind each other on their user row."""
     list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+
+
+def _caps_refusal(owner_id: int, *, now: datetime, asked: int | None) -> Refusal | None:
+    """The user's caps, checked under their row lock (taken by the caller); None when they allow.
+
+    The lock makes the caps hold even when several tabs or scripts ask at the same
+    moment. The counts are a statement of their own: one that starts after the lock
+    is granted sees every job committed by the one that held it (a single statement
+    would count from its own, older snapshot on PostgreSQL). The pending cap counts
+    images, so `asked` more must fit under it; a new submission (`asked` images) also
+    counts, as one prompt, against the per-minute rate. A retry (`asked` None) brings
+    back one job, so only the pending cap applies to it.
+    """
     counts = ImageJob.objects.filter(owner_id=owner_id).aggregate(
         pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
         recent=Count("message_id", filter=Q(created_at__gte=now - timedelta(minutes=1)), distinct=True),
     )
     limit = settings.IMAGEGEN_MAX_PENDING_PER_USER
+    wanted = 1 if asked is None else asked
     if counts["pending"] >= limit:
-        return texts.pending_cap(counts["pending"])
-    if asked is not None and counts["pending"] + asked > limit:
-        return texts.too_many_asked(counts["pending"], asked, limit)
-    if asked is not None and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
-        return texts.TOO_FAST
-    return None
+        message = texts.pending_cap(counts["pending"])
+    elif counts["pending"] + wanted > limit:
+        message = texts.too_many_asked(counts["pending"], wanted, limit)
+    elif asked is not None and counts["recent"] >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+        message = texts.TOO_FAST
+    else:
+        return None
+    return Refusal(message, _retry_after(owner_id, asked=wanted, now=now, rated=asked is not None))
+
+
+def _retry_after(owner_id: int, *, asked: int, now: datetime, rated: bool) -> int:
+    """Seconds until the user's caps let a request for `asked` images in (1-120).
+
+    For the pending cap: until enough of the user's pending jobs should have ended
+    (their ETAs); for the rate: until the oldest prompt of the last minute leaves it.
+    """
+    pending = list(ImageJob.objects.filter(owner_id=owner_id, status__in=ImageJob.PENDING))
+    waits = []
+    over = len(pending) + asked - settings.IMAGEGEN_MAX_PENDING_PER_USER
+    if over > 0 and pending:
+        etas = sorted(state["estimated_seconds"] or 0 for state in selectors.job_live_states(jobs=pending).values())
+        waits.append(etas[min(over, len(etas)) - 1])
+    recent = ImageJob.objects.filter(owner_id=owner_id, created_at__gte=now - timedelta(minutes=1))
+    if rated and recent.values("message_id").distinct().count() >= settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE:
+        oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
+        waits.append(60 - (now - oldest).total_seconds())
+    return max(1, min(RETRY_AFTER_MAX, round(max(waits, default=1))))
+
+
+def _attached(owner_id: int, *, key: str, now: datetime) -> Submission | None:
+    """The jobs an earlier request with this idempotency key queued, if a retry should get them."""
+    requests = ApiRequest.objects.select_related("job__message", "job__conversation")
+    previous = requests.filter(owner_id=owner_id, key=key).first()
+    if previous is None:
+        return None
+    jobs = list(ImageJob.objects.filter(message_id=previous.job.message_id).order_by("sequence"))
+    pending = any(job.status in ImageJob.PENDING for job in jobs)
+    recent = any(
+        job.status == Status.COMPLETE and job.finished_at and job.finished_at >= now - ATTACH_FINISHED_WITHIN
+        for job in jobs
+    )
+    if not (pending or recent):
+        return None
+    return Submission(jobs=jobs, reply=previous.job.message, conversation=previous.job.conversation, attached=True)
 
 
 def job_submit(
-    *, user: AbstractBaseUser, conversation: Conversation, prompt: str, count: Any = 1, **params: Any
-) -> ImageJob:
+    *,
+    user: AbstractBaseUser,
+    conversation: Conversation,
+    prompt: str,
+    count: Any = 1,
+    idempotency_key: str = "",
+    attach: bool = True,
+    **params: Any,
+) -> Submission:
     """Validate, then create the user's message, the assistant's message and the jobs.
 
     `count` images (1-8) of one prompt are `count` jobs that share the assistant's
     message, with seeds seed, seed+1, ... (as AUTOMATIC1111 numbers a batch), next to
-    each other in the queue. Raises ValidationError with field errors when any input
-    is bad, or with a message when a cap refuses it; nothing is created then. The
-    worker is rung after commit. Returns the first job; it carries what a page needs
-    to show the exchange without reading it back: `job.prompt_jobs` (all the jobs,
-    in order), `job.message` (the reply), `job.prompt_message` and `job.conversation`
-    with its title as it is now.
+    each other in the queue. With `idempotency_key` (an API request's digest) the
+    request is remembered, and when `attach` a retry of it gets the jobs its first
+    try queued (while they are pending or just finished) instead of new ones. The
+    user's row lock orders everything one user asks, so idempotency and the caps are
+    decided once. Raises ValidationError with field errors when any input is bad, or
+    JobRefused (with a Retry-After) when a cap refuses; nothing is created then. The
+    worker is rung after commit.
     """
     if conversation.owner_id != user.pk:
         raise ValidationError({"conversation": texts.NOT_YOURS})
@@ -177,25 +281,29 @@ def job_submit(
     count = data["count"]
     with transaction.atomic():
         now = timezone.now()
+        _lock_user(user.pk)
+        if idempotency_key and attach:
+            attached = _attached(user.pk, key=idempotency_key, now=now)
+            if attached is not None:
+                return attached
         refusal = _caps_refusal(user.pk, now=now, asked=count)
         if refusal:
-            raise ValidationError(refusal)
+            raise JobRefused(refusal)
         job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
         seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
-        reply_metadata = {
-            "status": Status.QUEUED,
-            "progress": 0,
-            "prompt": data["prompt"],
-            "params": {**job_params, "negative_prompt": data["negative_prompt"]},
-            "created_at": now.isoformat(),
-        }
-        if count > 1:
-            reply_metadata.update(count=count, seeds=seeds)
         asked, assistant = exchange_post(
             conversation=conversation,
             prompt=data["prompt"],
-            reply=texts.QUEUED if count == 1 else texts.group_content(Status.QUEUED, count, 0),
-            reply_metadata=reply_metadata,
+            reply=texts.prompt_content(Status.QUEUED, count, 0),
+            reply_metadata={
+                "status": Status.QUEUED,
+                "progress": 0,
+                "prompt": data["prompt"],
+                "params": {**job_params, "negative_prompt": data["negative_prompt"]},
+                "count": count,
+                "seeds": seeds,
+                "created_at": now.isoformat(),
+            },
         )
         jobs = []
         for index, seed in enumerate(seeds):
@@ -212,16 +320,22 @@ def job_submit(
             )
             job.message = assistant
             jobs.append(job)
-        ids = {"job_id": jobs[0].pk} if count == 1 else {"job_ids": [job.pk for job in jobs]}
+        ids = {
+            "job_id": jobs[0].pk,  # the first image's, as the specification names it
+            "job_ids": [job.pk for job in jobs],
+            "images": {str(job.pk): {"status": Status.QUEUED, "progress": 0, "seed": job.seed} for job in jobs},
+        }
         message_update(assistant.pk, metadata=ids)
         assistant.metadata.update(ids)
+        if idempotency_key:
+            ApiRequest.objects.update_or_create(
+                owner=user, key=idempotency_key, defaults={"job": jobs[0], "created_at": now}
+            )
         for job in jobs:
-            job.prompt_message = asked
-            job.prompt_jobs = jobs
             _announce_queued(job)
         _queue_changed()
         transaction.on_commit(ring_worker, robust=True)
-    return jobs[0]
+    return Submission(jobs=jobs, reply=assistant, conversation=conversation, prompt_message=asked)
 
 
 # --- The worker's side: claim, progress, outcome ---------------------------------
@@ -268,8 +382,11 @@ def jobs_claim(
         )
         if connection.features.has_select_for_update_skip_locked:
             runnable = runnable.select_for_update(skip_locked=True)
-        fields = ("pk", "model", "width", "height", "steps", "guidance", "scheduler")
-        candidates = list(runnable.order_by("sequence").only(*fields)[: 1 + max(window, 4) if max_batch > 1 else 5])
+        candidates = list(
+            runnable.order_by("sequence").only("pk", *ImageJob.PASS_FIELDS)[
+                : 1 + max(window, 4) if max_batch > 1 else 5
+            ]
+        )
         batch = f"{timezone.now():%H%M%S}-{secrets.token_hex(3)}"
         claimed: list[ImageJob] = []
         head_at = 0  # the head's place among the candidates
@@ -532,9 +649,10 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     """
     now = now or timezone.now()
     with transaction.atomic():
+        _lock_user(job.owner_id)
         refusal = _caps_refusal(job.owner_id, now=now, asked=None)
         if refusal:
-            raise JobError(refusal)
+            raise JobRefused(refusal)
         retried = _transition(
             job.pk,
             "retry",
@@ -588,14 +706,15 @@ def jobs_delete(*, jobs: QuerySet[ImageJob]) -> None:
     Each job goes with its bot message (whose status would otherwise stay behind in the
     chat) once none of its prompt's other images is left; the user's own prompt stays.
     """
-    with transaction.atomic():
-        _cancel_pending(jobs)
-        rows = dict(ImageJob.objects.filter(pk__in=jobs.values("pk")).values_list("pk", "image"))
-        messages = set(ImageJob.objects.filter(pk__in=rows).values_list("message_id", flat=True))
-        ImageJob.objects.filter(pk__in=rows).delete()
+    ids = list(jobs.values_list("pk", flat=True))
+
+    def delete() -> None:
+        messages = set(ImageJob.objects.filter(pk__in=ids).values_list("message_id", flat=True))
+        ImageJob.objects.filter(pk__in=ids).delete()
         # A message goes with its last job; one that still holds other images of its prompt stays.
         Message.objects.filter(pk__in=messages, image_jobs__isnull=True).delete()
-        _delete_files_after_commit(rows)
+
+    _delete_with_jobs(ImageJob.objects.filter(pk__in=ids), delete)
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
@@ -674,35 +793,22 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
     return job
 
 
-def jobs_recover_orphans(*, host: str | None = None, now: datetime | None = None) -> dict[str, list[int]]:
-    """Resolve processing jobs whose worker process on this host has died.
-
-    Such a job is retried while attempts allow, else it fails with a clear message.
-    """
-    host = host or socket.gethostname()
-    now = now or timezone.now()
-    requeued: list[int] = []
-    failed: list[int] = []
-    for job in ImageJob.objects.filter(status=Status.PROCESSING).only("pk", "worker", "attempts"):
-        if worker_is_gone(job.worker, host=host):
-            detail = f"Worker {job.worker} died during attempt {job.attempts}"
-            _resolve_lost(job.pk, job.attempts, detail=detail, now=now, requeued=requeued, failed=failed)
-    return {"requeued": requeued, "failed": failed}
-
-
 def jobs_requeue_from_dead_workers(*, now: datetime | None = None) -> dict[str, list[int]]:
-    """Resolve processing jobs whose worker row stopped beating, on whatever host it ran.
+    """Resolve processing jobs whose worker is dead (`selectors.workers_dead`), wherever it ran.
 
     Such a job goes back to its old place in the queue while attempts allow, else it
-    fails with a clear message.
+    fails with a clear message. The one way a lost worker's job comes back: the
+    stuck-job guard and every live worker's beat run it.
     """
     now = now or timezone.now()
-    dead = Worker.objects.filter(last_seen_at__lt=Worker.live_since(now))
+    dead = selectors.workers_dead(now=now)
     requeued: list[int] = []
     failed: list[int] = []
-    jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead.values("name"))
+    if not dead:
+        return {"requeued": requeued, "failed": failed}
+    jobs = ImageJob.objects.filter(status=Status.PROCESSING, worker__in=dead)
     for job_id, worker, attempts in jobs.values_list("pk", "worker", "attempts"):
-        detail = f"Worker {worker} stopped beating during attempt {attempts}"
+        detail = f"Worker {worker} {dead[worker]} during attempt {attempts}"
         _resolve_lost(job_id, attempts, detail=detail, now=now, requeued=requeued, failed=failed)
     return {"requeued": requeued, "failed": failed}
 
@@ -719,13 +825,12 @@ def _resolve_lost(job_id: int, attempts: int, *, detail: str, now: datetime, req
 def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     """The stuck-job guard, run every minute by the maintenance cluster.
 
-    - a processing job whose worker stopped beating goes back to the queue;
+    - a processing job whose worker is dead goes back to the queue (or fails, out of attempts);
     - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails;
-    - a processing job whose worker died on this host is retried or failed;
     - queued jobs with no worker at them get the worker rung again.
     """
     now = now or timezone.now()
-    dead_workers = jobs_requeue_from_dead_workers(now=now)
+    lost = jobs_requeue_from_dead_workers(now=now)
     stale_before = now - timedelta(seconds=settings.IMAGEGEN_STUCK_AFTER_SECONDS)
     expired = []
     stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
@@ -733,8 +838,6 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
         detail = f"No heartbeat since {heartbeat.isoformat()}"
         if job_fail(job_id=job_id, error=texts.STUCK, detail=detail, now=now):
             expired.append(job_id)
-    orphans = jobs_recover_orphans(now=now)
-    orphans = {key: dead_workers[key] + orphans[key] for key in orphans}
     idle = not ImageJob.objects.filter(status=Status.PROCESSING).exists()
     waiting = ImageJob.objects.filter(status=Status.QUEUED).exists()
     if idle and waiting:
@@ -743,94 +846,7 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
         ring_worker()
     if waiting:
         broadcasts.queue_broadcast_request(now=now)
-    return {"expired": expired, **orphans, "rang": idle and waiting}
-
-
-# --- Workers ----------------------------------------------------------------------
-
-
-def worker_register(*, name: str, device: str, max_batch: int = 1, now: datetime | None = None) -> Worker:
-    """Record a worker process as started (a restarted pid on the same host starts afresh)."""
-    now = now or timezone.now()
-    host, _, pid = name.rpartition(":")
-    worker, _ = Worker.objects.update_or_create(
-        name=name,
-        defaults={
-            "host": host,
-            "pid": int(pid),
-            "device": device,
-            "max_batch": max_batch,
-            "started_at": now,
-            "last_seen_at": now,
-            "stopping": False,
-        },
-    )
-    return worker
-
-
-def worker_beat(
-    *,
-    name: str,
-    device: str,
-    max_batch: int = 1,
-    loading_job_ids: list[int] | None = None,
-    stopping: bool = False,
-    now: datetime | None = None,
-) -> None:
-    """A worker is alive (and maybe stopping); the jobs whose model it is loading are too."""
-    now = now or timezone.now()
-    changes = {"last_seen_at": now, "device": device, "max_batch": max_batch, "stopping": stopping}
-    if not Worker.objects.filter(name=name).update(**changes):
-        worker_register(name=name, device=device, max_batch=max_batch, now=now)  # its row was pruned meanwhile
-    if loading_job_ids:
-        ImageJob.objects.filter(pk__in=loading_job_ids, status=Status.PROCESSING, worker=name).update(heartbeat_at=now)
-
-
-# --- Retention --------------------------------------------------------------------
-
-
-def records_prune(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete what only grows: stray image files, old broker tasks, spent tickets, channel rows.
-
-    Run by the maintenance cluster every 15 minutes. Each part is a set-based delete,
-    so its cost follows what there is to delete, not the history.
-    """
-    from django_q.models import Task
-
-    now = now or timezone.now()
-    orphans = files.remove_orphans(older_than=now - timedelta(seconds=settings.IMAGEGEN_ORPHAN_FILE_AGE_SECONDS))
-    task_cutoff = now - timedelta(hours=settings.IMAGEGEN_TASK_RETENTION_HOURS)
-    tasks, _ = Task.objects.filter(stopped__lt=task_cutoff).delete()
-    # A ticket's only use is its number, already copied into the job. The newest stays,
-    # though neither PostgreSQL's sequence nor SQLite's AUTOINCREMENT would reuse it.
-    newest = QueueTicket.objects.order_by("-pk").values_list("pk", flat=True).first()
-    tickets = QueueTicket.objects.filter(pk__lt=newest).delete()[0] if newest else 0
-    workers, _ = Worker.objects.filter(last_seen_at__lt=now - timedelta(days=1)).delete()
-    previews, _ = JobPreview.objects.filter(job__status__in=ImageJob.FINAL).delete()
-    api_requests, _ = ApiRequest.objects.filter(created_at__lt=now - timedelta(days=1)).delete()
-    return {
-        "files": len(orphans),
-        "tasks": tasks,
-        "tickets": tickets,
-        "channel_rows": _channel_rows_prune(now=now),
-        "workers": workers,
-        "previews": previews,
-        "api_requests": api_requests,
-    }
-
-
-def _channel_rows_prune(*, now: datetime) -> int:
-    """channels-lite's expired and delivered events and expired group memberships (none on Redis)."""
-    if "channels_lite" not in settings.INSTALLED_APPS:
-        return 0  # channels-redis expires its own keys
-    from channels_lite.models import Event, GroupMembership
-
-    delivered_before = now - timedelta(minutes=1)
-    events_deleted, _ = Event.objects.filter(
-        Q(expires_at__lt=now) | Q(delivered=True, created_at__lt=delivered_before)
-    ).delete()
-    memberships, _ = GroupMembership.objects.filter(expires_at__lt=now).delete()
-    return events_deleted + memberships
+    return {"expired": expired, **lost, "rang": idle and waiting}
 
 
 # --- Circuit breaker ----------------------------------------------------------------

@@ -5,7 +5,8 @@ from django.conf import settings
 from generation import heartbeat
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
-from generation.services import jobs_expire_stuck, records_prune, ring_worker
+from generation.retention import records_prune
+from generation.services import jobs_expire_stuck, ring_worker
 from generation.worker import JobRunner
 
 

@@ -14,8 +14,16 @@ CANCELLED = "Cancelled."
 FAILED = "Sorry, the image could not be made."
 
 
-def group_content(status: str, count: int, ready: int) -> str:
-    """The content of a message whose prompt asked for `count` images, `ready` of them made."""
+def prompt_content(status: str, count: int, ready: int, said: str | None = None) -> str:
+    """The content of the reply to a prompt of `count` images, `ready` of them made.
+
+    For one image it is what its last change `said` (or the status's own sentence);
+    for several, how many are ready.
+    """
+    if count == 1:
+        return said or {"queued": QUEUED, "processing": RUNNING, "complete": READY, "error": FAILED}.get(
+            status, CANCELLED
+        )
     if status == "queued":
         return f"Your {count} images are queued."
     if status == "processing":

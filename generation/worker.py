@@ -1,47 +1,34 @@
-"""Runs image jobs in the GPU worker: device lock, claim, generate, record the outcome.
+"""The GPU worker's device thread: device lock, claim, generate, in numbered stages.
 
-`JobRunner.run_next()` claims and runs one job; `run_queue()` runs jobs back to
-back for a bounded time, so no broker round trip sits between two jobs and
-django-q2's per-task timeout still bounds the task. There, the device's thread only
-claims and generates: a bookkeeping thread writes progress, sends events and
-previews, and encodes, stores and completes each image while the device makes the
-next one, so the device never waits on a database, a channel layer or a PNG encoder.
-The clock, the wall-clock `now` and `sleep` are injected so tests can move time.
+`JobRunner.run_queue()` is what the `gpu` cluster's task runs (and the only way in):
+it runs passes back to back for a bounded time, so no broker round trip sits
+between two passes and django-q2's per-task timeout still bounds the task. This
+thread only claims and generates; the bookkeeping thread (`generation.bookkeeper`)
+writes progress, sends events and previews, and encodes, stores and completes each
+image while the device makes the next one. The clock, the wall-clock `now` and
+`sleep` are injected so tests can move time.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
-import os
-import socket
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from generation import heartbeat, selectors, services, texts
+from generation.bookkeeper import Bookkeeper
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
-from generation.pipeline import (
-    GenerationCancelled,
-    GenerationRequest,
-    GenerationTimeout,
-    ImageGenerator,
-    infotext,
-    is_out_of_memory,
-    latents_preview,
-)
-from generation.png import encode_png
-from generation.registry import get_generator, model_family
+from generation.pipeline import is_out_of_memory
+from generation.registry import get_generator
+from generation.request import GenerationCancelled, GenerationTimeout, ImageGenerator
+from generation.workers import worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +40,6 @@ PUSH_INTERVAL = 0.5  # seconds between live progress events (the page interpolat
 DRAIN_SWITCH_INTERVAL = 0.0001
 PREVIEW_INTERVAL = 1.0  # seconds between live previews
 PROGRESS_PERSIST_EVERY = 10  # percent
-FINISHED_BACKLOG = 2  # passes' images waiting to be recorded before the device waits for the bookkeeper
 
 
 class WorkerStopping(Exception):
@@ -73,7 +59,7 @@ class JobRunner:
         self.clock = clock
         self.now = now
         self.sleep = sleep
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = worker_name()
         self.device_busy = False
         self.out_of_time = False  # the task's hard timeout fired: claim nothing more in it
 
@@ -81,14 +67,15 @@ class JobRunner:
         """Run jobs back to back until none is runnable or `budget` seconds have passed.
 
         Returns the ids of the jobs run; every one of them has its outcome recorded.
-        The device stays locked until the bookkeeper has written everything.
+        The device stays locked until the bookkeeper has written everything. A budget
+        of 0 runs one pass.
         """
         started = self.clock()
         ran: list[int] = []
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(DRAIN_SWITCH_INTERVAL)
         try:
-            with self._device_locked(), _Bookkeeper(self) as bookkeeper:
+            with self._device_locked(), Bookkeeper(now=self.now, max_batch=self.max_batch) as bookkeeper:
                 while not heartbeat.stop_requested():
                     jobs = self._run_one(bookkeeper)
                     if not jobs and bookkeeper.busy:
@@ -109,27 +96,9 @@ class JobRunner:
             sys.setswitchinterval(switch_interval)
         return ran
 
-    def run_next(self) -> ImageJob | None:
-        """Claim the oldest runnable job (and those that share its pass) and run them,
-        writing everything on this thread.
-
-        Returns the head job, or None when there was nothing to run; the outcomes are
-        recorded before this returns.
-        """
-        try:
-            with self._device_locked():
-                jobs = self._run_one(None)
-        except DeviceBusy as exc:
-            logger.warning("%s", exc)
-            self.device_busy = True
-            return None
-        return jobs[0] if jobs else None
-
     @property
     def max_batch(self) -> int:
         """How many images a pass may make: IMAGEGEN_MAX_BATCH, else 4 on CUDA and 1 on a CPU."""
-        if not hasattr(self.generator, "generate_batch"):
-            return 1
         configured = settings.IMAGEGEN_MAX_BATCH
         return configured or (4 if self.generator.device.startswith("cuda") else 1)
 
@@ -142,7 +111,7 @@ class JobRunner:
             sleep=self.sleep,
         )
 
-    def _run_one(self, bookkeeper: _Bookkeeper | None) -> list[ImageJob]:
+    def _run_one(self, bookkeeper: Bookkeeper) -> list[ImageJob]:
         jobs = self._claim_when_ready()
         if jobs:
             try:
@@ -178,7 +147,7 @@ class JobRunner:
             self.sleep(min(max(delay, 0.05), 1.0))
         return []  # told to stop: claim nothing more
 
-    def _run(self, jobs: list[ImageJob], bookkeeper: _Bookkeeper | None) -> None:
+    def _run(self, jobs: list[ImageJob], bookkeeper: Bookkeeper) -> None:
         try:
             # Loading a model is not generating: the time limit starts after it. The
             # worker's beat keeps the jobs' heartbeats fresh meanwhile.
@@ -190,7 +159,7 @@ class JobRunner:
             return
         self._generate(jobs, bookkeeper)
 
-    def _generate(self, jobs: list[ImageJob], bookkeeper: _Bookkeeper | None) -> None:
+    def _generate(self, jobs: list[ImageJob], bookkeeper: Bookkeeper) -> None:
         """One pass for `jobs`; split in smaller passes when it does not fit in memory."""
         fits = _BATCH_FITS.get(_pass_size(jobs[0]), len(jobs))
         if len(jobs) > fits:
@@ -201,10 +170,7 @@ class JobRunner:
         timeout = settings.IMAGEGEN_TIMEOUT_SECONDS
         on_step = _StepReporter(self, jobs, started=self.clock(), timeout=timeout, bookkeeper=bookkeeper)
         try:
-            if len(jobs) == 1:
-                images = [self.generator.generate(requests[0], on_step)]
-            else:
-                images = self.generator.generate_batch(requests, on_step)
+            images = self.generator.generate_batch(requests, on_step)
         except GenerationCancelled:
             logger.info("Jobs %s were cancelled while running", [job.pk for job in jobs])
             services.breaker_release_trial()
@@ -233,15 +199,11 @@ class JobRunner:
             if not kept:
                 services.breaker_release_trial()
             for job, image, request in kept:
-                if bookkeeper is None:
-                    self.finish(job, image, request)
-                else:
-                    bookkeeper.finish(job, image, request)
+                bookkeeper.finish(job, image, request)
 
     def _load(self, jobs: list[ImageJob], model: str) -> None:
         """Load the jobs' model; a download first shows on their cards as "Downloading model…"."""
-        needs_download = getattr(self.generator, "needs_download", None)
-        downloading = bool(needs_download and needs_download(model))
+        downloading = self.generator.needs_download(model)
         if downloading:
             services.jobs_downloading(jobs=jobs, downloading=True)
         try:
@@ -249,14 +211,6 @@ class JobRunner:
         finally:
             if downloading:
                 services.jobs_downloading(jobs=jobs, downloading=False)
-
-    def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
-        """Encode and store the image, complete the job, and tell the breaker."""
-        png = encode_png(image, parameters=infotext(request, model_family(request.model)))
-        if services.job_complete(job_id=job.pk, png=png, now=self.now()) is None:
-            services.breaker_release_trial()
-        else:
-            services.breaker_record_success()
 
 
 # (model, width, height) -> the most images a pass of that size made without running
@@ -269,13 +223,12 @@ def _pass_size(job: ImageJob) -> tuple[str, int, int]:
 
 
 class _StepReporter:
-    """The per-step callback of a pass: time limit, cancel checks, persisted and live
-    progress and previews for each of its jobs.
+    """The per-step callback of a pass: time limit, stop and cancel checks, and the
+    pass's progress and previews, posted to the bookkeeper.
 
-    With a bookkeeper the writes are posted to it and a cancel is noticed from its
-    last write; without one they happen here. A cancelled job is dropped from the
-    pass (its image will be thrown away) while the others go on; when every job is
-    cancelled the pass stops.
+    A cancel is noticed from the bookkeeper's last write. A cancelled job is dropped
+    from the pass (its image will be thrown away) while the others go on; when every
+    job is cancelled the pass stops.
     """
 
     def __init__(
@@ -285,7 +238,7 @@ class _StepReporter:
         *,
         started: float,
         timeout: int,
-        bookkeeper: _Bookkeeper | None,
+        bookkeeper: Bookkeeper,
     ):
         self.runner = runner
         self.jobs = jobs
@@ -302,11 +255,6 @@ class _StepReporter:
     def live(self) -> list[ImageJob]:
         return [job for job in self.jobs if job.pk not in self.dropped]
 
-    def _drop(self, job: ImageJob) -> None:
-        self.dropped.add(job.pk)
-        if not self.live:
-            raise GenerationCancelled()
-
     def __call__(self, step: int, total: int, latents) -> None:
         now = self.runner.clock()
         if now - self.started > self.timeout:
@@ -316,10 +264,9 @@ class _StepReporter:
             remaining = (now - self.started) / max(step, 1) * (total - step)
             if remaining > settings.IMAGEGEN_STOP_GRACE_SECONDS:
                 raise WorkerStopping()
-        if self.bookkeeper is not None:
-            for job in self.live:
-                if self.bookkeeper.cancelled(job.pk):
-                    self._drop(job)
+        self.dropped.update(job.pk for job in self.live if self.bookkeeper.cancelled(job.pk))
+        if not self.live:
+            raise GenerationCancelled()
         decile = step * 100 // max(total, 1) // PROGRESS_PERSIST_EVERY
         persist = (
             decile > self.persisted_decile
@@ -330,174 +277,11 @@ class _StepReporter:
         if persist or push:
             progress = {"step": step, "total": total, "persist": persist, "push": push, "now": self.runner.now()}
             for job in self.live:
-                if self.bookkeeper is not None:
-                    self.bookkeeper.progress(job, **progress)
-                elif not services.job_progress(job=job, **progress):
-                    self._drop(job)
+                self.bookkeeper.progress(job, **progress)
             if push:
                 self.pushed_at = now
             if persist:
                 self.persisted_decile, self.persisted_at = decile, now
         if step < total and now - self.previewed_at >= PREVIEW_INTERVAL:
             self.previewed_at = now
-            rows = [(job, self.jobs.index(job)) for job in self.live]
-            if self.bookkeeper is not None:
-                # Only a copy off the device is started here; the bookkeeper waits for
-                # it and makes the pictures.
-                self.bookkeeper.preview(rows, step, *_copy_to_host(latents))
-            else:
-                host = latents.detach().float().cpu()
-                for job, row in rows:
-                    send_preview(job, step, host[row : row + 1])
-
-
-def _copy_to_host(latents) -> tuple:
-    """Start copying `latents` to the host without waiting for the device.
-
-    Returns the host tensor and, on CUDA, an event that marks the copy's end: waiting
-    on the copy in the step callback would stall the launch queue every preview.
-    """
-    import torch
-
-    if not latents.is_cuda:
-        return latents.detach().float().clone(), None
-    host = torch.empty(latents.shape, dtype=latents.dtype, pin_memory=True)
-    host.copy_(latents.detach(), non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-    return host, copied
-
-
-def send_preview(job: ImageJob, step: int, latents) -> None:
-    buffer = io.BytesIO()
-    preview = latents_preview(latents, family=model_family(job.model), width=job.width, height=job.height)
-    preview.save(buffer, format="JPEG", quality=70)
-    data_url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-    services.job_preview(job=job, step=step, image_data_url=data_url)
-
-
-class _Bookkeeper:
-    """A thread that does the writing while the device makes images.
-
-    Progress for a job coalesces: when the device is ahead, only the newest state is
-    written (a persisted one if any of those it replaces was), and none once the
-    job's image is waiting to be recorded. Finished images wait
-    in a bounded backlog, so a device faster than the bookkeeper waits for it
-    instead of holding many images in memory. Leaving the `with` block waits until
-    everything is written. A failure to record an image fails that job alone.
-    """
-
-    def __init__(self, runner: JobRunner):
-        self.runner = runner
-        self._items: deque[tuple[str, ImageJob, dict]] = deque()
-        self._changed = threading.Condition()
-        self._active = 0
-        self._finishing = 0
-        self._closing = False
-        self._cancelled: set[int] = set()
-        self._backlog = FINISHED_BACKLOG * runner.max_batch  # images of whole passes
-        self._thread = threading.Thread(target=self._loop, name="bookkeeper", daemon=True)
-
-    def __enter__(self) -> _Bookkeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        with self._changed:
-            self._closing = True
-            self._changed.notify_all()
-        self._thread.join()
-
-    @property
-    def busy(self) -> bool:
-        with self._changed:
-            return bool(self._items or self._active)
-
-    def wait_idle(self) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: not self._items and not self._active)
-
-    def cancelled(self, job_id: int) -> bool:
-        with self._changed:
-            return job_id in self._cancelled
-
-    def progress(self, job: ImageJob, *, step: int, total: int, persist: bool, push: bool, now: datetime) -> None:
-        fields = {"step": step, "total": total, "persist": persist, "push": push, "now": now}
-        with self._changed:
-            waiting = next(
-                (
-                    index
-                    for index, (kind, other, _) in enumerate(self._items)
-                    if kind == "progress" and other.pk == job.pk
-                ),
-                None,
-            )
-            if waiting is not None:
-                last = self._items[waiting][2]
-                fields["persist"] = persist or last["persist"]
-                fields["push"] = push or last["push"]
-                self._items[waiting] = ("progress", job, fields)
-            else:
-                self._items.append(("progress", job, fields))
-            self._changed.notify_all()
-
-    def preview(self, rows: list[tuple[ImageJob, int]], step: int, latents, copied=None) -> None:
-        """Previews of a pass's jobs: `rows` pairs each job with its row in `latents`."""
-        with self._changed:
-            if not any(kind == "preview" for kind, *_ in self._items):  # a late preview is no use
-                self._items.append(
-                    ("preview", rows[0][0], {"rows": rows, "step": step, "latents": latents, "copied": copied})
-                )
-                self._changed.notify_all()
-
-    def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._finishing < self._backlog)
-            self._finishing += 1
-            # Its completion says more than any progress still waiting to be written.
-            for item in [item for item in self._items if item[0] == "progress" and item[1].pk == job.pk]:
-                self._items.remove(item)
-            self._items.append(("finish", job, {"image": image, "request": request}))
-            self._changed.notify_all()
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._changed:
-                    self._changed.wait_for(lambda: self._items or self._closing)
-                    if not self._items:
-                        return
-                    kind, job, fields = self._items.popleft()
-                    self._active += 1
-                try:
-                    self._write(kind, job, fields)
-                finally:
-                    with self._changed:
-                        self._active -= 1
-                        if kind == "finish":
-                            self._finishing -= 1
-                        self._changed.notify_all()
-        finally:
-            connection.close()  # this thread's own database connection
-
-    def _write(self, kind: str, job: ImageJob, fields: dict) -> None:
-        try:
-            if kind == "progress":
-                if not services.job_progress(job=job, **fields):
-                    with self._changed:
-                        self._cancelled.add(job.pk)
-            elif kind == "preview":
-                if fields["copied"] is not None:
-                    fields["copied"].synchronize()
-                latents = fields["latents"].float()
-                for each, row in fields["rows"]:
-                    send_preview(each, fields["step"], latents[row : row + 1])
-            else:
-                self.runner.finish(job, fields["image"], fields["request"])
-        except Exception as exc:
-            logger.exception("Could not record the %s of job %s", kind, job.pk)
-            if kind == "finish":
-                try:
-                    services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
-                except Exception:
-                    logger.exception("Could not fail job %s either; the guard will", job.pk)
+            self.bookkeeper.preview([(job, self.jobs.index(job)) for job in self.live], step, latents)

@@ -268,7 +268,7 @@ else:
 # --- Generation ------------------------------------------------------------------
 
 # Extra models besides `demo`: "name=/path/to/diffusers-folder,other=/path/model.safetensors,
-# flux=black-forest-labs/FLUX.1-dev;offload" (see the README's Models section).
+# flux=black-forest-labs/FLUX.1-dev;offload" (see docs/models.md).
 IMAGEGEN_MODELS = env_models("IMAGEGEN_MODELS")
 IMAGEGEN_DEFAULT_MODEL = env_str("IMAGEGEN_DEFAULT_MODEL", "demo")
 if IMAGEGEN_DEFAULT_MODEL != "demo" and IMAGEGEN_DEFAULT_MODEL not in IMAGEGEN_MODELS:

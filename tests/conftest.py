@@ -80,7 +80,10 @@ def fake_clock():
 
 
 @pytest.fixture
-def runner_for(fake_clock):
+def runner_for(fake_clock, transactional_db):
+    """A JobRunner on the fake clock. Its bookkeeping thread writes on a connection of
+    its own, which sees only committed rows: hence a transactional database."""
+
     def make(generator):
         return JobRunner(generator, clock=fake_clock.clock, now=fake_clock.now, sleep=fake_clock.sleep)
 
@@ -94,7 +97,7 @@ def submit(alice_chat):
         params.setdefault("steps", 4)
         params.setdefault("width", 64)
         params.setdefault("height", 64)
-        return services.job_submit(user=conversation.owner, conversation=conversation, prompt=prompt, **params)
+        return services.job_submit(user=conversation.owner, conversation=conversation, prompt=prompt, **params).jobs[0]
 
     return submit_job
 

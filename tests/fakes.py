@@ -32,8 +32,11 @@ class FakeClock:
 class FakeGenerator:
     """Stands in for the diffusers pipeline where the demo model is too slow or a fault is needed.
 
-    `failures` are raised by the next calls, one each; `on_each_step` runs inside
-    every step (to move a clock, or to act like a user mid-job).
+    It implements `generation.request.ImageGenerator`, batching included: a pass of n
+    requests runs its steps once, with latents of n rows, and returns n images.
+    `failures` are raised by the next passes, one each; `on_each_step` runs inside
+    every step (to move a clock, or to act like a user mid-job); `passes` records the
+    size of every pass.
     """
 
     device = "cpu"
@@ -42,18 +45,24 @@ class FakeGenerator:
         self.failures = list(failures)
         self.on_each_step = on_each_step
         self.prompts: list[str] = []
+        self.passes: list[int] = []
 
     def load(self, name):
         return None
 
-    def generate(self, request, on_step=None):
-        self.prompts.append(request.prompt)
+    def needs_download(self, name):
+        return False
+
+    def generate_batch(self, requests, on_step=None):
+        self.prompts.extend(request.prompt for request in requests)
+        self.passes.append(len(requests))
         if self.failures:
             raise self.failures.pop(0)
-        latents = torch.zeros(1, 4, request.height // 8, request.width // 8)
-        for step in range(1, request.steps + 1):
+        first = requests[0]
+        latents = torch.zeros(len(requests), 4, first.height // 8, first.width // 8)
+        for step in range(1, first.steps + 1):
             if self.on_each_step:
                 self.on_each_step(step)
             if on_step:
-                on_step(step, request.steps, latents)
-        return Image.new("RGB", (request.width, request.height), (10, 20, 30))
+                on_step(step, first.steps, latents)
+        return [Image.new("RGB", (request.width, request.height), (10, 20, 30)) for request in requests]

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -183,3 +184,53 @@ def fill_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "01234
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     return commit
+
+
+def run_pass(runner):
+    """Run the next pass through the `gpu` cluster's own path (`JobRunner.run_queue`, its
+    bookkeeping thread included), with a budget that ends the drain after one pass.
+
+    Returns the pass's head job as it is now, or None when nothing was run. The
+    bookkeeper writes on its own connection, so a test that runs the worker needs a
+    transactional database (the `runner_for` fixture asks for one).
+    """
+    from generation.models import ImageJob
+
+    ran = runner.run_queue(budget=0)
+    return ImageJob.objects.get(pk=ran[0]) if ran else None
+
+
+class QueryCounter:
+    """Counts the SQL statements run on every connection, in every thread, while active.
+
+    `by_thread` maps a thread's name to its count, so a test can see that the
+    bookkeeping thread's writes were counted too.
+    """
+
+    def __init__(self):
+        self.by_thread: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_thread.values())
+
+    def __enter__(self):
+        from django.db.backends.utils import CursorWrapper
+
+        self._original = original = CursorWrapper._execute_with_wrappers
+        counter = self
+
+        def counting(cursor, sql, params, many, executor):
+            with counter._lock:
+                name = threading.current_thread().name
+                counter.by_thread[name] = counter.by_thread.get(name, 0) + 1
+            return original(cursor, sql, params, many, executor)
+
+        CursorWrapper._execute_with_wrappers = counting
+        return self
+
+    def __exit__(self, *exc_info):
+        from django.db.backends.utils import CursorWrapper
+
+        CursorWrapper._execute_with_wrappers = self._original

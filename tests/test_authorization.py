@@ -5,6 +5,7 @@ from django.urls import reverse
 
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 # (url name, method, needs) - needs: which of alice's objects the URL takes.
 ENDPOINTS = [
@@ -22,9 +23,9 @@ ENDPOINTS = [
 @pytest.fixture
 def alices_things(alice_chat, submit, runner_for):
     done = submit("done")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     failed = submit("failed")
-    runner_for(FakeGenerator(failures=[RuntimeError("x")])).run_next()
+    run_pass(runner_for(FakeGenerator(failures=[RuntimeError("x")])))
     waiting = submit("waiting")
     return {"conversation": alice_chat.pk, "done_job": done.pk, "failed_job": failed.pk, "job": waiting.pk}
 

@@ -12,6 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 def api_view(view):
     """An async API view: CSRF-exempt (a key, not a cookie, authenticates), and an
     error it raises (each API's ApiError, an ApiFailure) answered in that API's shape."""
+
     async def wrapped(request, *args, **kwargs):
         try:
             return await view(request, *args, **kwargs)

@@ -28,8 +28,10 @@ from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, basic_credentials
 from generation.api.waiting import run_db, wait_for_jobs
 from generation.models import ApiKey, ApiOptions, ImageJob, JobPreview
-from generation.pipeline import DEFAULT_SCHEDULER, SCHEDULERS
+from generation.pipeline import SCHEDULERS
 from generation.registry import get_registry
+from generation.request import DEFAULT_SCHEDULER
+from generation.services import JobRefused
 
 IMAGES_MAX = 8
 # Our form's fields, by the name an A1111 request calls them.
@@ -158,10 +160,11 @@ def parse_txt2img(body: dict[str, Any]) -> dict[str, Any]:
     seed = body.get("seed", -1)
     params: dict[str, Any] = {
         "negative_prompt": negative,
-        "steps": body.get("steps") if body.get("steps") is not None else 20,
-        "guidance": body.get("cfg_scale") if body.get("cfg_scale") is not None else 7.0,
-        "width": body.get("width") if body.get("width") is not None else 512,
-        "height": body.get("height") if body.get("height") is not None else 512,
+        # What the body leaves out takes the model's family's defaults, as in the chat.
+        "steps": body.get("steps"),
+        "guidance": body.get("cfg_scale"),
+        "width": body.get("width"),
+        "height": body.get("height"),
         "scheduler": sampler,
     }
     if seed not in (None, -1, "-1", ""):
@@ -257,8 +260,8 @@ async def txt2img(request: HttpRequest):
         jobs = await run_db(_submit, api_key, asked, key, bool(idempotency_key))
     except ValidationError as exc:
         raise validation_error(exc) from None
-    except api_jobs.Throttled as exc:
-        raise ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+    except JobRefused as exc:
+        raise ApiError(429, exc.refusal.message, headers={"Retry-After": str(exc.refusal.retry_after)}) from None
     ids = [job.pk for job in jobs]
     await wait_for_jobs(ids)
     results = await run_db(api_jobs.results, ids)

@@ -93,11 +93,10 @@ def basic_credentials(authorization: str) -> tuple[str, str]:
 def api_key_conversation(*, api_key: ApiKey) -> Conversation:
     """The conversation the key's jobs appear in, named after the key; made again if deleted.
 
-    Runs inside the submitting transaction, after the owner's row is locked, so two
-    requests at once cannot make two conversations.
+    The key's row is locked first, so two requests at once cannot make two conversations.
     """
     with transaction.atomic():
-        key = ApiKey.objects.select_related("conversation").get(pk=api_key.pk)
+        key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
         if key.conversation is not None:
             return key.conversation
         conversation = conversation_create(owner=api_key.owner, title=key.name)

@@ -24,6 +24,7 @@ from generation.api.auth import api_key_authenticate, bearer_key
 from generation.api.waiting import run_db, wait_for_jobs
 from generation.models import ApiKey, ImageJob
 from generation.registry import get_registry
+from generation.services import JobRefused
 
 N_MAX = 8
 RESPONSE_FORMATS = ("b64_json", "url")
@@ -141,13 +142,13 @@ async def images_generations(request: HttpRequest):
         )
     except ValidationError as exc:
         raise validation_error(exc) from None
-    except api_jobs.Throttled as exc:
+    except JobRefused as exc:
         raise ApiError(
             429,
-            exc.message,
+            exc.refusal.message,
             type="requests",
             code="rate_limit_exceeded",
-            headers={"Retry-After": str(exc.retry_after)},
+            headers={"Retry-After": str(exc.refusal.retry_after)},
         ) from None
     ids = [job.pk for job in jobs]
     await wait_for_jobs(ids)

@@ -1,4 +1,5 @@
 import json
+import math
 
 from django import template
 from django.utils import timezone
@@ -12,17 +13,27 @@ register = template.Library()
 
 @register.filter
 def duration(seconds) -> str:
-    """Seconds as a short, friendly duration ("about 40 s", "about 3 min")."""
+    """Seconds as a short, friendly duration ("about 45 s", "about 3 min").
+
+    The page's countdown says the same in static/js/chat/duration.js, step for step:
+    a change here is a change there (tests/chat/test_duration_text.py compares them).
+    """
     if seconds is None or seconds == "":
         return ""
-    seconds = max(int(seconds), 0)
-    if seconds < 5:
+    value = float(seconds)
+    if not math.isfinite(value):
+        return ""
+    # Halves round up, floor(x + 0.5), as in the JS: round() would round them to even.
+    whole = max(math.floor(value + 0.5), 0)
+    if whole < 5:
         return "a few seconds"
-    if seconds < 90:
-        return f"about {seconds} s"
-    if seconds < 5400:
-        return f"about {round(seconds / 60)} min"
-    return f"about {round(seconds / 3600, 1):g} h"
+    # Five-second steps, as the page's countdown takes them: it must not chatter for screen readers.
+    if whole < 90:
+        return f"about {math.ceil(whole / 5) * 5} s"
+    if whole < 5400:
+        return f"about {(whole + 30) // 60} min"
+    hours, tenth = divmod((whole + 180) // 360, 10)
+    return f"about {hours}.{tenth} h" if tenth else f"about {hours} h"
 
 
 @register.filter

@@ -9,6 +9,7 @@ from chat.models import Conversation
 from chat.services import conversation_create, conversation_rename
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def _titles(client) -> list[str]:
@@ -66,8 +67,8 @@ def test_each_conversation_shows_its_latest_image(client, alice, alice_chat, sub
     submit("first")
     submit("second")
     runner = runner_for(FakeGenerator())
-    runner.run_next()
-    runner.run_next()
+    run_pass(runner)
+    run_pass(runner)
     latest = ImageJob.objects.order_by("-finished_at", "-pk").first()
     client.force_login(alice)
     body = client.get(reverse("chat:home")).content.decode()

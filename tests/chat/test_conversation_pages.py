@@ -4,6 +4,7 @@ from django.urls import reverse
 from chat.models import Conversation, Message
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 FETCH = {"HTTP_X_REQUESTED_WITH": "fetch"}
 
@@ -50,7 +51,7 @@ def test_deleting_a_conversation_cancels_its_jobs_and_removes_its_images(
     client, alice, alice_chat, submit, runner_for, settings
 ):
     submit("done")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     submit("waiting")
     client.force_login(alice)
     response = client.post(reverse("chat:conversation_delete", args=[alice_chat.pk]), follow=True)
@@ -68,7 +69,7 @@ def test_another_users_conversation_cannot_be_renamed_or_deleted(client, bob, al
 
 def test_a_failed_job_is_retried_at_the_back_of_the_queue(client, alice, submit, runner_for):
     failed = submit("flaky")
-    runner_for(FakeGenerator(failures=[RuntimeError("boom")])).run_next()
+    run_pass(runner_for(FakeGenerator(failures=[RuntimeError("boom")])))
     other = submit("other")
     client.force_login(alice)
 
@@ -106,9 +107,9 @@ def test_no_element_id_appears_twice_on_a_page_with_many_cards(client, settings,
     settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 100
     runner = runner_for(FakeGenerator())
     submit("done one")
-    runner.run_next()
+    run_pass(runner)
     submit("done two")
-    runner.run_next()
+    run_pass(runner)
     submit("waiting one")
     submit("waiting two")
     submit("waiting three")

@@ -46,7 +46,7 @@ def test_two_users_compatible_jobs_run_in_one_pass_and_both_see_live_progress(op
     carol = make_user("carol")
     blocker = services.job_submit(
         user=carol, conversation=conversation_create(owner=carol, title="blocker"), prompt="[hang] hold on", width=64
-    )
+    ).jobs[0]
     wait_for(lambda: ImageJob.objects.get(pk=blocker.pk).status == "processing", timeout=60, message="blocker runs")
     shared = {"steps": "40", "width": "192", "height": "192", "guidance": "7"}
     for page, prompt in ((page_a, "alice's harbour"), (page_b, "bob's harbour")):

@@ -20,7 +20,7 @@ FAST = {"steps": "6", "width": "256", "height": "256"}
 def _block_the_worker(user, *, steps=60):
     """Another user's long job keeps the worker busy while the test submits."""
     conversation = conversation_create(owner=user, title="blocker")
-    job = services.job_submit(user=user, conversation=conversation, prompt="a long one", steps=steps)
+    job = services.job_submit(user=user, conversation=conversation, prompt="a long one", steps=steps).jobs[0]
     wait_for(lambda: ImageJob.objects.get(pk=job.pk).status == "processing", timeout=60, message="blocker running")
     return job
 

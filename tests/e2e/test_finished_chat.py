@@ -23,7 +23,7 @@ def _finished_conversation(user, prompts, *, title="New conversation"):
     """A conversation whose jobs the real worker has finished (small and fast)."""
     conversation = conversation_create(owner=user, title=title)
     jobs = [
-        services.job_submit(user=user, conversation=conversation, prompt=prompt, steps=3, width=64, height=64)
+        services.job_submit(user=user, conversation=conversation, prompt=prompt, steps=3, width=64, height=64).jobs[0]
         for prompt in prompts
     ]
     wait_for(
@@ -36,7 +36,7 @@ def _finished_conversation(user, prompts, *, title="New conversation"):
 
 def _block_the_worker(user, *, steps=80):
     conversation = conversation_create(owner=user, title="blocker")
-    job = services.job_submit(user=user, conversation=conversation, prompt="a long one", steps=steps)
+    job = services.job_submit(user=user, conversation=conversation, prompt="a long one", steps=steps).jobs[0]
     wait_for(lambda: ImageJob.objects.get(pk=job.pk).status == "processing", timeout=60, message="blocker running")
     return job
 
@@ -116,7 +116,7 @@ def test_no_element_id_appears_twice_with_five_cards_in_every_state(open_page, s
     conversation = _finished_conversation(alice, ["done one", "done two"])
     _block_the_worker(alice)
     for prompt in ("waiting one", "waiting two", "waiting three"):
-        services.job_submit(user=alice, conversation=conversation, prompt=prompt, steps=3, width=64, height=64)
+        services.job_submit(user=alice, conversation=conversation, prompt=prompt, steps=3, width=64, height=64).jobs[0]
     _open(page, stack, conversation)
     expect(page.get_by_test_id("queue-position")).to_have_count(3)
     expect(page.get_by_test_id("cancel-button")).to_have_count(3)
@@ -377,7 +377,9 @@ def _hold_in_queue(job):
 def test_an_older_queue_update_never_overwrites_a_newer_one(open_page, stack):
     page, alice = open_page("alice")
     conversation = conversation_create(owner=alice, title="Versions")
-    job = services.job_submit(user=alice, conversation=conversation, prompt="wait here", steps=3, width=64, height=64)
+    job = services.job_submit(
+        user=alice, conversation=conversation, prompt="wait here", steps=3, width=64, height=64
+    ).jobs[0]
     _hold_in_queue(job)
     sockets = []
     # The page's WebSocket talks to this stand-in, which sends what the test says.

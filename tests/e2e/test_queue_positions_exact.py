@@ -47,7 +47,7 @@ def test_thirty_jobs_from_three_users_show_their_exact_ranks_live_and_after_a_re
     for n in range(30):
         user, conversation = chats[("alice", "bob", "carol")[n % 3]]
         params = LONG if n == 7 else TINY
-        jobs.append(services.job_submit(user=user, conversation=conversation, prompt=f"job {n}", **params))
+        jobs.append(services.job_submit(user=user, conversation=conversation, prompt=f"job {n}", **params).jobs[0])
     for page in pages:
         page.reload()
 

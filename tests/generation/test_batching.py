@@ -11,7 +11,7 @@ from PIL import Image
 from generation import selectors, services, worker
 from generation.models import CircuitBreaker, ImageJob, Worker
 from generation.registry import get_generator
-from tests.helpers import start_cluster, stop, wait_for
+from tests.helpers import run_pass, start_cluster, stop, wait_for
 
 
 class BatchGenerator:
@@ -32,8 +32,8 @@ class BatchGenerator:
     def load(self, name):
         return None
 
-    def generate(self, request, on_step=None):
-        return self.generate_batch([request], on_step)[0]
+    def needs_download(self, name):
+        return False
 
     def generate_batch(self, requests, on_step=None):
         self.passes.append([request.prompt for request in requests])
@@ -157,7 +157,7 @@ def test_a_job_cancelled_in_a_running_pass_loses_its_image_and_the_others_go_on(
 def test_a_pass_that_fails_fails_each_of_its_jobs_and_counts_once_with_the_breaker(batches, submit, runner_for):
     jobs = [submit(f"picture {n}") for n in range(3)]
 
-    runner_for(BatchGenerator(failure=RuntimeError("the device said no"))).run_next()
+    run_pass(runner_for(BatchGenerator(failure=RuntimeError("the device said no"))))
 
     assert set(ImageJob.objects.filter(pk__in=[job.pk for job in jobs]).values_list("status", flat=True)) == {"error"}
     assert CircuitBreaker.current().failures == 1
@@ -169,9 +169,9 @@ def test_a_pass_that_runs_out_of_memory_is_split_and_the_size_that_fits_is_remem
     generator = BatchGenerator(fail_above=2)
     runner = runner_for(generator)
 
-    runner.run_next()
+    run_pass(runner)
     assert [len(made) for made in generator.passes] == [4, 2, 2], "4 did not fit: two passes of 2"
-    runner.run_next()
+    run_pass(runner)
     assert [len(made) for made in generator.passes[3:]] == [2, 2], "the next 4 go in passes of 2 at once"
 
     jobs = list(ImageJob.objects.all())
@@ -188,7 +188,7 @@ def test_a_job_gets_the_same_pixels_alone_and_inside_a_pass_of_four(batches, set
     params = {"steps": 4, "width": 64, "height": 64, "scheduler": "euler_a"}
     settings.IMAGEGEN_MAX_BATCH = 1
     alone = submit("a red fox", seed=7, negative_prompt="blurry", **params)
-    runner_for(get_generator()).run_next()
+    run_pass(runner_for(get_generator()))
     settings.IMAGEGEN_MAX_BATCH = 4
     together = [
         submit("a blue whale", seed=1, **params),
@@ -196,7 +196,7 @@ def test_a_job_gets_the_same_pixels_alone_and_inside_a_pass_of_four(batches, set
         submit("a green hill", seed=3, negative_prompt="people", **params),
         submit("a red fox", seed=8, **params),
     ]
-    runner_for(get_generator()).run_next()
+    run_pass(runner_for(get_generator()))
 
     alone.refresh_from_db()
     twin = ImageJob.objects.get(pk=together[1].pk)
@@ -237,7 +237,7 @@ def test_the_eta_counts_passes_of_the_workers_batch_size_from_measured_passes(ba
 def test_four_images_of_one_prompt_run_together_in_a_real_cluster(alice, alice_chat, tmp_path):
     job = services.job_submit(
         user=alice, conversation=alice_chat, prompt="four foxes", count=4, seed=41, steps=3, width=64, height=64
-    )
+    ).jobs[0]
     cluster = start_cluster("gpu", tmp_path, tmp_path / "gpu.log", IMAGEGEN_MAX_BATCH="4")
     try:
         wait_for(

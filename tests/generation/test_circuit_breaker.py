@@ -6,6 +6,7 @@ from generation import services
 from generation.models import CircuitBreaker, ImageJob
 from generation.selectors import service_status
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def _breaker():
@@ -25,10 +26,10 @@ def test_four_failures_keep_it_closed_and_the_fifth_opens_it(breaker_settings, r
         submit(f"job {n}")
 
     for _ in range(4):
-        runner.run_next()
+        run_pass(runner)
     assert (_breaker().state, _breaker().failures) == ("closed", 4)
 
-    runner.run_next()
+    run_pass(runner)
     assert _breaker().state == "open"
     assert "paused" in service_status()["message"]
 
@@ -39,18 +40,18 @@ def test_while_open_jobs_stay_queued_then_a_trial_after_the_cooldown_closes_it(
     failing = runner_for(FakeGenerator(failures=[RuntimeError("boom")] * 5))
     for n in range(5):
         submit(f"doomed {n}")
-        failing.run_next()
+        run_pass(failing)
     assert _breaker().state == "open"
 
     waiting = [submit("kept 1"), submit("kept 2")]
     healthy = runner_for(FakeGenerator())
     fake_clock.advance(30)
     # The worker waits out the cool-down (bounded), then runs the oldest job as the trial.
-    trial = healthy.run_next()
+    trial = run_pass(healthy)
     assert trial == waiting[0]
     assert sum(fake_clock.sleeps) == pytest.approx(30, abs=1.1)
     assert _breaker().state == "closed" and _breaker().failures == 0
-    assert healthy.run_next() == waiting[1]
+    assert run_pass(healthy) == waiting[1]
     assert set(ImageJob.objects.filter(pk__in=[j.pk for j in waiting]).values_list("status", flat=True)) == {"complete"}
 
 
@@ -74,7 +75,7 @@ def test_a_failed_trial_opens_it_again(breaker_settings, runner_for, submit, fak
         name="generation", state="open", failures=5, opened_at=fake_clock.now() - timedelta(seconds=61)
     )
     job = submit("trial")
-    runner_for(FakeGenerator(failures=[RuntimeError("still broken")])).run_next()
+    run_pass(runner_for(FakeGenerator(failures=[RuntimeError("still broken")])))
     assert ImageJob.objects.get(pk=job.pk).status == "error"
     breaker = _breaker()
     assert breaker.state == "open"
@@ -87,6 +88,6 @@ def test_the_trial_is_half_open_while_it_runs(breaker_settings, runner_for, subm
     )
     states = []
     submit("trial")
-    runner_for(FakeGenerator(on_each_step=lambda step: states.append(_breaker().state))).run_next()
+    run_pass(runner_for(FakeGenerator(on_each_step=lambda step: states.append(_breaker().state))))
     assert set(states) == {"half_open"}
     assert _breaker().state == "closed"

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from generation import services
-from generation.locks import worker_is_gone
 from generation.models import ImageJob
+from generation.workers import process_is_gone
 from tests.helpers import BASE_DIR, start_cluster, stop, wait_for, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _submit(user, conversation, prompt, **params):
     params = {"steps": 3, "width": 64, "height": 64, **params}
-    return services.job_submit(user=user, conversation=conversation, prompt=prompt, **params)
+    return services.job_submit(user=user, conversation=conversation, prompt=prompt, **params).jobs[0]
 
 
 def _processing(job):
@@ -43,7 +43,7 @@ def test_a_worker_killed_mid_job_leaves_no_job_stuck_and_the_next_one_runs(alice
         running = wait_for(lambda: _processing(long_job), timeout=120, message="the long job running")
         worker_pid = int(running.worker.rpartition(":")[2])
         os.kill(worker_pid, signal.SIGKILL)
-        wait_for(lambda: worker_is_gone(running.worker, host=socket.gethostname()), timeout=10, message="death")
+        wait_for(lambda: process_is_gone(socket.gethostname(), worker_pid), timeout=10, message="death")
 
         result = services.jobs_expire_stuck()  # what the maintenance cluster runs every minute
 

@@ -9,7 +9,7 @@ import pytest
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
-from tests.helpers import BASE_DIR
+from tests.helpers import BASE_DIR, run_pass
 
 HOLDER = """
 import sys, time
@@ -70,7 +70,7 @@ def test_a_worker_that_cannot_get_the_device_leaves_the_job_queued(holder, setti
     settings.IMAGEGEN_GPU_LOCK_WAIT_SECONDS = 30
     job = submit("patience")
 
-    assert runner_for(FakeGenerator()).run_next() is None
+    assert run_pass(runner_for(FakeGenerator())) is None
 
     assert ImageJob.objects.get(pk=job.pk).status == "queued"
     assert sum(fake_clock.sleeps) == pytest.approx(30, abs=0.2), "waited its 30 s, no more"

@@ -51,7 +51,7 @@ def no_caps(settings):
 def test_job_submit_either_creates_everything_or_nothing(no_caps, alice, alice_chat, prompt, params):
     jobs, messages = _counts()
     try:
-        job = job_submit(user=alice, conversation=alice_chat, prompt=prompt, **params)
+        job = job_submit(user=alice, conversation=alice_chat, prompt=prompt, **params).jobs[0]
     except ValidationError as exc:
         assert exc.messages, "a clear message"
         assert _counts() == (jobs, messages)

@@ -7,6 +7,7 @@ from django.urls import reverse
 from generation.models import ImageJob
 from generation.views import GALLERY_PAGE_SIZE
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def _finish(submit, runner_for, *prompts, conversation=None):
@@ -14,7 +15,7 @@ def _finish(submit, runner_for, *prompts, conversation=None):
     jobs = []
     for prompt in prompts:
         jobs.append(submit(prompt, conversation=conversation))
-        runner.run_next()
+        run_pass(runner)
     return [ImageJob.objects.get(pk=job.pk) for job in jobs]
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 from generation import files, services
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 PNG = b"\x89PNG\r\n\x1a\nnot really"
 
@@ -24,7 +25,7 @@ def _crash_in_the_completing_transaction(monkeypatch):
     real = services.message_update
 
     def failing(message_id, **kwargs):
-        if "image_url" in (kwargs.get("metadata") or {}):
+        if any("image_url" in image for image in (kwargs.get("metadata") or {}).get("images", {}).values()):
             raise RuntimeError("killed before the commit")
         return real(message_id, **kwargs)
 
@@ -83,7 +84,7 @@ def _age(path: Path, seconds: float) -> None:
 
 def test_the_sweep_removes_old_files_no_job_owns_and_keeps_the_rest(settings, submit, runner_for):
     owned = submit("owned")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     owned.refresh_from_db()
     media = Path(settings.MEDIA_ROOT)
     stray_old = media / "images/2026/01/01/job-999_AbCdEf.png"
@@ -106,8 +107,8 @@ def test_deleting_a_conversation_removes_every_file_of_its_jobs_and_no_one_elses
 ):
     finished = submit("done")
     bobs = submit("bob's", conversation=bob_chat)
-    runner_for(FakeGenerator()).run_next()
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
+    run_pass(runner_for(FakeGenerator()))
     crashed = submit("crashed twice")
     media = Path(settings.MEDIA_ROOT)
     for name in (files.final_name(crashed.pk), f"{files.INCOMING_DIR}/job-{crashed.pk}-1a2b{files.INCOMING_SUFFIX}"):

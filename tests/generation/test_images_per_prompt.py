@@ -11,6 +11,7 @@ from chat.models import Message
 from generation import selectors, services
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def test_a_prompt_asking_for_four_images_makes_four_jobs_with_consecutive_seeds_in_one_message(alice_chat, submit):
@@ -20,7 +21,6 @@ def test_a_prompt_asking_for_four_images_makes_four_jobs_with_consecutive_seeds_
     assert [each.seed for each in jobs] == [10, 11, 12, 13]
     assert [each.image_index for each in jobs] == [0, 1, 2, 3]
     assert {each.message_id for each in jobs} == {job.message_id}
-    assert [each.pk for each in job.prompt_jobs] == [each.pk for each in jobs]
     assert Message.objects.filter(role="assistant").count() == 1
     message = Message.objects.get(pk=job.message_id)
     assert message.content == "Your 4 images are queued."
@@ -45,7 +45,7 @@ def test_a_count_outside_1_to_8_is_refused_with_a_field_error_and_creates_nothin
 def test_the_pending_cap_counts_images_so_a_prompt_that_would_pass_it_is_refused(settings, submit):
     settings.IMAGEGEN_MAX_PENDING_PER_USER = 6
     submit("three", count=3)
-    with pytest.raises(ValidationError, match="4 more would pass your limit of 6"):
+    with pytest.raises(services.JobRefused, match="4 more would pass your limit of 6"):
         submit("four more", count=4)
     assert ImageJob.objects.count() == 3
     submit("three more", count=3)
@@ -56,16 +56,16 @@ def test_the_rate_limit_counts_prompts_not_images(settings, submit):
     settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 2
     submit("first", count=4)
     submit("second", count=4)
-    with pytest.raises(ValidationError, match="too quickly"):
+    with pytest.raises(services.JobRefused, match="too quickly"):
         submit("third")
 
 
 def test_each_image_is_cancelled_and_retried_on_its_own_and_the_message_tells_the_whole(submit, runner_for):
     job = submit("three boats", count=3)
-    first, second, third = job.prompt_jobs
+    first, second, third = ImageJob.objects.filter(message_id=job.message_id).order_by("sequence")
     services.job_cancel(job=second)
     for _ in range(2):
-        runner_for(FakeGenerator()).run_next()
+        run_pass(runner_for(FakeGenerator()))
 
     states = dict(ImageJob.objects.values_list("pk", "status"))
     assert [states[each.pk] for each in (first, second, third)] == ["complete", "cancelled", "complete"]
@@ -78,7 +78,7 @@ def test_each_image_is_cancelled_and_retried_on_its_own_and_the_message_tells_th
     services.job_retry(job=ImageJob.objects.get(pk=second.pk))
     message.refresh_from_db()
     assert message.metadata["status"] == "queued"
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     message.refresh_from_db()
     assert message.content == "Your 3 images are ready."
 
@@ -109,7 +109,7 @@ def test_the_composer_asks_how_many_images_and_the_answer_holds_all_their_cards(
 
 def test_deleting_one_image_of_a_prompt_keeps_the_message_and_the_other_images(submit):
     job = submit("two ducks", count=2)
-    first, second = job.prompt_jobs
+    first, second = ImageJob.objects.filter(message_id=job.message_id).order_by("sequence")
     services.jobs_delete(jobs=ImageJob.objects.filter(pk=first.pk))
     assert list(ImageJob.objects.values_list("pk", flat=True)) == [second.pk]
     assert Message.objects.filter(pk=job.message_id).exists()
@@ -130,13 +130,13 @@ def test_admin_and_the_queue_command_show_which_jobs_ran_together(settings, clie
     settings.IMAGEGEN_MAX_BATCH = 4
     job = submit("together", count=3)
     alone = submit("another size", width=128)
-    runner_for(_Batching()).run_next()
-    runner_for(_Batching()).run_next()
+    run_pass(runner_for(FakeGenerator()))
+    run_pass(runner_for(FakeGenerator()))
     batch = ImageJob.objects.get(pk=job.pk).batch
 
     out = io.StringIO()
     call_command("queue", stdout=out)
-    ids = ", ".join(str(each.pk) for each in job.prompt_jobs)
+    ids = ", ".join(str(pk) for pk in ImageJob.objects.filter(message_id=job.message_id).values_list("pk", flat=True))
     assert f"Ran together: jobs {ids} (pass {batch})" in out.getvalue()
 
     root = make_user("root")
@@ -148,11 +148,6 @@ def test_admin_and_the_queue_command_show_which_jobs_ran_together(settings, clie
     same_pass = client.get(reverse("admin:generation_imagejob_changelist") + f"?q={batch}").content.decode()
     assert "3 image jobs" in same_pass
     assert ImageJob.objects.get(pk=alone.pk).batch_size == 1
-
-
-class _Batching(FakeGenerator):
-    def generate_batch(self, requests, on_step=None):
-        return [self.generate(request) for request in requests]
 
 
 @pytest.mark.django_db(transaction=True)

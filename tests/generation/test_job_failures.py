@@ -2,8 +2,9 @@ import pytest
 
 from chat.models import Message
 from generation.models import ImageJob
-from generation.pipeline import TransientGenerationError
+from generation.request import TransientGenerationError
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def _reload(job):
@@ -15,8 +16,8 @@ def test_a_failing_job_becomes_an_error_and_the_next_job_runs_at_once(runner_for
     runner = runner_for(FakeGenerator(failures=[RuntimeError("CUDA kernel exploded")]))
     broken, healthy = submit("broken"), submit("healthy")
 
-    runner.run_next()
-    runner.run_next()
+    run_pass(runner)
+    run_pass(runner)
 
     broken, message = _reload(broken)
     assert broken.status == "error"
@@ -35,14 +36,14 @@ def test_a_job_over_its_time_limit_fails_with_a_friendly_message(settings, runne
     runner = runner_for(FakeGenerator(on_each_step=lambda step: fake_clock.advance(50)))
     slow, after = submit("slow", steps=10), submit("after", steps=2)
 
-    runner.run_next()
+    run_pass(runner)
 
     slow, message = _reload(slow)
     assert slow.status == "error"
     assert slow.error == "Image generation timed out after 180 s. Please try again."
     assert message.metadata["error"] == "Image generation timed out after 180 s. Please try again."
     assert slow.progress < 100
-    runner.run_next()
+    run_pass(runner)
     assert _reload(after)[0].status == "complete"
 
 
@@ -52,13 +53,13 @@ def test_transient_errors_are_retried_with_exponential_backoff(settings, runner_
     runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy"), MemoryError()]))
     job = submit("flaky")
 
-    runner.run_next()  # attempt 1 fails: back in the queue for 2 s
+    run_pass(runner)  # attempt 1 fails: back in the queue for 2 s
     job, message = _reload(job)
     assert (job.status, job.attempts) == ("queued", 1)
     assert message.metadata["retrying"] is True
 
-    runner.run_next()  # waits 2 s, attempt 2 fails: 4 s
-    runner.run_next()  # waits 4 s, attempt 3 succeeds
+    run_pass(runner)  # waits 2 s, attempt 2 fails: 4 s
+    run_pass(runner)  # waits 4 s, attempt 3 succeeds
 
     job, message = _reload(job)
     assert (job.status, job.attempts) == ("complete", 3)
@@ -72,8 +73,8 @@ def test_a_job_that_keeps_failing_transiently_gives_up_after_the_last_attempt(se
     runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy")] * 5))
     job = submit("never")
 
-    runner.run_next()
-    runner.run_next()
+    run_pass(runner)
+    run_pass(runner)
 
     job, message = _reload(job)
     assert (job.status, job.attempts) == ("error", 2)
@@ -87,10 +88,10 @@ def test_jobs_behind_a_retrying_job_run_while_it_waits(settings, runner_for, sub
     runner = runner_for(FakeGenerator(failures=[TransientGenerationError("busy")]))
     flaky, other = submit("flaky"), submit("other")
 
-    runner.run_next()
-    assert runner.run_next() == other
+    run_pass(runner)
+    assert run_pass(runner) == other
     assert fake_clock.sleeps == []
-    assert runner.run_next() == flaky
+    assert run_pass(runner) == flaky
     assert ImageJob.objects.get(pk=flaky.pk).status == "complete"
 
 
@@ -98,6 +99,6 @@ def test_words_in_a_prompt_never_make_the_real_worker_fail_or_hang(runner_for, s
     from generation.registry import get_generator
 
     job = submit("[fail] [hang] a storm over a lighthouse", steps=2)
-    runner_for(get_generator()).run_next()
+    run_pass(runner_for(get_generator()))
     job.refresh_from_db()
     assert (job.status, job.error) == ("complete", "")

@@ -3,6 +3,7 @@ import pytest
 from generation.models import ImageJob
 from generation.tasks import process_next_job
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 @pytest.mark.django_db(transaction=True)
@@ -23,7 +24,7 @@ def test_a_job_submitted_while_others_wait_goes_to_the_back(runner_for, submit):
     runner = runner_for(FakeGenerator())
     first = submit("first")
     second = submit("second")
-    assert runner.run_next() == first
+    assert run_pass(runner) == first
     third = submit("third")
-    assert [runner.run_next(), runner.run_next()] == [second, third]
-    assert runner.run_next() is None
+    assert [run_pass(runner), run_pass(runner)] == [second, third]
+    assert run_pass(runner) is None

@@ -23,7 +23,10 @@ class Observed:
     def load(self, name):
         return self.inner.load(name)
 
-    def generate(self, request, on_step=None):
+    def needs_download(self, name):
+        return self.inner.needs_download(name)
+
+    def generate_batch(self, requests, on_step=None):
         def watching(step, total, latents):
             on_step(step, total, latents)
             # The worker writes on a thread of its own: wait (bounded) for this step to show.
@@ -35,12 +38,12 @@ class Observed:
                 job = ImageJob.objects.select_related("message").get(status="processing")
             self.seen.append((step, job.progress, job.message.metadata["progress"]))
 
-        return self.inner.generate(request, watching)
+        return self.inner.generate_batch(requests, watching)
 
 
 def _submit(user, conversation, **params):
     params = {"steps": 10, "width": 128, "height": 128, "seed": 5, **params}
-    return services.job_submit(user=user, conversation=conversation, prompt="a lighthouse at dusk", **params)
+    return services.job_submit(user=user, conversation=conversation, prompt="a lighthouse at dusk", **params).jobs[0]
 
 
 @pytest.mark.django_db(transaction=True)

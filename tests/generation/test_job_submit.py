@@ -2,6 +2,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from chat.models import Message
+from generation import services
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
 
@@ -90,8 +91,9 @@ def test_a_user_cannot_queue_more_than_the_pending_cap(settings, submit, bob_cha
     settings.IMAGEGEN_MAX_PENDING_PER_USER = 2
     submit("one")
     submit("two")
-    with pytest.raises(ValidationError, match="already have 2 images waiting"):
+    with pytest.raises(services.JobRefused, match="already have 2 images waiting") as refused:
         submit("three")
+    assert 1 <= refused.value.refusal.retry_after <= 120
     assert ImageJob.objects.count() == 2
     submit("bob is not capped by alice", conversation=bob_chat)
 
@@ -108,8 +110,9 @@ def test_a_user_sending_prompts_too_quickly_is_told_to_wait(settings, submit):
     settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 3
     for n in range(3):
         submit(f"quick {n}")
-    with pytest.raises(ValidationError, match="too quickly"):
+    with pytest.raises(services.JobRefused, match="too quickly") as refused:
         submit("one too many")
+    assert 1 <= refused.value.refusal.retry_after <= 60
     assert ImageJob.objects.count() == 3
 
 
@@ -130,7 +133,7 @@ def test_the_pending_cap_holds_when_one_user_submits_from_many_threads_at_once(s
             barrier.wait()
             job_submit(user=alice, conversation=alice_chat, prompt=f"burst {n}", steps=2, width=64, height=64)
             outcomes.append("queued")
-        except ValidationError:
+        except services.JobRefused:
             outcomes.append("refused")
         finally:
             connection.close()
@@ -153,7 +156,7 @@ def test_the_pending_cap_holds_when_many_failed_jobs_are_retried_at_once(setting
 
     from generation.services import JobError, job_retry, job_submit
 
-    jobs = [job_submit(user=alice, conversation=alice_chat, prompt=f"failed {n}", steps=2) for n in range(8)]
+    jobs = [job_submit(user=alice, conversation=alice_chat, prompt=f"failed {n}", steps=2).jobs[0] for n in range(8)]
     ImageJob.objects.update(status="error", error="it broke")
     settings.IMAGEGEN_MAX_PENDING_PER_USER = 3
     barrier = threading.Barrier(len(jobs))

@@ -2,11 +2,12 @@ from django.urls import reverse
 
 from generation.models import ImageJob
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def test_the_owner_downloads_the_finished_image(client, alice, submit, runner_for):
     job = submit("a kite")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     client.force_login(alice)
 
     response = client.get(reverse("generation:job_image", args=[job.pk]))
@@ -20,7 +21,7 @@ def test_the_owner_downloads_the_finished_image(client, alice, submit, runner_fo
 
 def test_images_are_marked_private_so_no_shared_cache_keeps_them(client, alice, submit, runner_for):
     job = submit("a kite")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     client.force_login(alice)
     response = client.get(reverse("generation:job_image", args=[job.pk]))
     assert response.status_code == 200
@@ -29,7 +30,7 @@ def test_images_are_marked_private_so_no_shared_cache_keeps_them(client, alice, 
 
 def test_another_user_gets_404_for_the_image_and_the_cancel(client, bob, submit, runner_for):
     done, waiting = submit("mine"), None
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     waiting = submit("also mine")
     client.force_login(bob)
     assert client.get(reverse("generation:job_image", args=[done.pk])).status_code == 404

@@ -16,8 +16,8 @@ def test_a_gpu_cluster_runs_a_hub_model_offline_and_fails_a_missing_one_clearly(
     models = {"flux": "tiny-org/tiny-flux", "missing": "nobody/not-pulled"}
     registered(**models)
     params = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 11}
-    flux = services.job_submit(user=alice, conversation=alice_chat, model="flux", guidance=3.5, **params)
-    missing = services.job_submit(user=alice, conversation=alice_chat, model="missing", **params)
+    flux = services.job_submit(user=alice, conversation=alice_chat, model="flux", guidance=3.5, **params).jobs[0]
+    missing = services.job_submit(user=alice, conversation=alice_chat, model="missing", **params).jobs[0]
 
     cluster = start_cluster(
         "gpu",

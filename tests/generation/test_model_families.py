@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from generation.families import FAMILIES, FLUX, SD3, SD15, SDXL
-from generation.pipeline import GenerationRequest, ImageGenerator, ModelRegistry, ModelUnavailable, infotext
-from generation.sources import detect_family, parse_spec
+from generation.loading import ModelRegistry
+from generation.pipeline import DiffusersGenerator, infotext
+from generation.request import GenerationRequest
+from generation.sources import ModelUnavailable, detect_family, parse_spec
 from tests.helpers import fill_hub_cache
 
 TINY = {"demo": SD15, "tiny-sdxl": SDXL, "tiny-sd3": SD3, "tiny-flux": FLUX}
@@ -27,7 +29,7 @@ def _request(model, **overrides):
 @pytest.fixture(scope="module")
 def generator(tiny_models, tmp_path_factory):
     registry = ModelRegistry({name: str(path) for name, path in tiny_models.items() if name != "demo"})
-    return ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    return DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
 
 
 @pytest.mark.parametrize("model", list(TINY))
@@ -98,7 +100,7 @@ def test_sizes_dtypes_and_guidance_differ_per_family():
 
 def test_the_memory_mode_tiles_the_vae(tiny_models):
     registry = ModelRegistry({"big": f"{tiny_models['tiny-sdxl']};offload"})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
     image = generator.generate(_request("big"))
     assert image.size == (64, 96)
     assert generator.load("big").vae.use_tiling  # CPU offload itself needs a GPU
@@ -110,7 +112,7 @@ def test_the_memory_mode_tiles_the_vae(tiny_models):
 def test_a_hub_id_resolves_from_the_hub_cache_with_the_network_off(tiny_models, offline_hub):
     commit = fill_hub_cache(offline_hub, "tiny-org/tiny-flux", tiny_models["tiny-flux"])
     registry = ModelRegistry({"flux": "tiny-org/tiny-flux", "pinned": f"tiny-org/tiny-flux@{commit}"})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
 
     assert registry.get("flux").family is FLUX
     assert not generator.needs_download("flux")
@@ -120,7 +122,7 @@ def test_a_hub_id_resolves_from_the_hub_cache_with_the_network_off(tiny_models, 
 
 def test_a_hub_id_missing_from_the_cache_fails_offline_naming_the_model_and_the_fix(tiny_models, offline_hub):
     registry = ModelRegistry({"sdxl": "nobody/not-pulled-xl"})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
     assert generator.needs_download("sdxl")
     assert registry.get("sdxl").family is SDXL  # a guess from the name until the files are here
 
@@ -148,7 +150,7 @@ def test_a_single_file_checkpoint_loads_offline_with_configs_from_a_folder_into_
     tiny_models, sd1_checkpoint, offline_hub
 ):
     registry = ModelRegistry({"file": f"{sd1_checkpoint};config={tiny_models['demo']}", "folder": tiny_models["demo"]})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
 
     assert registry.get("file").family is SD15  # read from the file's tensor names
     from_file = np.asarray(generator.generate(_request("file")))
@@ -160,7 +162,7 @@ def test_a_single_file_checkpoint_reads_its_familys_configs_from_the_hub_cache(
     tiny_models, sd1_checkpoint, offline_hub
 ):
     registry = ModelRegistry({"file": str(sd1_checkpoint)})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
     with pytest.raises(ModelUnavailable, match="needs the configs of stable-diffusion-v1-5/stable-diffusion-v1-5"):
         generator.generate(_request("file"))
 
@@ -178,7 +180,7 @@ def test_a_flux_transformer_alone_in_one_file_takes_the_other_parts_from_the_hub
     path = tmp_path / "flux1-tiny.safetensors"
     save_file({key: value.contiguous() for key, value in transformer.state_dict().items()}, str(path))
     registry = ModelRegistry({"file": str(path), "folder": tiny_models["tiny-flux"]})
-    generator = ImageGenerator(registry, cache_dir=tiny_models["demo"].parent)
+    generator = DiffusersGenerator(registry, cache_dir=tiny_models["demo"].parent)
     assert registry.get("file").family is FLUX
 
     with pytest.raises(ModelUnavailable, match="needs the text encoders, VAE and configs of black-forest-labs/FLUX.1"):

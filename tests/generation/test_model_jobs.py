@@ -14,7 +14,7 @@ from generation.models import ImageJob
 from generation.registry import get_generator, model_limits
 from generation.selectors import duration_estimator
 from tests.fakes import FakeGenerator
-from tests.helpers import wait_for
+from tests.helpers import run_pass, wait_for
 
 FAMILY_INFOTEXT = {
     "demo": "CFG scale: 4.5",
@@ -39,7 +39,9 @@ def tiny(registered, tiny_models):
 
 def _submit(user, conversation, model, **params):
     params = {"steps": 2, "width": 64, "height": 64, "seed": 7, "guidance": 4.5, **params}
-    return services.job_submit(user=user, conversation=conversation, prompt="a lighthouse", model=model, **params)
+    return services.job_submit(user=user, conversation=conversation, prompt="a lighthouse", model=model, **params).jobs[
+        0
+    ]
 
 
 class StepByStep:
@@ -56,7 +58,10 @@ class StepByStep:
     def load(self, name):
         return self.inner.load(name)
 
-    def generate(self, request, on_step=None):
+    def needs_download(self, name):
+        return self.inner.needs_download(name)
+
+    def generate_batch(self, requests, on_step=None):
         def waiting(step, total, latents):
             on_step(step, total, latents)
             wait_for(
@@ -66,7 +71,7 @@ class StepByStep:
                 message=f"step {step} written",
             )
 
-        return self.inner.generate(request, waiting)
+        return self.inner.generate_batch(requests, waiting)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -112,7 +117,10 @@ class CancelAtFirstStep:
     def load(self, name):
         return self.inner.load(name)
 
-    def generate(self, request, on_step=None):
+    def needs_download(self, name):
+        return self.inner.needs_download(name)
+
+    def generate_batch(self, requests, on_step=None):
         def cancelling(step, total, latents):
             self.steps.append(step)
             if step == 1:
@@ -121,7 +129,7 @@ class CancelAtFirstStep:
             if step == 1:
                 time.sleep(1)  # the worker notices a cancel from its own next write, on its other thread
 
-        return self.inner.generate(request, cancelling)
+        return self.inner.generate_batch(requests, cancelling)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -202,7 +210,7 @@ def test_a_model_that_is_not_here_fails_its_job_clearly_and_leaves_the_breaker_c
     jobs = [submit("needs a missing model", model="gone") for _ in range(settings.IMAGEGEN_BREAKER_THRESHOLD)]
     runner = runner_for(real_generator())
     for _ in jobs:
-        runner.run_next()
+        run_pass(runner)
 
     for job in jobs:
         job.refresh_from_db()

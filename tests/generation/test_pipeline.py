@@ -8,15 +8,11 @@ import torch
 from PIL import Image
 
 from generation.demo_model import demo_pipeline_path, demo_tokenizer, random_modules
-from generation.pipeline import (
-    GenerationRequest,
-    ImageGenerator,
-    ModelRegistry,
-    ModelUnavailable,
-    infotext,
-    latents_preview,
-)
+from generation.loading import ModelRegistry
+from generation.pipeline import DiffusersGenerator, infotext, latents_preview
 from generation.png import encode_png
+from generation.request import GenerationRequest
+from generation.sources import ModelUnavailable
 from tests.helpers import BASE_DIR
 
 
@@ -53,7 +49,7 @@ def test_the_demo_model_is_built_offline_once_and_cached_on_disk(demo_dir):
 
 
 def test_the_demo_model_keeps_the_usual_x8_latent_scale(demo_dir):
-    generator = ImageGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
+    generator = DiffusersGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
     shapes = []
     generator.generate(_request(width=128, height=96), on_step=lambda s, t, latents: shapes.append(latents.shape))
     assert shapes[0][-2:] == (12, 16)
@@ -71,7 +67,7 @@ def test_the_sd15_shape_has_the_parameter_counts_of_stable_diffusion_1_5(tmp_pat
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_another(demo_dir):
-    generator = ImageGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
+    generator = DiffusersGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
     a = np.asarray(generator.generate(_request(seed=1)))
     b = np.asarray(generator.generate(_request(seed=1)))
     c = np.asarray(generator.generate(_request(seed=2)))
@@ -82,7 +78,7 @@ def test_the_same_seed_gives_the_same_image_and_another_seed_another(demo_dir):
 def test_every_scheduler_runs(demo_dir):
     from generation.pipeline import SCHEDULERS
 
-    generator = ImageGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
+    generator = DiffusersGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
     for name in SCHEDULERS:
         steps: list[tuple[int, int]] = []
         image = generator.generate(
@@ -94,14 +90,14 @@ def test_every_scheduler_runs(demo_dir):
 
 def test_a_local_diffusers_folder_can_be_registered_as_a_model(demo_dir):
     registry = ModelRegistry({"mine": str(demo_dir)})
-    generator = ImageGenerator(registry, cache_dir=demo_dir.parent / "unused")
+    generator = DiffusersGenerator(registry, cache_dir=demo_dir.parent / "unused")
     image = generator.generate(_request(model="mine"))
     assert image.size == (64, 64)
     assert generator.loads == 1
 
 
 def test_a_missing_model_path_fails_clearly(tmp_path):
-    generator = ImageGenerator(ModelRegistry({"gone": str(tmp_path / "nowhere")}), cache_dir=tmp_path)
+    generator = DiffusersGenerator(ModelRegistry({"gone": str(tmp_path / "nowhere")}), cache_dir=tmp_path)
     with pytest.raises(ModelUnavailable, match="nowhere"):
         generator.generate(_request(model="gone"))
 
@@ -112,7 +108,7 @@ def test_an_unknown_model_name_is_refused():
 
 
 def test_an_exception_from_the_step_callback_aborts_the_run(demo_dir):
-    generator = ImageGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
+    generator = DiffusersGenerator(ModelRegistry(), cache_dir=demo_dir.parent)
     seen = []
 
     def stop_at_two(step, total, latents):

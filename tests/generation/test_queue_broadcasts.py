@@ -16,7 +16,7 @@ from generation.broadcasts import STALE_REQUEST, queue_broadcast_request, queue_
 from generation.models import ImageJob, QueueBroadcast
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
-from tests.helpers import drain, listen
+from tests.helpers import drain, listen, run_pass
 
 
 def _pending_broadcasts() -> int:
@@ -79,7 +79,7 @@ def test_broadcasts_are_at_least_the_interval_apart(settings, submit, fake_clock
 
 def test_the_copies_a_reload_shows_are_refreshed_in_one_statement(submit, runner_for):
     jobs = [submit(f"job {n}") for n in range(6)]
-    runner_for(FakeGenerator()).run_next()  # the first leaves the queue
+    run_pass(runner_for(FakeGenerator()))  # the first leaves the queue
 
     with CaptureQueriesContext(connection) as queries:
         queue_broadcast_run()
@@ -96,7 +96,7 @@ def test_a_copy_is_never_written_onto_a_job_that_moved_on(submit, runner_for):
     """The metadata copy is guarded by the message's own status, checked as the row is written."""
     first, second = submit("first"), submit("second")
     queue_broadcast_run()
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     # The broadcast's read saw both queued; the first completed before its write.
     entries = [{**e, "position": e["position"] + 10} for e in selectors.queue_eta()]
     entries.insert(0, {"job_id": first.pk, "message_id": first.message_id, "position": 99, "estimated_seconds": 1})
@@ -117,8 +117,8 @@ def test_a_copy_is_never_written_onto_a_job_that_moved_on(submit, runner_for):
 def test_the_page_and_the_copies_show_the_ranks_of_the_job_table(client, alice, submit, bob_chat, runner_for):
     jobs = [submit(f"alice {n}") if n % 2 else submit(f"bob {n}", conversation=bob_chat) for n in range(8)]
     runner = runner_for(FakeGenerator())
-    runner.run_next()
-    runner.run_next()
+    run_pass(runner)
+    run_pass(runner)
     from generation.services import job_cancel
 
     job_cancel(job=jobs[4])
@@ -148,7 +148,7 @@ def test_concurrent_broadcasts_and_submissions_leave_exact_copies(settings):
         try:
             barrier.wait()
             for n in range(8):
-                job_submit(user=user, conversation=chats[user.pk], prompt=f"{n}", steps=2, width=64, height=64)
+                job_submit(user=user, conversation=chats[user.pk], prompt=f"{n}", steps=2, width=64, height=64).jobs[0]
         except BaseException as exc:
             failures.append(exc)
         finally:

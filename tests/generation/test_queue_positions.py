@@ -6,11 +6,12 @@ from django.db import connection
 from django.utils import timezone
 
 from chat.models import Message
-from generation import selectors, services
+from generation import selectors, services, workers
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob, Worker
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def _finish(job, *, seconds, progress=100, status="complete"):
@@ -55,7 +56,7 @@ def test_the_running_job_delays_the_queue_by_what_is_left_of_it(settings, submit
 def _workers(live: int, *, dead: int = 0, stopping: int = 0):
     now = timezone.now()
     for n in range(live + dead + stopping):
-        services.worker_register(name=f"gpu-{n}.example:{100 + n}", device=f"cuda:{n}", now=now)
+        workers.worker_register(name=f"gpu-{n}.example:{100 + n}", device=f"cuda:{n}", now=now)
     long_ago = now - timedelta(minutes=5)
     Worker.objects.filter(name__in=[f"gpu-{n}.example:{100 + n}" for n in range(live, live + dead)]).update(
         last_seen_at=long_ago
@@ -108,7 +109,7 @@ def test_running_jobs_hold_their_workers_until_what_is_left_of_them_is_done(sett
 
 def test_a_broadcast_refreshes_the_position_copies_in_metadata(submit, runner_for):
     first, second, third = submit("1"), submit("2"), submit("3")
-    runner_for(FakeGenerator()).run_next()  # the first leaves the queue
+    run_pass(runner_for(FakeGenerator()))  # the first leaves the queue
     queue_broadcast_run()
     metadata = {m.pk: m.metadata for m in Message.objects.filter(pk__in=[second.message_id, third.message_id])}
     assert metadata[second.message_id]["queue_position"] == 1
@@ -133,7 +134,9 @@ def test_concurrent_submissions_get_unique_consecutive_positions(settings):
         user = users[n % len(users)]
         try:
             barrier.wait()
-            services.job_submit(user=user, conversation=chats[user.pk], prompt=f"job {n}", steps=2, width=64, height=64)
+            services.job_submit(
+                user=user, conversation=chats[user.pk], prompt=f"job {n}", steps=2, width=64, height=64
+            ).jobs[0]
         except BaseException as exc:
             failures.append(exc)
         finally:

@@ -7,11 +7,11 @@ from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule, Task
 
-from generation import services
+from generation import retention, services
 from generation.models import ImageJob, QueueTicket
 from generation.selectors import duration_estimator
 from tests.fakes import FakeGenerator
-from tests.helpers import LAYER_DATABASES
+from tests.helpers import LAYER_DATABASES, run_pass
 
 pytestmark = pytest.mark.django_db(databases=LAYER_DATABASES)
 
@@ -29,7 +29,7 @@ def test_finished_broker_tasks_older_than_the_retention_are_deleted(settings):
     _task("old-success", stopped=now - timedelta(hours=25), success=True)
     _task("recent-failure", stopped=now - timedelta(hours=1), success=False)
 
-    assert services.records_prune(now=now)["tasks"] == 2
+    assert retention.records_prune(now=now)["tasks"] == 2
     assert list(Task.objects.values_list("id", flat=True)) == ["recent-failure"]
 
 
@@ -38,19 +38,19 @@ def test_spent_queue_tickets_are_deleted_and_the_order_goes_on(submit, runner_fo
     services.job_requeue_at_end(job=first)
     assert QueueTicket.objects.count() == 3
 
-    assert services.records_prune()["tickets"] == 2
+    assert retention.records_prune()["tickets"] == 2
     assert QueueTicket.objects.count() == 1
 
     third = submit("three")
     assert third.sequence > max(first.sequence, second.sequence)
     runner = runner_for(FakeGenerator())
-    assert [runner.run_next().pk for _ in range(3)] == [second.pk, first.pk, third.pk]
+    assert [run_pass(runner).pk for _ in range(3)] == [second.pk, first.pk, third.pk]
 
 
 def test_spent_channel_layer_rows_are_deleted(settings):
     if "channels_lite" not in settings.INSTALLED_APPS:
         # channels-redis expires its own keys: there is nothing to prune, and nothing breaks.
-        assert services.records_prune()["channel_rows"] == 0
+        assert retention.records_prune()["channel_rows"] == 0
         return
     from channels_lite.models import Event, GroupMembership
 
@@ -63,7 +63,7 @@ def test_spent_channel_layer_rows_are_deleted(settings):
     GroupMembership.objects.create(group_name="g", channel_name="a", expires_at=now - timedelta(seconds=1))
     kept = GroupMembership.objects.create(group_name="g", channel_name="c", expires_at=now + timedelta(hours=1))
 
-    assert services.records_prune(now=now)["channel_rows"] == 3
+    assert retention.records_prune(now=now)["channel_rows"] == 3
     assert list(Event.objects.values_list("pk", flat=True)) == [waiting.pk]
     assert list(GroupMembership.objects.values_list("pk", flat=True)) == [kept.pk]
 

@@ -76,7 +76,7 @@ def test_three_clusters_run_every_job_once_with_global_positions_and_lose_nothin
             w.name: next(m for m, c in clusters.items() if os.getpgid(w.pid) == c.pid) for w in Worker.objects.all()
         }
         jobs = [
-            services.job_submit(user=chat.owner, conversation=chat, prompt=f"{chat.owner} {n}", steps=2)
+            services.job_submit(user=chat.owner, conversation=chat, prompt=f"{chat.owner} {n}", steps=2).jobs[0]
             for n in range(JOBS_PER_USER)
             for chat in chats
         ]

@@ -64,8 +64,8 @@ def test_a_job_about_to_end_is_finished_first(stop_file, fake_clock, runner_for,
 def test_ctrl_c_on_a_running_cluster_hands_its_job_back_and_stops_within_seconds(alice, alice_chat, tmp_path):
     from generation.services import job_submit
 
-    slow = job_submit(user=alice, conversation=alice_chat, prompt="slow", steps=20, width=64, height=64)
-    after = job_submit(user=alice, conversation=alice_chat, prompt="after", steps=2, width=64, height=64)
+    slow = job_submit(user=alice, conversation=alice_chat, prompt="slow", steps=20, width=64, height=64).jobs[0]
+    after = job_submit(user=alice, conversation=alice_chat, prompt="after", steps=2, width=64, height=64).jobs[0]
     env = worker_env(
         tmp_path,
         IMAGEGEN_GENERATOR="bench.zero_cost.ZeroCostGenerator",

@@ -9,9 +9,10 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from generation import heartbeat, selectors, services
+from generation import heartbeat, selectors, services, workers
 from generation.models import ImageJob, Worker
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 def test_a_job_whose_worker_stopped_beating_goes_back_to_its_place_at_the_next_guard(settings, submit, fake_clock):
@@ -19,7 +20,7 @@ def test_a_job_whose_worker_stopped_beating_goes_back_to_its_place_at_the_next_g
     first, second = submit("first"), submit("second")
     now = fake_clock.now()
     # A worker on another host (a container recreated under a new name): its pid means nothing here.
-    services.worker_register(name="old-container:7", device="cuda:0", now=now)
+    workers.worker_register(name="old-container:7", device="cuda:0", now=now)
     services.job_claim(worker="old-container:7", now=now)
 
     assert services.jobs_expire_stuck(now=now + timedelta(seconds=10))["requeued"] == []
@@ -34,9 +35,9 @@ def test_a_job_whose_worker_stopped_beating_goes_back_to_its_place_at_the_next_g
 def test_a_beating_worker_keeps_its_job(settings, submit, fake_clock):
     job = submit("kept")
     now = fake_clock.now()
-    services.worker_register(name="gpu-host:9", device="cuda:0", now=now)
+    workers.worker_register(name="gpu-host:9", device="cuda:0", now=now)
     services.job_claim(worker="gpu-host:9", now=now)
-    services.worker_beat(name="gpu-host:9", device="cuda:0", now=now + timedelta(seconds=25))
+    workers.worker_beat(name="gpu-host:9", device="cuda:0", now=now + timedelta(seconds=25))
     assert services.jobs_expire_stuck(now=now + timedelta(seconds=30))["requeued"] == []
     assert ImageJob.objects.get(pk=job.pk).status == "processing"
 
@@ -55,7 +56,7 @@ def test_the_worker_beats_while_a_model_loads_so_the_guard_leaves_the_job_alone(
 
     beat = heartbeat.start(device="cpu")
     try:
-        runner_for(SlowLoading()).run_next()
+        run_pass(runner_for(SlowLoading()))
     finally:
         heartbeat.stop()
     ((claimed, after_load),) = heartbeats
@@ -70,7 +71,7 @@ def test_a_worker_registers_once_per_process_and_shows_as_live(db, settings, cap
     try:
         assert heartbeat.start() is beat
         worker = Worker.objects.get()
-        assert (worker.name, worker.device) == (heartbeat.worker_name(), "cpu")
+        assert (worker.name, worker.device) == (workers.worker_name(), "cpu")
         assert list(selectors.workers_live()) == [worker]
         call_command("queue")
         assert f"Live workers: 1\n  {worker.name} on cpu, up to 1 per pass, running" in capsys.readouterr().out
@@ -79,7 +80,7 @@ def test_a_worker_registers_once_per_process_and_shows_as_live(db, settings, cap
 
 
 def test_the_admin_lists_workers_for_staff(admin_user):
-    services.worker_register(name="gpu-a:1", device="cuda:0")
+    workers.worker_register(name="gpu-a:1", device="cuda:0")
     client = Client()
     client.force_login(admin_user)
     body = client.get(reverse("admin:generation_worker_changelist")).content.decode()
@@ -91,16 +92,16 @@ def test_beats_from_another_thread_do_not_disturb_claims(submit, runner_for):
     # The beat thread writes beside the worker's own writes (SQLite's write lock, PostgreSQL rows).
     submit("one")
     stop = threading.Event()
-    services.worker_register(name="w:1", device="cpu")
+    workers.worker_register(name="w:1", device="cpu")
 
     def beat():
         while not stop.is_set():
-            services.worker_beat(name="w:1", device="cpu")
+            workers.worker_beat(name="w:1", device="cpu")
 
     thread = threading.Thread(target=beat)
     thread.start()
     try:
-        assert runner_for(FakeGenerator()).run_next().pk
+        assert run_pass(runner_for(FakeGenerator())).pk
     finally:
         stop.set()
         thread.join()
@@ -111,7 +112,7 @@ def test_a_live_worker_takes_back_a_dead_workers_job_within_seconds_without_the_
     settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = 1
     settings.IMAGEGEN_WORKER_BEAT_SECONDS = 0.1
     lost, waiting = submit("lost"), submit("waiting")
-    services.worker_register(name="other-machine:3", device="cuda:0")
+    workers.worker_register(name="other-machine:3", device="cuda:0")
     services.job_claim(worker="other-machine:3")  # then that machine goes silent
     beat = heartbeat.WorkerBeat(device="cpu", interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS)
     beat.start()

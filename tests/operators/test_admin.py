@@ -11,6 +11,7 @@ from generation import selectors
 from generation.models import ImageJob
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def _action(admin_client, action, jobs):
 
 def test_the_job_list_shows_status_positions_timings_and_thumbnails(admin_client, submit, runner_for):
     done = submit("a finished kite")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     waiting = submit("a waiting kite")
     response = admin_client.get(reverse("admin:generation_imagejob_changelist"))
     body = response.content.decode()
@@ -71,7 +72,7 @@ def test_cancel_action_goes_through_the_service(admin_client, submit):
 
 def test_retry_action_queues_a_failed_job_again(admin_client, submit, runner_for):
     job = submit("flaky")
-    runner_for(FakeGenerator(failures=[RuntimeError("x")])).run_next()
+    run_pass(runner_for(FakeGenerator(failures=[RuntimeError("x")])))
     _action(admin_client, "retry_jobs", [job])
     job.refresh_from_db()
     assert (job.status, job.error) == ("queued", "")
@@ -155,7 +156,7 @@ def test_deleting_jobs_in_admin_removes_their_messages_and_files_and_frees_the_q
     settings, admin_client, submit, runner_for, django_capture_on_commit_callbacks
 ):
     done = submit("finished")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     done.refresh_from_db()
     waiting, kept = submit("waiting"), submit("kept")
     assert done.image.name in _media_files(settings)
@@ -178,7 +179,7 @@ def test_deleting_a_conversation_in_admin_removes_its_messages_jobs_and_files(
     settings, admin_client, alice_chat, bob_chat, submit, runner_for, django_capture_on_commit_callbacks
 ):
     submit("finished")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     submit("waiting")
     bobs = submit("bob's", conversation=bob_chat)
     assert _media_files(settings)
@@ -200,7 +201,7 @@ def test_a_message_page_cannot_be_saved_and_deleting_a_bot_message_deletes_its_j
     settings, admin_client, submit, runner_for, django_capture_on_commit_callbacks
 ):
     job = submit("meta")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     url = reverse("admin:chat_message_change", args=[job.message_id])
     assert 'name="_save"' not in admin_client.get(url).content.decode()
     assert admin_client.post(url, {"content": "edited", "_save": "Save"}).status_code == 403
@@ -236,7 +237,7 @@ def test_deleting_a_user_in_admin_stops_their_jobs_and_removes_their_images(
     settings, admin_client, submit, runner_for, bob_chat, django_capture_on_commit_callbacks, how
 ):
     finished = submit("alice's finished kite")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     queued = submit("alice's waiting kite")
     bobs = submit("bob's kite", conversation=bob_chat)
     alice = finished.owner

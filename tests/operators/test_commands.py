@@ -9,6 +9,7 @@ from django.core.management.base import CommandError
 from generation.models import ImageJob
 from tests.conftest import make_user
 from tests.fakes import FakeGenerator
+from tests.helpers import run_pass
 
 COMMANDS = ["generate", "queue", "expire_stuck_jobs", "retry_failed", "build_demo_model", "model_pull", "api_key"]
 
@@ -84,7 +85,7 @@ def test_generate_uses_the_only_superuser_by_default(db):
 
 def test_queue_prints_positions_and_etas_in_order(submit, bob_chat, runner_for):
     submit("done first")
-    runner_for(FakeGenerator()).run_next()
+    run_pass(runner_for(FakeGenerator()))
     submit("alice waits", steps=20, width=512, height=512)
     submit("bob waits", conversation=bob_chat)
     workers, *lines = _run("queue").splitlines()
@@ -98,11 +99,11 @@ def test_queue_says_when_it_is_empty(db):
     assert "The queue is empty." in _run("queue")
 
 
-def test_retry_failed_requeues_recent_failures(submit):
+def test_retry_failed_requeues_recent_failures(transactional_db, submit):
     from generation.worker import JobRunner
 
     job = submit("flaky")
-    JobRunner(FakeGenerator(failures=[RuntimeError("x")])).run_next()  # on the real clock
+    run_pass(JobRunner(FakeGenerator(failures=[RuntimeError("x")])))  # on the real clock
     assert "Would retry job" in _run("retry_failed", "--dry-run")
     assert ImageJob.objects.get(pk=job.pk).status == "error"
     assert "Retried 1 failed job(s)" in _run("retry_failed", "--minutes", "5")

@@ -6,17 +6,17 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from generation import services
+from generation import workers
 from generation.models import CircuitBreaker
 from generation.worker import JobRunner
 from tests.fakes import FakeGenerator
-from tests.helpers import LAYER_DATABASES
+from tests.helpers import LAYER_DATABASES, run_pass
 
 pytestmark = [pytest.mark.configured_layer, pytest.mark.django_db(databases=LAYER_DATABASES)]
 
 
 def test_healthz_is_200_when_everything_answers_and_a_worker_beats(client):
-    services.worker_register(name="gpu-a:1", device="cuda:0")
+    workers.worker_register(name="gpu-a:1", device="cuda:0")
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
@@ -56,14 +56,14 @@ def _metrics(client, **headers) -> dict:
     }
 
 
-def test_metrics_count_the_queue_outcomes_times_breaker_and_workers(client, submit):
+def test_metrics_count_the_queue_outcomes_times_breaker_and_workers(transactional_db, client, submit):
     submit("done")
-    JobRunner(FakeGenerator()).run_next()  # on the real clock: finished within the window
+    run_pass(JobRunner(FakeGenerator()))  # on the real clock: finished within the window
     submit("broken")
-    JobRunner(FakeGenerator(failures=[RuntimeError("x")])).run_next()
+    run_pass(JobRunner(FakeGenerator(failures=[RuntimeError("x")])))
     submit("waiting one")
     submit("waiting two")
-    services.worker_register(name="gpu-a:1", device="cuda:0")
+    workers.worker_register(name="gpu-a:1", device="cuda:0")
     CircuitBreaker.objects.update_or_create(name="generation", defaults={"state": "open"})
 
     samples = _metrics(client)

@@ -42,7 +42,9 @@ def test_a_cluster_busy_with_a_job_is_stopped_within_seconds_and_leaves_nothing_
     from generation import services
     from generation.models import ImageJob
 
-    job = services.job_submit(user=alice, conversation=alice_chat, prompt="long", steps=100, width=768, height=768)
+    job = services.job_submit(
+        user=alice, conversation=alice_chat, prompt="long", steps=100, width=768, height=768
+    ).jobs[0]
     log = tmp_path / "cluster.log"
     process = subprocess.Popen(
         ["scripts/qcluster.sh", "gpu"],

@@ -9,7 +9,7 @@ from chat.models import Conversation
 from chat.services import conversation_create
 from generation import selectors
 from generation.models import ImageJob
-from generation.services import job_submit
+from generation.services import JobRefused, job_submit
 from generation.templatetags.jobs import duration
 
 CONVERSATION_TITLE = "Command line"
@@ -57,11 +57,13 @@ class Command(BaseCommand):
         conversation = Conversation.objects.filter(owner=user, title=CONVERSATION_TITLE).first()
         conversation = conversation or conversation_create(owner=user, title=CONVERSATION_TITLE)
         try:
-            job = job_submit(user=user, conversation=conversation, prompt=options["prompt"], **params)
+            jobs = job_submit(user=user, conversation=conversation, prompt=options["prompt"], **params).jobs
         except ValidationError as exc:
             problems = [f"{field}: {' '.join(errors)}" for field, errors in getattr(exc, "message_dict", {}).items()]
             raise CommandError("; ".join(problems) or " ".join(exc.messages)) from None
-        jobs = job.prompt_jobs
+        except JobRefused as exc:
+            raise CommandError(str(exc)) from None
+        job = jobs[0]
         if len(jobs) == 1:
             self.stdout.write(f"Queued job {job.pk} for {user} (seed {job.seed}).")
         else:

@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.pipeline import ModelUnavailable, hub_snapshot, single_file_config
+from generation.loading import hub_snapshot, single_file_config
 from generation.registry import get_registry
+from generation.sources import ModelUnavailable
 
 
 class Command(BaseCommand):

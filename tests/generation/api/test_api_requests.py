@@ -9,14 +9,14 @@ import pytest
 from django.test import Client
 
 from chat.models import Conversation
-from generation import services
+from generation import retention, services
 from generation.api import a1111
 from generation.api.auth import api_key_create, api_key_revoke
 from generation.api.jobs import api_jobs_submit, request_key
 from generation.models import ImageJob, JobPreview
 from generation.worker import JobRunner
 from tests.fakes import FakeGenerator
-from tests.helpers import LAYER_DATABASES
+from tests.helpers import LAYER_DATABASES, run_pass
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES)
 
@@ -135,7 +135,7 @@ def test_openai_a_full_queue_is_a_429_with_retry_after(settings, alice, alice_ke
     settings.IMAGEGEN_MAX_PENDING_PER_USER = 2
     chat = Conversation.objects.create(owner=alice, title="chat")
     for _ in range(2):
-        services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64)
+        services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64).jobs[0]
 
     response = _post(_openai(alice_key[1]), "/v1/images/generations", {"prompt": "one more", "size": "64x64"})
 
@@ -148,7 +148,7 @@ def test_openai_a_full_queue_is_a_429_with_retry_after(settings, alice, alice_ke
 def test_openai_too_many_prompts_a_minute_is_a_429(settings, alice, alice_key):
     settings.IMAGEGEN_SUBMISSIONS_PER_MINUTE = 1
     chat = Conversation.objects.create(owner=alice, title="chat")
-    services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64)
+    services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64).jobs[0]
 
     response = _post(_openai(alice_key[1]), "/v1/images/generations", {"prompt": "one more"})
 
@@ -210,7 +210,7 @@ def test_a1111_bad_input_is_a_400_naming_the_field(body, field, alice_key):
 def test_a1111_a_full_queue_is_a_429(settings, alice, alice_key):
     settings.IMAGEGEN_MAX_PENDING_PER_USER = 1
     chat = Conversation.objects.create(owner=alice, title="chat")
-    services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64)
+    services.job_submit(user=alice, conversation=chat, prompt="waiting", width=64, height=64).jobs[0]
 
     response = _post(_a1111("alice", alice_key[1]), "/sdapi/v1/txt2img", {"prompt": "more"})
 
@@ -266,8 +266,10 @@ def test_a1111_lists_and_options(alice, alice_key, bob, bob_key):
 def test_progress_and_interrupt_are_each_users_own(alice, alice_key, bob, bob_key):
     alice_chat = Conversation.objects.create(owner=alice, title="a")
     bob_chat = Conversation.objects.create(owner=bob, title="b")
-    running = services.job_submit(user=alice, conversation=alice_chat, prompt="mine", width=64, height=64, steps=10)
-    waiting = services.job_submit(user=bob, conversation=bob_chat, prompt="his", width=64, height=64)
+    running = services.job_submit(
+        user=alice, conversation=alice_chat, prompt="mine", width=64, height=64, steps=10
+    ).jobs[0]
+    waiting = services.job_submit(user=bob, conversation=bob_chat, prompt="his", width=64, height=64).jobs[0]
     services.job_claim(worker="test:1")
     services.job_progress(job=running, step=3, total=10, persist=True)
     services.job_preview(job=running, step=4, image_data_url="data:image/jpeg;base64,AAAA")
@@ -337,8 +339,8 @@ def test_a_preview_is_kept_per_job_and_pruned_when_it_ends(alice, alice_key, set
     services.job_preview(job=job, step=2, image_data_url="data:image/jpeg;base64,BB")
     assert list(JobPreview.objects.values_list("job_id", "step", "image")) == [(job.pk, 2, "data:image/jpeg;base64,BB")]
 
-    JobRunner(FakeGenerator()).run_next()
-    pruned = services.records_prune()
+    run_pass(JobRunner(FakeGenerator()))
+    pruned = retention.records_prune()
 
     assert pruned["previews"] == 1 and not JobPreview.objects.exists()
 

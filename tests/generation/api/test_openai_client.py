@@ -94,7 +94,9 @@ def test_a_full_queue_is_a_rate_limit_error_with_retry_after(api_stack, key_for,
     alice, key = key_for("alice")
     conversation = Conversation.objects.create(owner=alice, title="chat")
     held = [
-        services.job_submit(user=alice, conversation=conversation, prompt=f"[hang] {n}", width=64, height=64, steps=2)
+        services.job_submit(
+            user=alice, conversation=conversation, prompt=f"[hang] {n}", width=64, height=64, steps=2
+        ).jobs[0]
         for n in range(settings.IMAGEGEN_MAX_PENDING_PER_USER)
     ]
     try:

@@ -46,7 +46,9 @@ def test_requests_waiting_behind_a_busy_worker_share_a_few_threads_and_connectio
     blocker = make_user("blocker")
     chat = Conversation.objects.create(owner=blocker, title="blocking")
     # The worker hangs on this job until it is cancelled: everything after it waits.
-    hang = services.job_submit(user=blocker, conversation=chat, prompt="[hang] hold", width=64, height=64, steps=2)
+    hang = services.job_submit(
+        user=blocker, conversation=chat, prompt="[hang] hold", width=64, height=64, steps=2
+    ).jobs[0]
     wait_for(lambda: ImageJob.objects.filter(pk=hang.pk, status="processing").exists(), timeout=60, message="hang")
     baseline_connections = _web_connections()
     keys = [key_for(f"user{n}")[1] for n in range(USERS)]

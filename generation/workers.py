@@ -1,0 +1,85 @@
+"""GPU worker processes: their names, registration and beats.
+
+A worker is a row (`generation.models.Worker`) that its process keeps beating
+(`generation.heartbeat`). That row and its beat are the one way a dead worker is
+told: a job whose worker stopped beating goes back to its place in the queue
+(`generation.services.jobs_requeue_from_dead_workers`), wherever it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+
+from django.utils import timezone
+
+from generation.models import ImageJob, Worker
+
+
+def worker_name() -> str:
+    """What a job records as its worker, and what its worker row is called: "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_register(*, name: str, device: str, max_batch: int = 1, now: datetime | None = None) -> Worker:
+    """Record a worker process as started (a restarted pid on the same host starts afresh)."""
+    now = now or timezone.now()
+    host, _, pid = name.rpartition(":")
+    worker, _ = Worker.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": host,
+            "pid": int(pid),
+            "device": device,
+            "max_batch": max_batch,
+            "started_at": now,
+            "last_seen_at": now,
+            "stopping": False,
+        },
+    )
+    return worker
+
+
+def worker_beat(
+    *,
+    name: str,
+    device: str,
+    max_batch: int = 1,
+    loading_job_ids: list[int] | None = None,
+    stopping: bool = False,
+    now: datetime | None = None,
+) -> None:
+    """A worker is alive (and maybe stopping); the jobs whose model it is loading are too."""
+    now = now or timezone.now()
+    changes = {"last_seen_at": now, "device": device, "max_batch": max_batch, "stopping": stopping}
+    if not Worker.objects.filter(name=name).update(**changes):
+        worker_register(name=name, device=device, max_batch=max_batch, now=now)  # its row was pruned meanwhile
+    if loading_job_ids:
+        ImageJob.objects.filter(pk__in=loading_job_ids, status=ImageJob.Status.PROCESSING, worker=name).update(
+            heartbeat_at=now
+        )
+
+
+def process_is_gone(host: str, pid: int) -> bool:
+    """True when `pid` names a process on `host` (this machine) that no longer runs.
+
+    Used for the worker rows of this host: a worker killed here is dead at once,
+    without waiting for its beat to go stale.
+    """
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A killed process whose parent died too can stay a zombie when nothing reaps it
+    # (pid 1 in many containers): it still answers kill(0) but runs nothing.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}

@@ -1,0 +1,212 @@
+// The prompt form: sent with fetch, with a live character count and a one-line summary
+// of the settings that differ from the model's defaults; and the cards' "Copy prompt"
+// and "Use these settings", which take a card's prompt and settings back.
+import { addMessages, fromHtml, known, role, send, setTitle, showNotice } from "./cards.js";
+
+const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler", "count"];
+let lastPrompt = "";
+
+function formNotice(form, text) {
+  const target = role(form, "form-notice");
+  if (!target) return;
+  target.textContent = text;
+  target.hidden = !text;
+}
+
+function promptInput(form) {
+  return form.querySelector('[data-testid="prompt-input"]');
+}
+
+function updateCounter(form) {
+  const input = promptInput(form);
+  const counter = form.querySelector(".counter");
+  const limit = Number(input.dataset.maxLength);
+  const length = input.value.trim().length;
+  counter.textContent = `${length} / ${limit}`;
+  counter.classList.toggle("over", length > limit);
+  if (length <= limit && role(form, "form-notice").dataset.kind === "length") formNotice(form, "");
+  return length <= limit ? null : length;
+}
+
+function updateSummary(form) {
+  const parts = [];
+  const field = (name) => form.elements[name];
+  const differs = (name) => {
+    const value = field(name)?.value.trim();
+    const fallback = field(name)?.dataset.default;
+    if (!value) return false;
+    const [a, b] = [Number(value), Number(fallback)];
+    return Number.isNaN(a) || Number.isNaN(b) ? value !== fallback : a !== b;
+  };
+  if (differs("width") || differs("height")) {
+    parts.push(`${field("width").value || field("width").dataset.default}×${field("height").value || field("height").dataset.default}`);
+  }
+  if (differs("steps")) parts.push(`${field("steps").value} steps`);
+  if (differs("guidance")) parts.push(`CFG ${field("guidance").value}`);
+  if (differs("scheduler")) parts.push(field("scheduler").selectedOptions[0]?.textContent || field("scheduler").value);
+  if (differs("model")) parts.push(field("model").value);
+  if (differs("count")) parts.push(`${field("count").value} images`);
+  if (field("seed")?.value.trim()) parts.push(`seed ${field("seed").value.trim()}`);
+  if (field("negative_prompt")?.value.trim()) parts.push("negative prompt");
+  const summary = role(form, "settings-summary");
+  if (summary) {
+    const d = (name) => field(name)?.dataset.default;
+    summary.textContent = parts.length
+      ? `· ${parts.join(" · ")}`
+      : `· defaults (${d("width")}×${d("height")}, ${d("steps")} steps, CFG ${d("guidance")})`;
+  }
+  form.querySelectorAll(".preset").forEach((preset) => {
+    const active = preset.dataset.width === field("width").value && preset.dataset.height === field("height").value;
+    preset.classList.toggle("active", active);
+  });
+}
+
+function fillForm(form, params) {
+  for (const name of FIELDS) {
+    const field = form.elements[name];
+    if (field && known(params[name])) field.value = params[name];
+  }
+  updateCounter(form);
+  updateSummary(form);
+}
+
+// Another model: its family's sizes, steps, guidance and sampler. A setting the person
+// changed from the previous model's default is kept; the bounds follow the model.
+function bindModelChoice(form) {
+  const select = form.elements.model;
+  if (!select?.dataset.limits) return;
+  const every = JSON.parse(select.dataset.limits);
+  let previous = every[select.value];
+  select.addEventListener("change", () => {
+    const limits = every[select.value];
+    if (!limits || !previous) return;
+    for (const [name, value] of Object.entries(limits.defaults)) {
+      const field = form.elements[name];
+      if (!field) continue;
+      const before = previous.defaults[name];
+      const untouched = field.value === "" || field.value === String(before) || Number(field.value) === before;
+      if (untouched) field.value = value;
+      field.dataset.default = value;
+    }
+    for (const name of ["width", "height"]) {
+      Object.assign(form.elements[name], { min: limits.min_size, max: limits.max_size, step: limits.size_step });
+    }
+    const negative = form.elements.negative_prompt;
+    if (negative) negative.disabled = !limits.negative_prompt;
+    previous = limits;
+    updateSummary(form);
+  });
+}
+
+function showTitle(response) {
+  const title = response.headers.get("X-Conversation-Title");
+  if (!title) return;
+  const decoded = decodeURIComponent(title);
+  const input = document.getElementById("conversation-title");
+  if (input && document.activeElement !== input) input.value = decoded;
+  setTitle(decoded);
+}
+
+function bindPromptForm(form) {
+  const input = promptInput(form);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "ArrowUp" && input.value === "" && lastPrompt) {
+      event.preventDefault();
+      input.value = lastPrompt;
+      updateCounter(form);
+    }
+  });
+  input.addEventListener("input", () => updateCounter(form));
+  form.addEventListener("input", (event) => event.target !== input && updateSummary(form));
+  form.addEventListener("change", () => updateSummary(form));
+  bindModelChoice(form);
+  form.querySelectorAll(".preset").forEach((preset) =>
+    preset.addEventListener("click", () => fillForm(form, { width: preset.dataset.width, height: preset.dataset.height })),
+  );
+  updateCounter(form);
+  updateSummary(form);
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const tooLong = updateCounter(form);
+    if (tooLong) {
+      const limit = input.dataset.maxLength;
+      formNotice(form, `The prompt has ${tooLong} characters; the limit is ${limit}. Please shorten it by ${tooLong - limit}.`);
+      role(form, "form-notice").dataset.kind = "length";
+      input.focus();
+      return;
+    }
+    const button = form.querySelector('[data-testid="submit-button"]');
+    button.disabled = true;
+    const { response, html, error } = await send(form.action, { method: "POST", body: new FormData(form) });
+    button.disabled = false;
+    if (error) {
+      formNotice(form, "Could not reach the server. Your prompt is still here; please send it again in a moment.");
+    } else if (response.status === 201) {
+      lastPrompt = input.value.trim();
+      input.value = "";
+      formNotice(form, "");
+      // The open settings would cover the conversation; the summary shows what is set.
+      form.querySelector("details.advanced")?.removeAttribute("open");
+      form.querySelectorAll(".errorlist, .form-errors").forEach((el) => el.remove());
+      form.querySelectorAll(".has-error").forEach((el) => el.classList.remove("has-error"));
+      form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+      updateCounter(form);
+      showTitle(response);
+      addMessages(html);
+      input.focus();
+    } else if (response.status === 400 && html.includes('id="prompt-form"')) {
+      const fresh = fromHtml(html).querySelector("form");
+      form.replaceWith(fresh);
+      bindPromptForm(fresh);
+      // Focus the first field that is wrong, in the order the form shows them.
+      const bad = fresh.querySelector('[aria-invalid="true"], .has-error textarea, .has-error input, .has-error select');
+      (bad || promptInput(fresh)).focus();
+    } else {
+      formNotice(form, `Sorry, the prompt could not be sent (error ${response.status}). Please try again.`);
+    }
+  });
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch (error) {
+    // No clipboard permission (or not a secure context): the old way.
+    const area = Object.assign(document.createElement("textarea"), { value: text });
+    document.body.append(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    return copied;
+  }
+}
+
+// The form is looked up on every click: a refused prompt replaces it with a fresh one.
+async function onAction(event) {
+  const button = event.target.closest("[data-action]");
+  if (!button) return;
+  const current = button.closest(".job-card, .job-group");
+  const params = JSON.parse(button.closest("[data-params]").dataset.params);
+  const form = document.getElementById("prompt-form");
+  if (button.dataset.action === "copy") {
+    const copied = await copyText(params.prompt);
+    showNotice(current, copied ? "Prompt copied." : "Could not copy; select the prompt above instead.", copied ? "ok" : "");
+  } else if (button.dataset.action === "reuse" && form) {
+    fillForm(form, params);
+    showNotice(current, "Settings copied into the form below.", "ok");
+    promptInput(form).focus();
+  }
+}
+
+/** The composer (when the page has one) and the cards' copy and reuse buttons. */
+export function bindComposer(form) {
+  // Up in an empty composer brings back the last prompt, from before a reload too.
+  lastPrompt = [...document.querySelectorAll(".message.role-user .content")].pop()?.textContent || "";
+  if (form) bindPromptForm(form);
+  document.addEventListener("click", onAction);
+}
