@@ -18,8 +18,9 @@ from datetime import datetime
 
 from django.db import connection
 
-from generation import services, texts
+from generation import heartbeat, services, texts
 from generation.models import ImageJob
+from generation.outages import DATABASE, DISK, OUTAGES, drop_broken_connections, retry_while_down
 from generation.pipeline import infotext, latents_preview
 from generation.png import encode_png
 from generation.registry import model_family
@@ -73,7 +74,8 @@ class Bookkeeper:
     write (its compare-and-set finds the job no longer processing). Finished images
     wait in a bounded backlog, so a device faster than the bookkeeper waits for it
     instead of holding many images in memory. Leaving the `with` block waits until
-    everything is written. A failure to record an image fails that job alone.
+    everything is written. A failure to record an image fails that job alone; an
+    outage of the database or the disk does not: the image waits for them.
     """
 
     def __init__(self, *, now: Callable[[], datetime], max_batch: int):
@@ -187,8 +189,28 @@ class Bookkeeper:
                 for each, row in fields["rows"]:
                     send_preview(each, fields["step"], latents[row : row + 1])
             else:
-                record_image(job, fields["image"], fields["request"], now=self.now())
+                # A made image is kept through an outage of the database or the disk,
+                # and its job completed once they answer.
+                with heartbeat.keep_alive([job.pk]):
+                    retry_while_down(
+                        lambda: record_image(job, fields["image"], fields["request"], now=self.now()),
+                        doing=f"recording the image of job {job.pk}",
+                        give_up=heartbeat.stop_requested,
+                    )
+            if kind != "preview":
+                OUTAGES.answered(DATABASE)
         except Exception as exc:
+            outage = OUTAGES.failed(exc, doing=f"writing the {kind} of job {job.pk}")
+            if outage is not None:
+                # Progress and previews are only skipped: the next ones say more. An
+                # image not recorded when told to stop leaves its job to the queue.
+                drop_broken_connections()
+                if kind == "finish" and outage == DISK:
+                    try:
+                        services.job_hand_back(job_id=job.pk)
+                    except Exception:
+                        logger.exception("Could not hand job %s back; the queue's guards will", job.pk)
+                return
             logger.exception("Could not record the %s of job %s", kind, job.pk)
             if kind == "finish":
                 try:

@@ -18,6 +18,9 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.db import transaction
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from generation.outages import OUTAGES, REDIS
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ def build_event(event_type: str, **fields: Any) -> dict[str, Any]:
 SEND_TIMEOUT = 10  # seconds a sender waits for the channel layer before giving up
 
 
+class LayerTimeout(RedisTimeoutError, TimeoutError):
+    """Redis did not answer a send in time: an outage of Redis (generation.outages)."""
+
+
 class _SenderLoop:
     """One event loop per process, on a thread of its own, for sends to Redis from sync code.
 
@@ -88,10 +95,10 @@ class _SenderLoop:
         future = asyncio.run_coroutine_threadsafe(make(), loop)
         try:
             future.result(timeout=SEND_TIMEOUT)
-        except TimeoutError:
+        except TimeoutError as exc:
             # Given up: cancelled, so a late send cannot overtake the next ones.
             future.cancel()
-            raise
+            raise LayerTimeout(f"the channel layer did not answer within {SEND_TIMEOUT} s") from exc
 
 
 _sender = _SenderLoop()
@@ -104,22 +111,34 @@ def _send_many(messages: list[tuple[str, dict[str, Any]]]) -> None:
     if layer is None or not messages:
         return
 
+    sent = []
+
     async def send_all() -> None:
         for group, event in messages:
             try:
                 await layer.group_send(group, {"type": "event.forward", "event": event})
-            except Exception:
+            except Exception as exc:
                 # A lost push is repaired by the snapshot on the next (re)connect; the
                 # job itself must never fail because a browser could not be told.
-                logger.exception("Could not send %s to %s", event["type"], group)
+                _not_sent(exc, f"Could not send {event['type']} to {group}")
+            else:
+                sent.append(True)
 
     try:
         if isinstance(layer, RedisChannelLayer):
             _sender.run(send_all)
+            if sent:
+                OUTAGES.answered(REDIS)
         else:
             async_to_sync(send_all)()
-    except Exception:
-        logger.exception("Could not send %d event(s)", len(messages))
+    except Exception as exc:
+        _not_sent(exc, f"Could not send {len(messages)} event(s)")
+
+
+def _not_sent(exc: Exception, what: str) -> None:
+    """An outage of the layer is logged once (generation.outages); anything else each time."""
+    if OUTAGES.failed(exc, doing="sending events") is None:
+        logger.error("%s", what, exc_info=exc)
 
 
 def send_to_user(user_id: int, event_type: str, **fields: Any) -> None:

@@ -1,12 +1,15 @@
 """A GPU worker process's registration and heartbeat, beside whatever it is doing.
 
 The beat runs on a thread of its own, so it goes on while the main thread loads a
-model or runs a long step; while a model is loading for a job, it also keeps that
-job's heartbeat fresh (the step callback cannot yet). Each beat also puts back in the
-queue the jobs of dead workers (`services.jobs_requeue_from_dead_workers`: one query
-when there are none), so a dead worker's job waits IMAGEGEN_WORKER_DEAD_AFTER_SECONDS
-plus a beat while any other worker lives, and at most a minute more (the guard) when
-none does. One per process: a forked child starts its own.
+model or runs a long step; while a model is loading for a job (or its image waits for
+the disk), it also keeps that job's heartbeat fresh (`keep_alive`). Each beat also looks after the
+queue (`WorkerBeat.look_after_the_queue`): it puts back the jobs of dead workers
+(one query when there are none), so a dead worker's job waits
+IMAGEGEN_WORKER_DEAD_AFTER_SECONDS plus a beat while any other worker lives, and at
+most a minute more (the guard) when none does; it puts back its own jobs that it is
+not running; and it rings a doorbell that was lost. While the database is away the
+beat retries every few seconds, so the queue moves again soon after it answers.
+One per process: a forked child starts its own.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
+from django_q.conf import Conf
 
 from generation import workers
+from generation.outages import DATABASE, MAX_BACKOFF, OUTAGES, drop_broken_connections
 
 logger = logging.getLogger(__name__)
 
@@ -35,42 +41,96 @@ class WorkerBeat:
         self.device = device
         self.max_batch = max_batch
         self.interval = interval
-        self.loading_jobs: list[int] = []
+        self.kept_alive: set[int] = set()  # jobs whose heartbeats the beat writes (see keep_alive)
+        self.registered = False
+        # Held by the device thread while it drains the queue, and by the beat while it
+        # looks for this worker's lost jobs: a job claimed meanwhile is never taken for one.
+        self.work_lock = threading.Lock()
+        self.working = False
+        self._idle_with_work = False  # the last beat found runnable jobs and no drain
+        self._owe_ring = False  # the database came back, or a ring failed: ring when idle
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-beat", daemon=True)
 
     def start(self) -> None:
-        workers.worker_register(name=self.name, device=self.device, max_batch=self.max_batch)
+        try:
+            self._register()
+        except Exception as exc:
+            # The database is away: the beat registers this worker once it answers.
+            if OUTAGES.failed(exc, doing="registering the worker") is None:
+                raise
+            drop_broken_connections()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _register(self) -> None:
+        workers.worker_register(name=self.name, device=self.device, max_batch=self.max_batch)
+        self.registered = True
+
     def beat(self) -> None:
+        if not self.registered:
+            self._register()
+            return
         workers.worker_beat(
             name=self.name,
             device=self.device,
             max_batch=self.max_batch,
-            loading_job_ids=self.loading_jobs,
+            loading_job_ids=sorted(self.kept_alive),
             stopping=stop_requested(),
         )
 
     def _loop(self) -> None:
-        from generation import services
-
+        backoff = 0.0  # while the database is away: a quarter second, doubling up to MAX_BACKOFF
         try:
-            while not self._stop.wait(self.interval):
+            while not self._stop.wait(backoff or self.interval):
                 try:
+                    back = OUTAGES.down(DATABASE)
                     self.beat()
-                    # A live worker takes back the jobs of workers that stopped beating,
-                    # wherever they ran, without waiting for the guard's next minute.
-                    services.jobs_requeue_from_dead_workers()
-                except Exception:
-                    logger.exception("Worker %s could not beat; trying again", self.name)
-                    connection.close()  # a broken connection is opened afresh next time
+                    OUTAGES.answered(DATABASE)
+                    self.look_after_the_queue(database_back=back)
+                    backoff = 0.0
+                except Exception as exc:
+                    if OUTAGES.failed(exc, doing=f"beating worker {self.name}") is None:
+                        logger.exception("Worker %s could not beat; trying again", self.name)
+                    drop_broken_connections()  # opened afresh next time
+                    backoff = min(max(backoff * 2, 0.25), MAX_BACKOFF)
         finally:
             connection.close()
+
+    def look_after_the_queue(self, *, database_back: bool = False) -> None:
+        """What a live worker does for the queue at each beat.
+
+        - It takes back the jobs of workers that stopped beating, wherever they ran,
+          without waiting for the guard's next minute.
+        - While it runs nothing, a job still `processing` under its own name is one it
+          lost track of (an outage cut a claim's answer off, or ended its drain): the
+          job goes back to its place.
+        - While it runs nothing and jobs could run, it rings the doorbell: at the first
+          such beat after the database came back or a ring failed, else when the
+          previous beat saw the same. A doorbell lost with the broker or the database
+          is so rung again within two beats of it answering.
+        """
+        from generation import selectors, services
+
+        self._owe_ring = self._owe_ring or database_back
+        services.jobs_requeue_from_dead_workers()
+        with self.work_lock:
+            if self.working:
+                self._idle_with_work = False
+                return
+            services.jobs_hand_back_orphans(worker=self.name)
+            now = timezone.now()
+            ready_at = selectors.queue_blocked_until(now=now)
+        # In-process tasks (Q_SYNC) have no broker to lose a doorbell, and a ring would
+        # run the drain on this thread.
+        runnable = ready_at is not None and ready_at <= now and not Conf.SYNC
+        if runnable and (self._owe_ring or self._idle_with_work):
+            self._owe_ring = not services.ring_worker()
+            runnable = False
+        self._idle_with_work = runnable
 
 
 def start(*, device: str | None = None, max_batch: int = 1) -> WorkerBeat:
@@ -107,14 +167,37 @@ def stop() -> None:
 
 
 @contextmanager
-def loading(job_ids: list[int]) -> Iterator[None]:
-    """While this block runs (a model loading for `job_ids`), the beat keeps the jobs' heartbeats fresh."""
+def working() -> Iterator[None]:
+    """While this block runs, this process's worker is draining the queue (the device thread).
+
+    Its jobs are its own business then: the beat does not take any of them for lost.
+    """
     beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
     if beat is None:
         yield
         return
-    beat.loading_jobs = list(job_ids)
+    with beat.work_lock:
+        beat.working = True
     try:
         yield
     finally:
-        beat.loading_jobs = []
+        with beat.work_lock:
+            beat.working = False
+
+
+@contextmanager
+def keep_alive(job_ids: list[int]) -> Iterator[None]:
+    """While this block runs, the beat keeps the jobs' heartbeats fresh.
+
+    For work on a job that writes no progress: its model loading, or its image
+    waiting for the disk to take it.
+    """
+    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    if beat is None:
+        yield
+        return
+    beat.kept_alive.update(job_ids)
+    try:
+        yield
+    finally:
+        beat.kept_alive.difference_update(job_ids)

@@ -8,12 +8,14 @@ from statistics import median
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
 
 from generation import texts
 from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
+from generation.outages import DATABASE, OUTAGES
 
 Status = ImageJob.Status
 
@@ -290,13 +292,31 @@ def workers_dead(*, now: datetime | None = None) -> dict[str, str]:
     from generation.workers import process_is_gone
 
     now = now or timezone.now()
-    silent = Worker.objects.filter(last_seen_at__lt=Worker.live_since(now)).values_list("name", flat=True)
-    dead = {name: "stopped beating" for name in silent}
+    silent = list(Worker.objects.filter(last_seen_at__lt=Worker.live_since(now)).values_list("name", flat=True))
+    dead = {name: "stopped beating" for name in silent} if silent and silence_means_dead() else {}
     here = Worker.objects.filter(host=socket.gethostname(), last_seen_at__gte=Worker.live_since(now))
     for name, host, pid in here.values_list("name", "host", "pid"):
         if process_is_gone(host, pid):
             dead[name] = "died"
     return dead
+
+
+def silence_means_dead() -> bool:
+    """Whether a stale beat or heartbeat can be trusted to mean a dead worker or a stuck job.
+
+    While the database is away nobody can beat or write a heartbeat. For
+    IMAGEGEN_WORKER_DEAD_AFTER_SECONDS plus a beat after it answers again (to this
+    process, and on PostgreSQL since the server started), silence proves nothing:
+    a worker that is alive beats again within that time.
+    """
+    window = settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS + settings.IMAGEGEN_WORKER_BEAT_SECONDS
+    if not OUTAGES.settled(DATABASE, seconds=window):
+        return False
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")
+            return float(cursor.fetchone()[0]) >= window
+    return True
 
 
 def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:

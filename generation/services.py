@@ -29,6 +29,7 @@ from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, files, selectors, texts
 from generation.forms import SEED_MAX, JobForm
 from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket
+from generation.outages import OUTAGES
 from generation.pipeline import is_transient
 from generation.sources import ModelUnavailable
 
@@ -41,13 +42,21 @@ class JobError(Exception):
     """A request about a job that cannot be carried out (wrong state, limits)."""
 
 
-def ring_worker() -> None:
+def ring_worker() -> bool:
     """Tell the GPU cluster there is work. The job table, not the message, is the queue.
 
-    After a commit it runs as a robust hook: a lost doorbell is rung again by the
-    stuck-job guard, and must never fail the change that rang it.
+    After a commit it runs as a robust hook: a lost doorbell is rung again by an idle
+    worker's beat or the stuck-job guard, and must never fail the change that rang it.
+    Returns False when the broker is away (and the ring lost).
     """
-    doorbells.enqueue("generation.tasks.process_next_job", cluster="gpu", name="process next image job")
+    try:
+        doorbells.enqueue("generation.tasks.process_next_job", cluster="gpu", name="process next image job")
+    except Exception as exc:
+        # The broker is away: the worker's beat rings again once it answers.
+        if OUTAGES.failed(exc, doing="ringing the gpu worker") is None:
+            raise
+        return False
+    return True
 
 
 def _transition(
@@ -777,6 +786,20 @@ def job_hand_back(*, job_id: int) -> ImageJob | None:
     return job
 
 
+def jobs_hand_back_orphans(*, worker: str) -> list[int]:
+    """Jobs `processing` under `worker` that it is not running go back to their places.
+
+    Asked by a live worker about itself while it runs nothing, so such a job is one it
+    lost track of: a claim whose answer an outage cut off, or a job left when the
+    database went away. The attempt is not counted.
+    """
+    orphans = list(ImageJob.objects.filter(status=Status.PROCESSING, worker=worker).values_list("pk", flat=True))
+    handed = [job_id for job_id in orphans if job_hand_back(job_id=job_id)]
+    if handed:
+        logger.warning("Worker %s was not running jobs %s: they go back to their places", worker, handed)
+    return handed
+
+
 def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
     """Put a job whose worker died back in the queue, in its old place."""
     with transaction.atomic():
@@ -826,15 +849,22 @@ def jobs_expire_stuck(*, now: datetime | None = None) -> dict[str, Any]:
     """The stuck-job guard, run every minute by the maintenance cluster.
 
     - a processing job whose worker is dead goes back to the queue (or fails, out of attempts);
-    - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails;
+    - a processing job with no heartbeat for IMAGEGEN_STUCK_AFTER_SECONDS fails (not
+      just after the database was away, when nobody could write a heartbeat);
     - queued jobs with no worker at them get the worker rung again.
     """
     now = now or timezone.now()
     lost = jobs_requeue_from_dead_workers(now=now)
     stale_before = now - timedelta(seconds=settings.IMAGEGEN_STUCK_AFTER_SECONDS)
     expired = []
-    stale = ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before)
-    for job_id, heartbeat in stale.values_list("pk", "heartbeat_at"):
+    stale = list(
+        ImageJob.objects.filter(status=Status.PROCESSING, heartbeat_at__lte=stale_before).values_list(
+            "pk", "heartbeat_at"
+        )
+    )
+    if stale and not selectors.silence_means_dead():
+        stale = []  # the database was away: their workers write heartbeats again first
+    for job_id, heartbeat in stale:
         detail = f"No heartbeat since {heartbeat.isoformat()}"
         if job_fail(job_id=job_id, error=texts.STUCK, detail=detail, now=now):
             expired.append(job_id)

@@ -5,6 +5,7 @@ from django.conf import settings
 from generation import heartbeat
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
+from generation.outages import OUTAGES, drop_broken_connections
 from generation.retention import records_prune
 from generation.services import jobs_expire_stuck, ring_worker
 from generation.worker import JobRunner
@@ -16,15 +17,23 @@ def process_next_job() -> list[int]:
     Draining in one task keeps the broker out of the gap between two jobs; the
     budget keeps the task under its hard timeout. Returns the ids of the jobs run.
     """
-    if not ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
-        return []  # a spare doorbell: nothing to load, lock or claim
-    runner = JobRunner()
-    heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch)
-    ran = runner.run_queue(budget=drain_budget())
-    if (ran or runner.device_busy) and ImageJob.objects.filter(status=ImageJob.Status.QUEUED).exists():
-        # Keep the queue moving even if a doorbell was lost, or the device was busy
-        # this time; a spare doorbell finds nothing and stops.
-        ring_worker()
+    queued = ImageJob.objects.filter(status=ImageJob.Status.QUEUED)
+    ran: list[int] = []
+    try:
+        if not queued.exists():
+            return []  # a spare doorbell: nothing to load, lock or claim
+        runner = JobRunner()
+        heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch)
+        ran = runner.run_queue(budget=drain_budget())
+        if (ran or runner.device_busy) and queued.exists():
+            # Keep the queue moving even if a doorbell was lost, or the device was busy
+            # this time; a spare doorbell finds nothing and stops.
+            ring_worker()
+    except Exception as exc:
+        # The database is away: the worker's beat rings again once it answers.
+        if OUTAGES.failed(exc, doing="draining the queue") is None:
+            raise
+        drop_broken_connections()
     return ran
 
 

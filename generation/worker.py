@@ -25,6 +25,7 @@ from generation import heartbeat, selectors, services, texts
 from generation.bookkeeper import Bookkeeper
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
+from generation.outages import OUTAGES, drop_broken_connections, is_outage
 from generation.pipeline import is_out_of_memory
 from generation.registry import get_generator
 from generation.request import GenerationCancelled, GenerationTimeout, ImageGenerator
@@ -75,14 +76,27 @@ class JobRunner:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(DRAIN_SWITCH_INTERVAL)
         try:
-            with self._device_locked(), Bookkeeper(now=self.now, max_batch=self.max_batch) as bookkeeper:
+            with (
+                heartbeat.working(),
+                self._device_locked(),
+                Bookkeeper(now=self.now, max_batch=self.max_batch) as bookkeeper,
+            ):
                 while not heartbeat.stop_requested():
-                    jobs = self._run_one(bookkeeper)
-                    if not jobs and bookkeeper.busy:
-                        # A breaker trial may be the job being recorded: once its outcome
-                        # is, the queue may open again.
-                        bookkeeper.wait_idle()
+                    try:
                         jobs = self._run_one(bookkeeper)
+                        if not jobs and bookkeeper.busy:
+                            # A breaker trial may be the job being recorded: once its outcome
+                            # is, the queue may open again.
+                            bookkeeper.wait_idle()
+                            jobs = self._run_one(bookkeeper)
+                    except Exception as exc:
+                        # The database (or the disk) is away: claim nothing more. What the
+                        # bookkeeper holds is recorded once it answers; a job claimed and
+                        # not run goes back to its place (the beat, once this drain ends).
+                        if OUTAGES.failed(exc, doing="claiming and running jobs") is None:
+                            raise
+                        drop_broken_connections()
+                        break
                     if not jobs:
                         break
                     ran.extend(job.pk for job in jobs)
@@ -123,8 +137,10 @@ class JobRunner:
                 seconds = settings.IMAGEGEN_HARD_TIMEOUT_SECONDS
                 services.jobs_record_failure(jobs=jobs, exc=exc, error=texts.timed_out(seconds), now=self.now())
             except Exception as exc:
-                # Something outside the generation failed (the database, the
-                # disk): the jobs must still end, and the task report it.
+                if is_outage(exc):
+                    raise  # the jobs are kept, not failed: see run_queue
+                # Something outside the generation failed: the jobs must still end,
+                # and the task report it.
                 for job in jobs:
                     services.job_fail(job_id=job.pk, error=texts.FAILED_ERROR, detail=f"{type(exc).__name__}: {exc}")
                 raise
@@ -151,9 +167,11 @@ class JobRunner:
         try:
             # Loading a model is not generating: the time limit starts after it. The
             # worker's beat keeps the jobs' heartbeats fresh meanwhile.
-            with heartbeat.loading([job.pk for job in jobs]):
+            with heartbeat.keep_alive([job.pk for job in jobs]):
                 self._load(jobs, jobs[0].model)
         except Exception as exc:
+            if is_outage(exc):
+                raise
             logger.exception("Model %s could not be loaded for jobs %s", jobs[0].model, [job.pk for job in jobs])
             services.jobs_record_failure(jobs=jobs, exc=exc, now=self.now())
             return

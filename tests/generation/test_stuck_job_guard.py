@@ -159,13 +159,35 @@ def test_queued_jobs_nobody_is_running_get_the_worker_rung_again(sync_q, monkeyp
 def test_a_failure_outside_the_generation_still_ends_the_job(monkeypatch, runner_for, submit):
     job = submit("unlucky")
 
-    def disk_full(**kwargs):
-        raise OSError(28, "No space left on device")
+    def broken(**kwargs):
+        raise RuntimeError("the image store is misconfigured")
 
-    monkeypatch.setattr(services, "job_complete", disk_full)
+    monkeypatch.setattr(services, "job_complete", broken)
     run_pass(runner_for(FakeGenerator()))  # the bookkeeper records the failure; the worker lives on
 
     job.refresh_from_db()
     assert job.status == "error"
-    assert "No space left" in job.error_detail
+    assert "misconfigured" in job.error_detail
     assert job.error == "Image generation failed because of a problem on the server. Please try again."
+
+
+def test_a_full_disk_keeps_the_image_until_it_can_be_stored(monkeypatch, runner_for, submit, caplog):
+    job = submit("patient")
+    complete = services.job_complete
+    tries = []
+
+    def disk_full_twice(**kwargs):
+        tries.append(1)
+        if len(tries) <= 2:
+            raise OSError(28, "No space left on device")
+        return complete(**kwargs)
+
+    monkeypatch.setattr(services, "job_complete", disk_full_twice)
+    run_pass(runner_for(FakeGenerator()))
+
+    job.refresh_from_db()
+    assert job.status == "complete" and job.attempts == 1
+    assert len(tries) == 3
+    outage_lines = [r.getMessage() for r in caplog.records if r.name == "generation.outages"]
+    assert len(outage_lines) == 2, outage_lines  # one when it starts, one when it ends
+    assert "the disk cannot be reached" in outage_lines[0] and "answers again" in outage_lines[1]
