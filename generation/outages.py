@@ -114,6 +114,12 @@ class Outages:
         with self._lock:
             return kind in self._since
 
+    def forget(self) -> None:
+        """Forget every outage, current and past (a process that starts afresh: tests)."""
+        with self._lock:
+            self._since.clear()
+            self._ended.clear()
+
     def settled(self, kind: str, *, seconds: float) -> bool:
         """Whether `kind` has answered for at least `seconds` since this process last saw it away."""
         with self._lock:

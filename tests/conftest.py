@@ -4,6 +4,7 @@ from django.db import connection
 
 from chat.services import conversation_create
 from generation import heartbeat, services
+from generation.outages import OUTAGES
 from generation.worker import JobRunner
 from tests.fakes import FakeClock
 
@@ -43,6 +44,8 @@ def _isolated(settings, tmp_path, request):
     yield
     # A task run in-process registered this process as a worker: its beat stops with the test.
     heartbeat.stop()
+    # An outage a test made is over for the next one (silence after an outage proves nothing).
+    OUTAGES.forget()
 
 
 def make_user(username: str):
