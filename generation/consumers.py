@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from generation import events, selectors
+from generation.outages import DATABASE, OUTAGES
 
 MAX_MESSAGE_BYTES = 1024
 SYNC = "sync"
@@ -15,6 +16,9 @@ SYNC = "sync"
 SYNC_BURST = 3
 SYNC_REFILL_SECONDS = 1.0
 SYNC_TOO_OFTEN = f"Too many sync requests: at most one every {SYNC_REFILL_SECONDS:g} s after the first {SYNC_BURST}."
+# The close code when the snapshot cannot be read (the database is away): the page
+# reconnects with backoff and gets its snapshot then.
+CLOSE_TRY_AGAIN = 4503
 
 
 class SyncBudget:
@@ -78,10 +82,18 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_snapshot(self):
         user = self.scope["user"]
-        # The version is read first: the positions read after it are at least as new.
-        version = await sync_to_async(selectors.queue_version)()
-        jobs = await sync_to_async(selectors.user_active_jobs)(user=user)
-        service = await sync_to_async(selectors.service_status)()
+        try:
+            # The version is read first: the positions read after it are at least as new.
+            version = await sync_to_async(selectors.queue_version)()
+            jobs = await sync_to_async(selectors.user_active_jobs)(user=user)
+            service = await sync_to_async(selectors.service_status)()
+        except Exception as exc:
+            if OUTAGES.failed(exc, doing="reading a page's snapshot") is None:
+                raise
+            # One line per outage rather than a traceback per page (re)connecting.
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        OUTAGES.answered(DATABASE)
         await self.send_json(events.build_event("snapshot", jobs=jobs, service=service, version=version))
 
     async def event_forward(self, message):

@@ -9,22 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from datetime import timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connection
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Count
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 
 from generation import selectors
 from generation.models import CircuitBreaker, ImageJob
+from generation.outages import DATABASE, OUTAGES, REDIS, kind_of
 
 logger = logging.getLogger(__name__)
 
 Status = ImageJob.Status
-LAYER_TIMEOUT = 3.0  # seconds
+# Seconds. A round trip through the channel layer gives up after CHECK_SECONDS (a
+# Redis connection gives up connecting after as long: settings.py). /healthz does not
+# wait longer than ANSWER_SECONDS for the checks that connect afresh: PostgreSQL's
+# client waits at least 2 s for a server that does not answer.
+CHECK_SECONDS = 1.0
+ANSWER_SECONDS = 1.25
 # Seconds; the wait and run times of jobs finished in the last METRICS_WINDOW.
 BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 METRICS_WINDOW = timedelta(minutes=15)
@@ -43,14 +55,24 @@ def _broker() -> dict:
 
 
 def _channel_layer() -> dict:
+    """A message sent through the layer comes back within CHECK_SECONDS.
+
+    On a plain channel (a name without the "!" of new_channel()'s): receiving on it
+    starts nothing that outlives the check (channels-lite starts a poll loop per "!"
+    prefix, on the web server's event loop) and does not queue behind channels-redis'
+    receive lock, which a page's WebSocket holds while it waits for its own events.
+    """
     layer = get_channel_layer()
+    channel = f"healthz.{uuid.uuid4().hex}"
 
     async def round_trip():
-        channel = await layer.new_channel("healthz.")
         await layer.send(channel, {"type": "healthz.probe"})
-        await asyncio.wait_for(layer.receive(channel), timeout=LAYER_TIMEOUT)
+        await layer.receive(channel)
 
-    async_to_sync(round_trip)()
+    try:
+        async_to_sync(asyncio.wait_for)(round_trip(), CHECK_SECONDS)
+    except TimeoutError:
+        raise RuntimeError(f"no message came back through the channel layer within {CHECK_SECONDS:g} s") from None
     return {}
 
 
@@ -62,18 +84,90 @@ def _workers() -> dict:
 
 
 CHECKS = {"database": _database, "broker": _broker, "channel_layer": _channel_layer, "workers": _workers}
+# What a check found, and the error it failed with.
+Finding = tuple[dict, BaseException | None]
+
+
+def _depends_on(name: str) -> str:
+    """What a passing check shows answers: Redis for the broker and the layer when they use it."""
+    if name in ("broker", "channel_layer") and settings.REDIS_URL:
+        return REDIS
+    return DATABASE
+
+
+@contextmanager
+def _connections_of_its_own():
+    """This thread's database connections, for a check: outside any pool, closed after.
+
+    The web process borrows connections from a pool, which waits DATABASE_POOL_TIMEOUT
+    for one while the database is away; a check connects afresh instead and gives up
+    at once when refused, after libpq's shortest connect timeout when unreachable.
+    """
+    shared = connections[DEFAULT_DB_ALIAS]
+    options = {key: value for key, value in shared.settings_dict["OPTIONS"].items() if key != "pool"}
+    if shared.vendor == "postgresql":
+        options["connect_timeout"] = 2  # seconds, libpq's least
+    connections[DEFAULT_DB_ALIAS] = type(shared)({**shared.settings_dict, "OPTIONS": options}, DEFAULT_DB_ALIAS)
+    try:
+        yield
+    finally:
+        connections.close_all()
+        del connections[DEFAULT_DB_ALIAS]
+
+
+def _check(name: str) -> Finding:
+    """Run one check. An outage is noted here, so one that fails after the answer went out counts too."""
+    try:
+        return {"ok": True, **CHECKS[name]()}, None
+    except Exception as exc:
+        if OUTAGES.failed(exc, doing="checking health") is None and not isinstance(exc, RuntimeError):
+            logger.warning("Health check %s failed: %s", name, exc)
+        reason = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__} (see the server log)"
+        return {"ok": False, "error": reason}, exc
+
+
+def _check_apart(name: str) -> Finding:
+    with _connections_of_its_own():
+        return _check(name)
 
 
 def health_checks() -> tuple[bool, dict]:
-    """Run every check; (all passed, what each found). Errors name their kind, never a secret."""
-    results = {}
-    for name, check in CHECKS.items():
-        try:
-            results[name] = {"ok": True, **check()}
-        except Exception as exc:
-            logger.warning("Health check %s failed: %s", name, exc)
-            reason = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__} (see the server log)"
-            results[name] = {"ok": False, "error": reason}
+    """Run every check; (all passed, what each found), in about ANSWER_SECONDS at most.
+
+    Errors name their kind, never a secret. An outage is logged once when it starts and
+    once when it ends (generation.outages), however often a load balancer asks.
+    """
+    deadline = time.monotonic() + ANSWER_SECONDS
+    found: dict[str, Finding] = {}
+    unanswered: set[str] = set()
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
+    try:
+        # 1. The database and the broker, reached afresh, each on a thread of its own.
+        apart = {name: pool.submit(_check_apart, name) for name in ("database", "broker")}
+        # 2. Meanwhile the channel layer, on this thread and (in the web server) its event
+        # loop: through the connections the pages' WebSockets use.
+        found["channel_layer"] = _check("channel_layer")
+        for name, future in apart.items():
+            try:
+                found[name] = future.result(timeout=max(deadline - time.monotonic(), 0))
+            except FutureTimeout:
+                found[name] = {"ok": False, "error": f"no answer within {ANSWER_SECONDS:g} s"}, None
+                unanswered.add(_depends_on(name))
+    finally:
+        # A thread still connecting is not waited for: it ends within its own timeouts.
+        pool.shutdown(wait=False, cancel_futures=True)
+    # 3. The workers, read on the request's connection once the database answered:
+    # during an outage it would only wait for the same database again.
+    if found["database"][0]["ok"]:
+        found["workers"] = _check("workers")
+    else:
+        found["workers"] = {"ok": False, "error": "not run: the database check failed"}, None
+
+    results = {name: found[name][0] for name in CHECKS}
+    # An outage ends when a check that needs what was away passes and none failed on it.
+    failing = unanswered | {kind_of(error) for _, error in found.values() if error is not None}
+    for kind in {_depends_on(name) for name, result in results.items() if result["ok"]} - failing:
+        OUTAGES.answered(kind)
     return all(result["ok"] for result in results.values()), results
 
 

@@ -151,6 +151,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that its process_exception sees a view's exception first.
+    "imagegen_site.middleware.DatabaseOutageMiddleware",
 ]
 
 ROOT_URLCONF = "imagegen_site.urls"
@@ -185,18 +187,42 @@ if DATABASE_URL:
         DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
-    # The web server runs each request's sync code on a thread of its own, so a burst of
-    # requests would open a connection each, past PostgreSQL's max_connections. The web
-    # process borrows from a pool instead; a request waits up to DATABASE_POOL_TIMEOUT
-    # seconds for a free connection. Never in a django-q2 cluster: its workers are forked,
-    # and a pool's connections and threads must not cross a fork.
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # libpq gives up on a connection attempt after this many seconds (2 at least), in
+        # every process: a database host that is down or cut off, dropping packets rather
+        # than refusing them, fails in seconds instead of after TCP's minutes. A
+        # `connect_timeout` in DATABASE_URL wins.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=2)
+        )
+    # Without a pool every request opens a connection of its own and closes it, so a
+    # burst of requests opens a burst of connections. The web process borrows from a
+    # pool instead; a request waits up to DATABASE_POOL_TIMEOUT seconds for a connection.
+    # Never in a django-q2 cluster: its workers are forked, and a pool's connections and
+    # threads must not cross a fork.
     DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
     in_cluster = sys.argv[1:2] == ["qcluster"]
     if DATABASE_POOL_MAX_SIZE and not in_cluster and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # The threads that hold connections, WEB_THREADS (8) for pages,
+        # IMAGEGEN_API_DB_THREADS (4) for the APIs and one for the WebSockets, are fewer
+        # than the Procfile's 20, so a request never waits for another's connection: it
+        # waits only while the pool cannot open one, that is while the database is away.
+        # The timeout is then how long a request hangs before its 503, so it is short:
+        # about one connection attempt, where a healthy database answers in milliseconds.
+        # The pool checks each connection before lending it (Django passes psycopg_pool
+        # `check=ConnectionPool.check_connection` because CONN_HEALTH_CHECKS is on), so a
+        # connection a restart broke is replaced, never handed to a request.
+        pool_timeout = env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=1.0)
+        DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": 1,
             "max_size": DATABASE_POOL_MAX_SIZE,
-            "timeout": env_float("DATABASE_POOL_TIMEOUT", 30.0, minimum=1.0),
+            "timeout": pool_timeout,
+            # After a failed attempt the pool tries again in the background, each pause
+            # twice the last (1, 2, 4... s), for reconnect_timeout seconds, then leaves it
+            # to the next request that waits. With psycopg_pool's five minutes, the next
+            # try came 13 s after a 45 s outage ended, and each request until then got a
+            # 503; trying only as long as a request waits, it comes within 2 s.
+            "reconnect_timeout": pool_timeout,
         }
 else:
     SQLITE_PATH = Path(env_str("SQLITE_PATH", str(DATA_DIR / "db.sqlite3")))
@@ -226,18 +252,39 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    # Seconds to connect before giving up (redis-py waits 5): a Redis that is down or
+    # cut off fails a request, a health check or a cluster's read within a second.
+    REDIS_CONNECT_TIMEOUT = 1
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 reads with a 5 s socket timeout by default, the same as
-                # channels-redis' 5 s blocking pop: an idle consumer would then fail
-                # with "Timeout reading". The read timeout must be above the pop's.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 reads with a 5 s socket timeout by default, the same
+                        # as channels-redis' 5 s blocking pop: an idle consumer would then
+                        # fail with "Timeout reading". The read timeout must be above the pop's.
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                        # A web process keeps its connections in a pool per event loop;
+                        # after Redis restarts, each one fails its next command ("Connection
+                        # closed by server"). redis-py then reconnects and sends it again.
+                        "retry_on_error": [RedisConnectionError],
+                    }
+                ],
                 "prefix": env_str("CHANNELS_PREFIX", "imagegen"),
             },
         }
     }
+    # django-q2 takes a URL: the connect timeout goes in its query (the URL's own wins).
+    _redis_url = urlsplit(REDIS_URL)
+    _redis_query = {"socket_connect_timeout": str(REDIS_CONNECT_TIMEOUT), **dict(parse_qsl(_redis_url.query))}
+    REDIS_BROKER_URL = urlunsplit(_redis_url._replace(query=urlencode(_redis_query)))
 else:
     # Events cross from the worker processes to the web process through a SQLite
     # file of their own (channels-lite), so the embedded default needs no Redis.
@@ -358,10 +405,13 @@ Q_CLUSTER = {
     },
 }
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["redis"] = REDIS_BROKER_URL
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL_SECONDS", 0.2, minimum=0.01)
+
+# Each cluster's pusher waits out an outage of Redis or the database (generation/brokers.py).
+Q_CLUSTER["broker_class"] = "generation.brokers.PatientRedis" if REDIS_URL else "generation.brokers.PatientORM"
 
 # --- HTTP APIs (OpenAI Images at /v1/, AUTOMATIC1111 at /sdapi/v1/) -----------------
 
@@ -421,6 +471,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # While the database or Redis is away, a traceback per failed write becomes one line
+    # when the outage starts and one when it ends (generation/outages.py).
+    "filters": {"outages": {"()": "generation.outages.OutageLogFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["outages"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # psycopg's pool warns at every failed reconnection attempt while the database is
+    # away; the outage is logged once by the request that meets it.
+    "loggers": {"psycopg.pool": {"level": "ERROR"}},
 }

@@ -32,7 +32,11 @@ def healthz(request):
     from generation.monitoring import health_checks
 
     healthy, checks = health_checks()
-    return JsonResponse({"status": "ok" if healthy else "fail", "checks": checks}, status=200 if healthy else 503)
+    response = JsonResponse({"status": "ok" if healthy else "fail", "checks": checks}, status=200 if healthy else 503)
+    # Django would log each 503 as an error, once per load balancer's poll; the checks
+    # log an outage once when it starts and once when it ends.
+    response._has_been_logged = True
+    return response
 
 
 def _metrics_allowed(request) -> bool:

@@ -215,8 +215,9 @@ def run_outages(outages: list[tuple[str, float]], *, jobs: int = 18, gpu_ms: int
     PNGs stored, for each outage the time from its end to the next job started and
     completed, and the health checks' answers while it lasted and after.
     """
-    stack = OutageStack(gpu_ms=gpu_ms).start()
+    stack = OutageStack(gpu_ms=gpu_ms)
     try:
+        stack.start()
         stack.start_polling()
         stack.submit(jobs)
         report = {"jobs": jobs, "outages": []}

@@ -34,14 +34,16 @@ def test_database_url_switches_to_postgresql_and_redis_url_to_redis():
         env, "s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'], s.Q_CLUSTER.get('redis')"
     )
     assert result.stdout.strip() == (
-        "django.db.backends.postgresql channels_redis.core.RedisChannelLayer redis://r:6379/0"
+        "django.db.backends.postgresql channels_redis.core.RedisChannelLayer redis://r:6379/0?socket_connect_timeout=1"
     )
 
 
 def test_the_web_process_pools_postgresql_connections_and_the_workers_do_not():
     postgres = {"SECRET_KEY": "k", "DATABASE_URL": "postgres://u@db:5432/app"}
     pooled = _settings_in_child({**postgres, "DATABASE_POOL_MAX_SIZE": "20"}, "s.DATABASES['default']['OPTIONS']")
-    assert pooled.stdout.strip() == "{'pool': {'min_size': 1, 'max_size': 20, 'timeout': 30.0}}"
+    assert pooled.stdout.strip() == (
+        "{'connect_timeout': 3, 'pool': {'min_size': 1, 'max_size': 20, 'timeout': 3.0, 'reconnect_timeout': 3.0}}"
+    )
     assert "pool" not in _settings_in_child(postgres, "s.DATABASES['default'].get('OPTIONS', {})").stdout
     procfile = {line.split(":")[0]: line for line in (BASE_DIR / "Procfile").read_text().splitlines()}
     assert "DATABASE_POOL_MAX_SIZE" in procfile["web"]

@@ -52,6 +52,10 @@ class ApiError(ApiFailure):
             body = {"error": error, "detail": detail, "body": "", "errors": ""}
         super().__init__(status, body, message=str(detail), headers=headers)
 
+    @classmethod
+    def unavailable(cls, message: str, *, retry_after: int) -> ApiError:
+        return cls(503, message, headers={"Retry-After": str(retry_after)})
+
 
 BAD_INPUT = 400
 
@@ -247,7 +251,7 @@ def _info(results: list[api_jobs.Result], asked: dict) -> dict[str, Any]:
 # --- Views ---------------------------------------------------------------------------
 
 
-@api_view
+@api_view(ApiError)
 async def txt2img(request: HttpRequest):
     """POST /sdapi/v1/txt2img: queue batch_size x n_iter images and answer when they are made."""
     _method(request, "POST")
@@ -300,7 +304,7 @@ def _options(owner) -> dict[str, Any]:
     }
 
 
-@api_view
+@api_view(ApiError)
 async def options(request: HttpRequest):
     """GET: the caller's options. POST: a model named there becomes the caller's default
     (never a switch for everybody); other keys are accepted and ignored."""
@@ -317,7 +321,7 @@ async def options(request: HttpRequest):
     return JsonResponse(None, safe=False)
 
 
-@api_view
+@api_view(ApiError)
 async def sd_models(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -339,7 +343,7 @@ async def sd_models(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@api_view
+@api_view(ApiError)
 async def samplers(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -347,7 +351,7 @@ async def samplers(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@api_view
+@api_view(ApiError)
 async def schedulers(request: HttpRequest):
     """Each sampler runs with its own default noise schedule: one choice, "automatic"."""
     _method(request, "GET")
@@ -356,7 +360,7 @@ async def schedulers(request: HttpRequest):
     return JsonResponse(rows, safe=False)
 
 
-@api_view
+@api_view(ApiError)
 async def scripts(request: HttpRequest):
     _method(request, "GET")
     await _authenticate(request)
@@ -401,7 +405,7 @@ def progress_of(owner, *, with_image: bool) -> dict[str, Any]:
     }
 
 
-@api_view
+@api_view(ApiError)
 async def progress(request: HttpRequest):
     """GET /sdapi/v1/progress: the caller's running job, its step, ETA and live preview."""
     _method(request, "GET")
@@ -425,7 +429,7 @@ def interrupt_running(owner) -> list[int]:
     return cancelled
 
 
-@api_view
+@api_view(ApiError)
 async def interrupt(request: HttpRequest):
     """POST /sdapi/v1/interrupt: stops the caller's running request, nobody else's."""
     _method(request, "POST")
@@ -434,6 +438,6 @@ async def interrupt(request: HttpRequest):
     return JsonResponse({})
 
 
-@api_view
+@api_view(ApiError)
 async def not_found(request: HttpRequest, rest: str = ""):
     raise ApiError(404, "Not Found")

@@ -49,6 +49,12 @@ class ApiError(ApiFailure):
         body = {"error": {"message": message, "type": type, "param": param, "code": code}}
         super().__init__(status, body, message=message, headers=headers)
 
+    @classmethod
+    def unavailable(cls, message: str, *, retry_after: int) -> ApiError:
+        return cls(
+            503, message, type="server_error", code="service_unavailable", headers={"Retry-After": str(retry_after)}
+        )
+
 
 def _method(request: HttpRequest, allowed: str) -> None:
     if request.method != allowed:
@@ -120,7 +126,7 @@ def validation_error(exc: ValidationError) -> ApiError:
 # --- Views ---------------------------------------------------------------------------
 
 
-@api_view
+@api_view(ApiError)
 async def images_generations(request: HttpRequest):
     """POST /v1/images/generations: queue n images and answer when they are made."""
     _method(request, "POST")
@@ -172,7 +178,7 @@ async def images_generations(request: HttpRequest):
     return JsonResponse({"created": int(time.time()), "data": data})
 
 
-@api_view
+@api_view(ApiError)
 async def models(request: HttpRequest):
     """GET /v1/models: the registry."""
     _method(request, "GET")
@@ -181,7 +187,7 @@ async def models(request: HttpRequest):
     return JsonResponse({"object": "list", "data": data})
 
 
-@api_view
+@api_view(ApiError)
 async def not_found(request: HttpRequest, rest: str = ""):
     raise ApiError(404, f"Unknown API path {request.path}.", code="unknown_url")
 

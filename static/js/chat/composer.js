@@ -158,7 +158,9 @@ function bindPromptForm(form) {
       showTitle(response);
       addMessages(html);
       input.focus();
-    } else if (response.status === 400 && html.includes('id="prompt-form"')) {
+    } else if ((response.status === 400 || response.status === 503) && html.includes('id="prompt-form"')) {
+      // Refused (400), or the server could not reach its database (503): the form comes
+      // back with the prompt in it and the reason on it.
       const fresh = fromHtml(html).querySelector("form");
       form.replaceWith(fresh);
       bindPromptForm(fresh);
