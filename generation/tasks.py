@@ -1,14 +1,18 @@
 """django-q2 task entry points. They take ids (or nothing), never objects."""
 
+from typing import TypeVar
+
 from django.conf import settings
 
 from generation import heartbeat
 from generation.broadcasts import queue_broadcast_run
 from generation.models import ImageJob
-from generation.outages import OUTAGES, drop_broken_connections
+from generation.outages import DATABASE, OUTAGES, drop_broken_connections
 from generation.retention import records_prune
 from generation.services import jobs_expire_stuck, ring_worker
 from generation.worker import JobRunner
+
+T = TypeVar("T")
 
 
 def process_next_job() -> list[int]:
@@ -55,14 +59,20 @@ def drain_budget() -> float:
 
 def broadcast_queue() -> int:
     """The maintenance cluster's coalesced queue broadcast; returns its version."""
-    return queue_broadcast_run()
+    return _database_answered(queue_broadcast_run())
 
 
 def expire_stuck_jobs() -> dict:
     """The maintenance cluster's guard, every 60 s."""
-    return jobs_expire_stuck()
+    return _database_answered(jobs_expire_stuck())
 
 
 def prune() -> dict:
     """The maintenance cluster's retention task, every 15 minutes."""
-    return records_prune()
+    return _database_answered(records_prune())
+
+
+def _database_answered(result: T) -> T:
+    """A maintenance task worked: an outage of the database this process saw is over (logged once)."""
+    OUTAGES.answered(DATABASE)
+    return result
