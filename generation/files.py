@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,19 @@ IMAGES_DIR = "images"
 INCOMING_DIR = f"{IMAGES_DIR}/incoming"
 INCOMING_SUFFIX = ".part"
 SWEEP_BATCH = 500
+
+
+def disk_nearly_full() -> bool:
+    """Whether the images' disk has less free space than IMAGEGEN_MIN_FREE_DISK_MB (a statvfs)."""
+    from django.conf import settings
+
+    minimum = settings.IMAGEGEN_MIN_FREE_DISK_MB * 2**20
+    if not minimum:
+        return False
+    folder = Path(settings.MEDIA_ROOT)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free < minimum
 
 
 def storage() -> Storage:

@@ -163,6 +163,7 @@ class Refusal:
 
     message: str
     retry_after: int
+    unavailable: bool = False  # the service cannot take it (a full disk), not the user's caps
 
 
 class JobRefused(JobError):
@@ -188,6 +189,7 @@ class Submission:
 # recently (the answer was lost on the way, the image is there).
 ATTACH_FINISHED_WITHIN = timedelta(minutes=10)
 RETRY_AFTER_MAX = 120
+DISK_FULL_RETRY_AFTER = 60
 
 
 def _lock_user(owner_id: int) -> None:
@@ -204,8 +206,11 @@ def _caps_refusal(owner_id: int, *, now: datetime, asked: int | None) -> Refusal
     would count from its own, older snapshot on PostgreSQL). The pending cap counts
     images, so `asked` more must fit under it; a new submission (`asked` images) also
     counts, as one prompt, against the per-minute rate. A retry (`asked` None) brings
-    back one job, so only the pending cap applies to it.
+    back one job, so only the pending cap applies to it. Before the caps: a disk too
+    full to store an image refuses everybody.
     """
+    if files.disk_nearly_full():
+        return Refusal(texts.DISK_FULL, DISK_FULL_RETRY_AFTER, unavailable=True)
     counts = ImageJob.objects.filter(owner_id=owner_id).aggregate(
         pending=Count("pk", filter=Q(status__in=ImageJob.PENDING)),
         recent=Count("message_id", filter=Q(created_at__gte=now - timedelta(minutes=1)), distinct=True),

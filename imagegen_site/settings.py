@@ -335,6 +335,9 @@ IMAGEGEN_STUCK_AFTER_SECONDS = env_int("IMAGEGEN_STUCK_AFTER_SECONDS", 300, mini
 # ETA before there is any history: seconds per step of a 512x512 image.
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
+# New prompts are refused (503) while the images' disk has less free space than this
+# (MB): no image could be stored. 0: never.
+IMAGEGEN_MIN_FREE_DISK_MB = env_int("IMAGEGEN_MIN_FREE_DISK_MB", 100, minimum=0)
 # At most this many prompts per user per minute.
 IMAGEGEN_SUBMISSIONS_PER_MINUTE = env_int("IMAGEGEN_SUBMISSIONS_PER_MINUTE", 30, minimum=1)
 

@@ -265,6 +265,8 @@ async def txt2img(request: HttpRequest):
     except ValidationError as exc:
         raise validation_error(exc) from None
     except JobRefused as exc:
+        if exc.refusal.unavailable:
+            raise ApiError.unavailable(exc.refusal.message, retry_after=exc.refusal.retry_after) from None
         raise ApiError(429, exc.refusal.message, headers={"Retry-After": str(exc.refusal.retry_after)}) from None
     ids = [job.pk for job in jobs]
     await wait_for_jobs(ids)

@@ -149,6 +149,8 @@ async def images_generations(request: HttpRequest):
     except ValidationError as exc:
         raise validation_error(exc) from None
     except JobRefused as exc:
+        if exc.refusal.unavailable:
+            raise ApiError.unavailable(exc.refusal.message, retry_after=exc.refusal.retry_after) from None
         raise ApiError(
             429,
             exc.refusal.message,

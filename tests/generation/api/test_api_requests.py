@@ -156,6 +156,40 @@ def test_openai_too_many_prompts_a_minute_is_a_429(settings, alice, alice_key):
     assert 1 <= int(response["Retry-After"]) <= 60
 
 
+def _disk_nearly_full(monkeypatch, settings):
+    """The images' disk has 10 MB free, under the 100 MB the settings ask for."""
+    import shutil
+    from collections import namedtuple
+
+    settings.IMAGEGEN_MIN_FREE_DISK_MB = 100
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 10 * 2**20, 10 * 2**20))
+
+
+def test_a_full_disk_refuses_new_prompts_everywhere_and_creates_nothing(monkeypatch, settings, alice, alice_key):
+    chat = Conversation.objects.create(owner=alice, title="chat")
+    _disk_nearly_full(monkeypatch, settings)
+
+    with pytest.raises(services.JobRefused, match="disk is full") as refused:
+        services.job_submit(user=alice, conversation=chat, prompt="nowhere to put it", width=64, height=64)
+    assert refused.value.refusal.unavailable
+
+    response = _post(_openai(alice_key[1]), "/v1/images/generations", {"prompt": "nowhere", "size": "64x64"})
+    error = _openai_error(response, 503)
+    assert error["code"] == "service_unavailable" and "disk is full" in error["message"]
+    assert response["Retry-After"] == "60"
+
+    response = _post(_a1111("alice", alice_key[1]), "/sdapi/v1/txt2img", {"prompt": "nowhere"})
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert "disk is full" in json.dumps(response.json())
+
+    client = Client()
+    client.force_login(alice)
+    page = client.post(f"/conversations/{chat.pk}/submit/", {"prompt": "nowhere", "width": 64, "height": 64})
+    assert "disk is full" in page.content.decode()
+    assert not ImageJob.objects.exists() and chat.messages.count() == 0
+
+
 # --- AUTOMATIC1111 --------------------------------------------------------------------
 
 
