@@ -70,7 +70,9 @@ def too_many_asked(pending: int, asked: int, limit: int) -> str:
 
 
 TOO_FAST = "You are sending prompts too quickly. Please wait a minute and try again."
-DISK_FULL = "The server's disk is full, so no new image could be stored. Your prompt was not queued; please try again later."
+DISK_FULL = (
+    "The server's disk is full, so no new image could be stored. Your prompt was not queued; please try again later."
+)
 
 
 def cannot_cancel(status: str) -> str:
