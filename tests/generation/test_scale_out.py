@@ -105,16 +105,12 @@ def test_three_clusters_run_every_job_once_with_global_positions_and_lose_nothin
             message="machine b running a job after three",
         )
         stop(clusters["b"], sig=signal.SIGKILL)
-        left_on_b = set(ImageJob.objects.filter(status="processing", worker__in=on_b).values_list("pk", flat=True))
-        assert victim.pk in left_on_b
         assert ImageJob.objects.filter(status="queued").exists(), "the kill came after the queue emptied"
-        wait_for(
-            lambda: not selectors.workers_live().filter(name__in=on_b).exists(), timeout=10, message="b's beat stops"
-        )
-
-        result = services.jobs_expire_stuck()  # what the maintenance cluster runs every minute
-
-        assert set(result["requeued"]) == left_on_b and not result["failed"]
+        # The live workers' beats see at once that b's process is gone (same host) and put
+        # its jobs back; the guard, which the maintenance cluster runs every minute, finds
+        # what they left, if anything, and fails nothing.
+        result = services.jobs_expire_stuck()
+        assert not result["failed"]
         wait_for(
             lambda: ImageJob.objects.filter(status="complete").count() == len(jobs),
             timeout=40,
@@ -129,9 +125,13 @@ def test_three_clusters_run_every_job_once_with_global_positions_and_lose_nothin
 
     done = list(ImageJob.objects.all())
     assert len(done) == len(jobs) and all(job.status == "complete" and job.image for job in done)
-    # Exactly once: only the jobs of the killed worker ran twice.
-    assert {job.pk for job in done if job.attempts > 1} == left_on_b
-    assert all(job.attempts == 2 for job in done if job.pk in left_on_b)
+    # Exactly once: only the jobs the killed worker was running ran twice, once there and
+    # once elsewhere.
+    left_on_b = {job.pk for job in done if job.attempts > 1}
+    assert victim.pk in left_on_b
+    assert all(
+        job.attempts == 2 and f"Worker {victim.worker} died" in job.error_detail for job in done if job.pk in left_on_b
+    )
     # Each records the worker that finished it; the work was spread over the machines.
     assert all(job.worker in machine_of for job in done)
     assert {machine_of[job.worker] for job in done} == {"a", "b", "c"}
