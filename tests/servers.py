@@ -16,6 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+from django.db import connection
+
+# Tests on servers of their own need not run twice: the ones about PostgreSQL and Redis
+# run in the suite's PostgreSQL + Redis pass, the ones about the embedded defaults in
+# its SQLite pass (scripts/test.sh runs both).
+in_postgres_pass = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="runs on servers of its own, once: in the PostgreSQL + Redis pass"
+)
+in_sqlite_pass = pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="about the embedded defaults, run once: in the SQLite pass"
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

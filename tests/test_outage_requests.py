@@ -33,7 +33,7 @@ from imagegen_site import urls as site_urls
 from imagegen_site.asgi import Handler, application
 from imagegen_site.middleware import DATABASE_AWAY, PROMPT_KEPT
 from tests.helpers import BASE_DIR, start_web, stop, wait_for, worker_env
-from tests.servers import ThrowawayPostgres
+from tests.servers import ThrowawayPostgres, in_postgres_pass
 
 AWAY = OperationalError("connection failed: connection refused")
 
@@ -312,6 +312,7 @@ def _websocket_status(url: str, session: requests.Session) -> str:
         return sock.makefile("rb").readline().decode().strip()
 
 
+@in_postgres_pass
 def test_while_postgresql_is_down_requests_get_a_quick_503_and_the_server_recovers_without_a_restart(
     tmp_path, postgres
 ):

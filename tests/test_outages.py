@@ -5,13 +5,9 @@ The production processes run on a PostgreSQL and a Redis of their own
 Needs PostgreSQL's and Redis' server programs; runs in the PostgreSQL + Redis pass.
 """
 
-import pytest
-from django.db import connection
+from tests.servers import in_postgres_pass
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql",
-    reason="the outage run uses PostgreSQL and Redis servers of its own: it runs once, in the PostgreSQL pass",
-)
+pytestmark = in_postgres_pass
 
 
 def test_a_postgresql_restart_and_a_redis_restart_cost_no_image():

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.helpers import BASE_DIR, start_web, stop, wait_for, web_processes, worker_env
-from tests.servers import ThrowawayPostgres, ThrowawayRedis
+from tests.servers import ThrowawayPostgres, ThrowawayRedis, in_postgres_pass, in_sqlite_pass
 
 # A worker registered once stays live for the whole test: no cluster needs to run.
 WORKER_LIVE_SECONDS = "3600"
@@ -125,6 +125,7 @@ def redis_server():
     server.destroy()
 
 
+@in_postgres_pass
 def test_healthz_answers_503_within_two_seconds_while_postgres_or_redis_is_down_and_200_soon_after(
     tmp_path, postgres, redis_server
 ):
@@ -210,10 +211,12 @@ def _leaves_nothing_behind(tmp_path, stack: dict[str, str]) -> None:
         stop(web)
 
 
+@in_sqlite_pass
 def test_healthz_leaves_nothing_running_on_the_embedded_defaults(tmp_path):
     _leaves_nothing_behind(tmp_path, _embedded(tmp_path))
 
 
+@in_postgres_pass
 def test_healthz_leaves_nothing_running_with_redis(tmp_path, redis_server):
     import redis
 
