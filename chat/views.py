@@ -105,6 +105,8 @@ def job_submit(request, conversation_id: int):
         form = JobForm(data=request.POST)
         if form.is_valid():
             form.add_error(None, str(exc) if isinstance(exc, generation_services.JobRefused) else exc)
+        # The user's own caps or input are a 400; a service that cannot take work (a full disk) a 503.
+        status = 503 if isinstance(exc, generation_services.JobRefused) and exc.refusal.unavailable else 400
     else:
         if not _is_fetch(request):
             return redirect("chat:conversation", conversation_id=conversation.pk)
@@ -117,5 +119,5 @@ def job_submit(request, conversation_id: int):
         response["X-Conversation-Title"] = quote(submission.conversation.title)
         return response
     if _is_fetch(request):
-        return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=400)
-    return _render_conversation(request, conversation, form, status=400)
+        return render(request, "chat/_prompt_form.html", {"form": form, "conversation": conversation}, status=status)
+    return _render_conversation(request, conversation, form, status=status)

@@ -12,6 +12,7 @@ import base64
 import io
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -29,6 +30,7 @@ from generation.request import GenerationRequest
 logger = logging.getLogger(__name__)
 
 FINISHED_BACKLOG = 2  # passes' images waiting to be recorded before the device waits for the bookkeeper
+DISK_PATIENCE = 30.0  # seconds an image waits for a full disk before its job goes back to the queue
 
 
 def copy_to_host(latents) -> tuple:
@@ -176,6 +178,14 @@ class Bookkeeper:
         finally:
             connection.close()  # this thread's own database connection
 
+    def _give_up_waiting(self) -> Callable[[], bool]:
+        """When an image stops waiting to be stored: the worker is told to stop, or the
+        disk has been full for DISK_PATIENCE seconds (its job then goes back to its
+        place; the worker claims nothing while the disk is nearly full). For the
+        database it waits on, within the task's time."""
+        started = time.monotonic()
+        return lambda: heartbeat.stop_requested() or (OUTAGES.down(DISK) and time.monotonic() - started > DISK_PATIENCE)
+
     def _write(self, kind: str, job: ImageJob, fields: dict) -> None:
         try:
             if kind == "progress":
@@ -195,7 +205,7 @@ class Bookkeeper:
                     retry_while_down(
                         lambda: record_image(job, fields["image"], fields["request"], now=self.now()),
                         doing=f"recording the image of job {job.pk}",
-                        give_up=heartbeat.stop_requested,
+                        give_up=self._give_up_waiting(),
                     )
             if kind != "preview":
                 OUTAGES.answered(DATABASE)

@@ -50,8 +50,14 @@ def final_name(job_id: int) -> str:
 
 
 def write_incoming(job_id: int, png: bytes) -> str:
-    """Write a finished PNG under a temporary name; returns that name."""
-    return storage().save(f"{INCOMING_DIR}/job-{job_id}-{secrets.token_hex(6)}{INCOMING_SUFFIX}", ContentFile(png))
+    """Write a finished PNG under a temporary name; returns that name. A write that
+    fails (a full disk) leaves no partial file behind."""
+    name = f"{INCOMING_DIR}/job-{job_id}-{secrets.token_hex(6)}{INCOMING_SUFFIX}"
+    try:
+        return storage().save(name, ContentFile(png))
+    except OSError:
+        discard(name)
+        raise
 
 
 def place(incoming: str, job_id: int) -> str:

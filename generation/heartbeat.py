@@ -43,10 +43,12 @@ class WorkerBeat:
         self.interval = interval
         self.kept_alive: set[int] = set()  # jobs whose heartbeats the beat writes (see keep_alive)
         self.registered = False
-        # Held by the device thread while it drains the queue, and by the beat while it
-        # looks for this worker's lost jobs: a job claimed meanwhile is never taken for one.
-        self.work_lock = threading.Lock()
-        self.working = False
+        # Held by the device thread while it starts or ends a drain, and by the beat while
+        # it looks for this worker's lost jobs: a job claimed meanwhile is never taken for
+        # one. Reentrant: with in-process tasks (Q_SYNC) a hand-back's doorbell runs a
+        # drain on the thread that holds it.
+        self.work_lock = threading.RLock()
+        self.working = 0  # drains running (nested ones too)
         self._idle_with_work = False  # the last beat found runnable jobs and no drain
         self._owe_ring = False  # the database came back, or a ring failed: ring when idle
         self._stop = threading.Event()
@@ -166,6 +168,16 @@ def stop() -> None:
         _beat = None
 
 
+def the_only_drain() -> bool:
+    """Whether the drain asking is the only one running in this process (with in-process
+    tasks a doorbell can start one inside another)."""
+    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    if beat is None:
+        return True
+    with beat.work_lock:
+        return beat.working <= 1
+
+
 @contextmanager
 def working() -> Iterator[None]:
     """While this block runs, this process's worker is draining the queue (the device thread).
@@ -177,12 +189,12 @@ def working() -> Iterator[None]:
         yield
         return
     with beat.work_lock:
-        beat.working = True
+        beat.working += 1
     try:
         yield
     finally:
         with beat.work_lock:
-            beat.working = False
+            beat.working -= 1
 
 
 @contextmanager

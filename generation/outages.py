@@ -51,11 +51,36 @@ REDIS_ERRORS = _redis_errors()
 DATABASE_ERRORS = (OperationalError, InterfaceError, *_pool_errors())
 
 
+# SQLite's errors that mean "not now" rather than a bug (a missing table, bad SQL).
+SQLITE_AWAY = ("database is locked", "disk i/o error", "database or disk is full", "unable to open database file")
+# PostgreSQL's: connection exceptions (08), shutdowns (57P01-57P03), insufficient
+# resources (53: disk full, out of memory, too many connections).
+POSTGRES_AWAY = ("08", "57P01", "57P02", "57P03", "53")
+
+
+def _database_away(error: BaseException) -> bool:
+    if not isinstance(error, OperationalError):
+        return True  # InterfaceError (a closed connection), the pool's timeout
+    cause = error.__cause__
+    sqlstate = getattr(getattr(cause, "diag", None), "sqlstate", None) or getattr(cause, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(POSTGRES_AWAY)
+    message = str(error).lower()
+    if cause is not None and type(cause).__module__.startswith("sqlite3"):
+        return message.startswith(SQLITE_AWAY)
+    return True  # a connection that could not be made or was cut carries no SQLSTATE
+
+
 def kind_of(exc: BaseException) -> str | None:
-    """DATABASE, REDIS or DISK when `exc` means that dependency is away; None for anything else."""
+    """DATABASE, REDIS or DISK when `exc` means that dependency is away; None for anything else.
+
+    A database error counts only when it means the database cannot answer now (a
+    connection refused, cut or closed, a server shutting down, a lock or a full disk),
+    never for a bug such as a missing table.
+    """
     for error in _chain(exc):
         if isinstance(error, DATABASE_ERRORS):
-            return DATABASE
+            return DATABASE if _database_away(error) else None
         if REDIS_ERRORS and isinstance(error, REDIS_ERRORS):
             return REDIS
         if isinstance(error, OSError) and error.errno in FULL_DISK:
@@ -109,6 +134,13 @@ class Outages:
                 self._ended[kind] = time.monotonic()
         if began is not None:
             logger.warning("Outage over: %s answers again after %.1f s.", WHAT[kind], time.monotonic() - began[0])
+
+    def missed(self, kind: str) -> None:
+        """`kind` may have been away until now without this process noticing (it was not
+        asking meanwhile): for `settled`, as if an outage had just ended."""
+        with self._lock:
+            if kind not in self._since:
+                self._ended[kind] = time.monotonic()
 
     def down(self, kind: str) -> bool:
         with self._lock:
@@ -195,8 +227,10 @@ class OutageLogFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info or record.exc_info[1] is None:
-            return True
         if record.name == __name__:
             return True
-        return OUTAGES.failed(record.exc_info[1], doing=record.getMessage()[:120]) is None
+        if record.exc_info and record.exc_info[1] is not None:
+            return OUTAGES.failed(record.exc_info[1], doing=record.getMessage()[:120]) is None
+        if isinstance(record.msg, BaseException):  # logger.error(exc), as django-q2's status saver does
+            return OUTAGES.failed(record.msg, doing=f"{record.name} logging") is None
+        return True

@@ -1,5 +1,7 @@
 """django-q2 task entry points. They take ids (or nothing), never objects."""
 
+import time
+from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
@@ -57,22 +59,46 @@ def drain_budget() -> float:
     return max(0.0, min(settings.IMAGEGEN_DRAIN_SECONDS, spare))
 
 
-def broadcast_queue() -> int:
+def broadcast_queue() -> int | None:
     """The maintenance cluster's coalesced queue broadcast; returns its version."""
-    return _database_answered(queue_broadcast_run())
+    return _maintenance(queue_broadcast_run, doing="broadcasting the queue")
 
 
-def expire_stuck_jobs() -> dict:
-    """The maintenance cluster's guard, every 60 s."""
-    return _database_answered(jobs_expire_stuck())
+def expire_stuck_jobs() -> dict | None:
+    """The maintenance cluster's guard, every 60 s.
+
+    A guard that has not run for much longer than its minute may have slept through an
+    outage of the database that this process never saw (nothing asked it meanwhile):
+    then silence is not taken for death this time either (`selectors.silence_means_dead`).
+    """
+    global _guard_ran_at
+    now = time.monotonic()
+    if _guard_ran_at is not None and now - _guard_ran_at > GUARD_SECONDS + settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS:
+        OUTAGES.missed(DATABASE)
+    result = _maintenance(jobs_expire_stuck, doing="guarding against stuck jobs")
+    if result is not None:
+        _guard_ran_at = now
+    return result
 
 
-def prune() -> dict:
+def prune() -> dict | None:
     """The maintenance cluster's retention task, every 15 minutes."""
-    return _database_answered(records_prune())
+    return _maintenance(records_prune, doing="pruning old records")
 
 
-def _database_answered(result: T) -> T:
-    """A maintenance task worked: an outage of the database this process saw is over (logged once)."""
+GUARD_SECONDS = 60  # the guard's schedule (migration 0002)
+_guard_ran_at: float | None = None  # monotonic, this process's last guard that worked
+
+
+def _maintenance(task: Callable[[], T], *, doing: str) -> T | None:
+    """Run a maintenance task. While the database is away it does nothing (the next run
+    will), logged once; once it works, an outage this process saw is over."""
+    try:
+        result = task()
+    except Exception as exc:
+        if OUTAGES.failed(exc, doing=doing) is None:
+            raise
+        drop_broken_connections()
+        return None
     OUTAGES.answered(DATABASE)
     return result

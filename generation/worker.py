@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from generation import heartbeat, selectors, services, texts
+from generation import files, heartbeat, selectors, services, texts
 from generation.bookkeeper import Bookkeeper
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
@@ -82,7 +82,15 @@ class JobRunner:
                 Bookkeeper(now=self.now, max_batch=self.max_batch) as bookkeeper,
             ):
                 while not heartbeat.stop_requested():
+                    if files.disk_nearly_full():
+                        # No image could be stored: claim nothing (submissions are refused too).
+                        logger.warning("The images' disk is nearly full: no job is claimed until it has room")
+                        break
                     try:
+                        if not ran and heartbeat.the_only_drain():
+                            # This drain holds nothing yet: a job processing under this
+                            # worker's name is one whose claim an outage cut off.
+                            services.jobs_hand_back_orphans(worker=self.name)
                         jobs = self._run_one(bookkeeper)
                         if not jobs and bookkeeper.busy:
                             # A breaker trial may be the job being recorded: once its outcome

@@ -195,6 +195,17 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
             "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=2)
         )
+        # A connection already open to a host that then drops packets would wait for
+        # TCP to give up (about 15 minutes): keepalives notice a silent peer within
+        # about 10 s, and unacknowledged writes fail after 10 s.
+        for option, value in {
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,  # milliseconds
+        }.items():
+            DATABASES["default"]["OPTIONS"].setdefault(option, value)
     # Without a pool every request opens a connection of its own and closes it, so a
     # burst of requests opens a burst of connections. The web process borrows from a
     # pool instead; a request waits up to DATABASE_POOL_TIMEOUT seconds for a connection.

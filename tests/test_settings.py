@@ -42,7 +42,8 @@ def test_the_web_process_pools_postgresql_connections_and_the_workers_do_not():
     postgres = {"SECRET_KEY": "k", "DATABASE_URL": "postgres://u@db:5432/app"}
     pooled = _settings_in_child({**postgres, "DATABASE_POOL_MAX_SIZE": "20"}, "s.DATABASES['default']['OPTIONS']")
     assert pooled.stdout.strip() == (
-        "{'connect_timeout': 3, 'pool': {'min_size': 1, 'max_size': 20, 'timeout': 3.0, 'reconnect_timeout': 3.0}}"
+        "{'connect_timeout': 3, 'keepalives': 1, 'keepalives_idle': 5, 'keepalives_interval': 2, 'keepalives_count': 3,"
+        " 'tcp_user_timeout': 10000, 'pool': {'min_size': 1, 'max_size': 20, 'timeout': 3.0, 'reconnect_timeout': 3.0}}"
     )
     assert "pool" not in _settings_in_child(postgres, "s.DATABASES['default'].get('OPTIONS', {})").stdout
     procfile = {line.split(":")[0]: line for line in (BASE_DIR / "Procfile").read_text().splitlines()}

@@ -213,3 +213,83 @@ def test_the_task_brokers_pusher_waits_out_a_redis_restart(monkeypatch, caplog):
     assert task == [(None, b"a doorbell")]
     lines = _outage_lines(caplog)
     assert len(lines) == 2 and "Redis cannot be reached" in lines[0] and "Redis answers again" in lines[1]
+
+
+def test_only_errors_that_mean_the_database_is_away_count_as_an_outage():
+    import sqlite3
+
+    import psycopg
+
+    from generation.outages import kind_of
+
+    def wrapped(cause):
+        try:
+            raise OperationalError(str(cause)) from cause
+        except OperationalError as exc:
+            return exc
+
+    class Shutdown(psycopg.errors.AdminShutdown):
+        sqlstate = "57P01"
+
+    assert kind_of(wrapped(sqlite3.OperationalError("database is locked"))) == "database"
+    assert kind_of(wrapped(sqlite3.OperationalError("no such table: generation_imagejob"))) is None
+    assert kind_of(wrapped(Shutdown("terminating connection due to administrator command"))) == "database"
+    assert kind_of(wrapped(psycopg.OperationalError("connection refused"))) == "database"  # no SQLSTATE
+    assert kind_of(OSError(28, "No space left on device")) == "disk"
+    assert kind_of(RuntimeError("a bug")) is None
+
+
+def test_a_drain_first_takes_back_a_job_whose_claim_answer_was_lost(runner_for, submit):
+    lost, waiting = submit("claimed, answer lost"), submit("waiting")
+    services.job_claim(worker=workers.worker_name())  # the previous drain's claim, cut off
+    runner = runner_for(FakeGenerator())
+
+    assert sorted(runner.run_queue(budget=600)) == [lost.pk, waiting.pk]
+    assert set(ImageJob.objects.values_list("status", "attempts")) == {("complete", 1)}
+
+
+def test_nothing_is_claimed_while_the_images_disk_is_nearly_full(monkeypatch, runner_for, submit):
+    from generation import files
+
+    job = submit("no room")
+    monkeypatch.setattr(files, "disk_nearly_full", lambda: True)
+    assert run_pass(runner_for(FakeGenerator())) is None
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("queued", 0)
+
+
+def test_a_guard_that_slept_through_an_outage_does_not_take_silence_for_death(settings, submit, monkeypatch):
+    from generation import tasks
+
+    settings.IMAGEGEN_WORKER_DEAD_AFTER_SECONDS = 20
+    job = submit("in flight elsewhere")
+    workers.worker_register(name="other-machine:5", device="cuda:0")
+    services.job_claim(worker="other-machine:5")
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generation.models import Worker
+
+    Worker.objects.filter(name="other-machine:5").update(last_seen_at=timezone.now() - timedelta(minutes=5))
+    # The last guard ran five minutes ago: the database may have been away since.
+    monkeypatch.setattr(tasks, "_guard_ran_at", time.monotonic() - 300)
+    assert tasks.expire_stuck_jobs()["requeued"] == []
+    assert ImageJob.objects.get(pk=job.pk).status == "processing"
+
+
+def test_a_library_logging_an_outage_error_as_its_message_is_one_line_too():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OutageLogFilter())
+    logger = logging.getLogger("django-q")
+    logger.addHandler(handler)
+    try:
+        for _ in range(20):  # django-q2's status saver: logger.error(e), every half second
+            logger.error(RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == ""  # noted once, by generation.outages, which has no handler here
+    assert OUTAGES.down("redis")

@@ -186,7 +186,7 @@ def test_a_full_disk_refuses_new_prompts_everywhere_and_creates_nothing(monkeypa
     client = Client()
     client.force_login(alice)
     page = client.post(f"/conversations/{chat.pk}/submit/", {"prompt": "nowhere", "width": 64, "height": 64})
-    assert "disk is full" in page.content.decode()
+    assert page.status_code == 503 and "disk is full" in page.content.decode()
     assert not ImageJob.objects.exists() and chat.messages.count() == 0
 
 
