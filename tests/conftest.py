@@ -7,6 +7,7 @@ from generation import heartbeat, services
 from generation.outages import OUTAGES
 from generation.worker import JobRunner
 from tests.fakes import FakeClock
+from tests.servers import ThrowawayPostgres, ThrowawayRedis
 
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -70,6 +71,24 @@ def alice_chat(alice):
 @pytest.fixture
 def bob_chat(bob):
     return conversation_create(owner=bob, title="Bob's pictures")
+
+
+@pytest.fixture
+def throwaway_postgres():
+    """A PostgreSQL of the test's own, running, to stop and start at will (tests/servers.py)."""
+    server = ThrowawayPostgres()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def throwaway_redis():
+    """A Redis of the test's own, running, to stop and start at will."""
+    server = ThrowawayRedis()
+    server.start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from imagegen_site import urls as site_urls
 from imagegen_site.asgi import Handler, application
 from imagegen_site.middleware import DATABASE_AWAY, PROMPT_KEPT
 from tests.helpers import BASE_DIR, start_web, stop, wait_for, worker_env
-from tests.servers import ThrowawayPostgres, in_postgres_pass
+from tests.servers import in_postgres_pass
 
 AWAY = OperationalError("connection failed: connection refused")
 
@@ -268,14 +268,6 @@ COUNT += "print(Message.objects.count(), ImageJob.objects.count())"
 QUICK = 5.0
 
 
-@pytest.fixture
-def postgres():
-    server = ThrowawayPostgres()
-    server.start()
-    yield server
-    server.destroy()
-
-
 def _manage_shell(env: dict, code: str) -> list[str]:
     command = [sys.executable, "manage.py", "shell", "-c", code]
     result = subprocess.run(command, env=env, cwd=BASE_DIR, check=True, capture_output=True, text=True)
@@ -314,10 +306,10 @@ def _websocket_status(url: str, session: requests.Session) -> str:
 
 @in_postgres_pass
 def test_while_postgresql_is_down_requests_get_a_quick_503_and_the_server_recovers_without_a_restart(
-    tmp_path, postgres
+    tmp_path, throwaway_postgres
 ):
     # Without Redis, events go through a channels-lite file of this test's own.
-    stack = {"DATABASE_URL": postgres.url, "CHANNELS_SQLITE_PATH": str(tmp_path / "channels.sqlite3")}
+    stack = {"DATABASE_URL": throwaway_postgres.url, "CHANNELS_SQLITE_PATH": str(tmp_path / "channels.sqlite3")}
     env = worker_env(tmp_path, **stack)
     conversation_id, key = _manage_shell(env, SETUP)
     log = tmp_path / "web.log"
@@ -334,7 +326,7 @@ def test_while_postgresql_is_down_requests_get_a_quick_503_and_the_server_recove
         assert _websocket_status(url, session).startswith("HTTP/1.1 101")
 
         before = len(log.read_text().splitlines())
-        postgres.stop()
+        throwaway_postgres.stop()
 
         response, took = _timed(lambda: session.get(page, timeout=30))
         print(f"page: {response.status_code} after {took:.2f} s")
@@ -365,7 +357,7 @@ def test_while_postgresql_is_down_requests_get_a_quick_503_and_the_server_recove
         print(f"WebSocket: {status} after {took:.2f} s")
         assert not status.startswith("HTTP/1.1 101") and took < QUICK
 
-        postgres.start()
+        throwaway_postgres.start()
         back = time.monotonic()
 
         def page_answers():
@@ -392,8 +384,8 @@ def test_while_postgresql_is_down_requests_get_a_quick_503_and_the_server_recove
 
         with ThreadPoolExecutor(max_workers=8) as threads:
             assert set(threads.map(get_page, range(32))) == {200}
-        postgres.stop()
-        postgres.start()
+        throwaway_postgres.stop()
+        throwaway_postgres.start()
         codes = [session.get(page, timeout=30).status_code for _ in range(4)]
         print(f"after a quick restart: {codes}")
         assert codes in ([200] * 4, [503] + [200] * 3)

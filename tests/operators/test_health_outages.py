@@ -15,11 +15,10 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-import pytest
 import requests
 
 from tests.helpers import BASE_DIR, start_web, stop, wait_for, web_processes, worker_env
-from tests.servers import ThrowawayPostgres, ThrowawayRedis, in_postgres_pass, in_sqlite_pass
+from tests.servers import in_postgres_pass, in_sqlite_pass
 
 # A worker registered once stays live for the whole test: no cluster needs to run.
 WORKER_LIVE_SECONDS = "3600"
@@ -109,27 +108,26 @@ def _quick_and_failing(url: str, *, failing: set[str], answering: set[str]) -> N
         assert "://" not in str(body)
 
 
-@pytest.fixture
-def postgres():
-    server = ThrowawayPostgres()
+def _through_an_outage(url: str, log, server, *, name: str, failing: set[str], answering: set[str]) -> None:
+    """Stop `server`: /healthz is quick and names what failed; start it: 200 soon; the log
+    has a line or two about it and no traceback."""
+    before = len(_lines(log))
+    server.stop()
+    _quick_and_failing(url, failing=failing, answering=answering)
     server.start()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture
-def redis_server():
-    server = ThrowawayRedis()
-    server.start()
-    yield server
-    server.destroy()
+    back = time.monotonic()
+    wait_for(lambda: _healthz(url)[0] == 200, timeout=10, interval=0.1, message=f"200 after {name} returned")
+    print(f"{name}: 200 again {time.monotonic() - back:.1f} s after it answered")
+    during = _lines(log)[before:]
+    assert len(during) <= 3, "\n".join(during)
+    assert not any("Traceback" in line for line in during), "\n".join(during)
 
 
 @in_postgres_pass
 def test_healthz_answers_503_within_two_seconds_while_postgres_or_redis_is_down_and_200_soon_after(
-    tmp_path, postgres, redis_server
+    tmp_path, throwaway_postgres, throwaway_redis
 ):
-    stack = {"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url, "DATABASE_POOL_MAX_SIZE": "20"}
+    stack = {"DATABASE_URL": throwaway_postgres.url, "REDIS_URL": throwaway_redis.url, "DATABASE_POOL_MAX_SIZE": "20"}
     web, url = _start(tmp_path, stack)
     log = tmp_path / "web.log"
     try:
@@ -140,27 +138,22 @@ def test_healthz_answers_503_within_two_seconds_while_postgres_or_redis_is_down_
         status, body, took = _healthz(url)
         assert (status, _failing(body)) == (200, set()) and took < 2
 
-        before = len(_lines(log))
-        postgres.stop()
-        _quick_and_failing(url, failing={"database", "workers"}, answering={"broker", "channel_layer"})
-        postgres.start()
-        back = time.monotonic()
-        wait_for(lambda: _healthz(url)[0] == 200, timeout=10, interval=0.1, message="200 after PostgreSQL returned")
-        print(f"PostgreSQL: 200 again {time.monotonic() - back:.1f} s after it answered")
-        during = _lines(log)[before:]
-        assert len(during) <= 3, "\n".join(during)
-        assert not any("Traceback" in line for line in during), "\n".join(during)
-
-        before = len(_lines(log))
-        redis_server.stop()
-        _quick_and_failing(url, failing={"broker", "channel_layer"}, answering={"database", "workers"})
-        redis_server.start()
-        back = time.monotonic()
-        wait_for(lambda: _healthz(url)[0] == 200, timeout=10, interval=0.1, message="200 after Redis returned")
-        print(f"Redis: 200 again {time.monotonic() - back:.1f} s after it answered")
-        during = _lines(log)[before:]
-        assert len(during) <= 3, "\n".join(during)
-        assert not any("Traceback" in line for line in during), "\n".join(during)
+        _through_an_outage(
+            url,
+            log,
+            throwaway_postgres,
+            name="PostgreSQL",
+            failing={"database", "workers"},
+            answering={"broker", "channel_layer"},
+        )
+        _through_an_outage(
+            url,
+            log,
+            throwaway_redis,
+            name="Redis",
+            failing={"broker", "channel_layer"},
+            answering={"database", "workers"},
+        )
 
         # The page reconnects, as its script does; the process stays healthy with it open.
         page.close()
@@ -217,9 +210,9 @@ def test_healthz_leaves_nothing_running_on_the_embedded_defaults(tmp_path):
 
 
 @in_postgres_pass
-def test_healthz_leaves_nothing_running_with_redis(tmp_path, redis_server):
+def test_healthz_leaves_nothing_running_with_redis(tmp_path, throwaway_redis):
     import redis
 
-    _leaves_nothing_behind(tmp_path, _embedded(tmp_path, REDIS_URL=redis_server.url))
-    with redis.Redis.from_url(redis_server.url) as client:
+    _leaves_nothing_behind(tmp_path, _embedded(tmp_path, REDIS_URL=throwaway_redis.url))
+    with redis.Redis.from_url(throwaway_redis.url) as client:
         assert client.keys("*healthz*") == [], "the checks' channels were left in Redis"
