@@ -13,14 +13,14 @@ pytestmark = in_postgres_pass
 def test_a_postgresql_restart_and_a_redis_restart_cost_no_image():
     from tests.outage_stack import run_outages
 
-    report = run_outages([("postgres", 8), ("redis", 5)], jobs=18)
+    report = run_outages([("postgres", 8), ("redis", 5)], jobs=24)
     rows = report["rows"]
 
     # Every job completed once, with one image, and its message says so.
-    assert [row["status"] for row in rows] == ["complete"] * 18, [(r["id"], r["status"], r["error"]) for r in rows]
-    assert [row["attempts"] for row in rows] == [1] * 18, "a job was put back with its attempt counted"
-    assert report["passes"] == 18, "an image was made twice"
-    assert report["pngs"] == 18
+    assert [row["status"] for row in rows] == ["complete"] * 24, [(r["id"], r["status"], r["error"]) for r in rows]
+    assert [row["attempts"] for row in rows] == [1] * 24, "a job was put back with its attempt counted"
+    assert report["passes"] == 24, "an image was made twice"
+    assert report["pngs"] == 24
     for row in rows:
         metadata = row["metadata"]
         assert metadata["status"] == "complete" and metadata["progress"] == 100
