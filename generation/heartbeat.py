@@ -168,10 +168,15 @@ def stop() -> None:
         _beat = None
 
 
+def _this_process_beat() -> WorkerBeat | None:
+    """This process's beat, if it started one (a forked child's inherited one is not)."""
+    return _beat if _beat is not None and _beat.pid == os.getpid() else None
+
+
 def the_only_drain() -> bool:
     """Whether the drain asking is the only one running in this process (with in-process
     tasks a doorbell can start one inside another)."""
-    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    beat = _this_process_beat()
     if beat is None:
         return True
     with beat.work_lock:
@@ -184,7 +189,7 @@ def working() -> Iterator[None]:
 
     Its jobs are its own business then: the beat does not take any of them for lost.
     """
-    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    beat = _this_process_beat()
     if beat is None:
         yield
         return
@@ -204,7 +209,7 @@ def keep_alive(job_ids: list[int]) -> Iterator[None]:
     For work on a job that writes no progress: its model loading, or its image
     waiting for the disk to take it.
     """
-    beat = _beat if _beat is not None and _beat.pid == os.getpid() else None
+    beat = _this_process_beat()
     if beat is None:
         yield
         return

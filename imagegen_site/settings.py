@@ -11,9 +11,11 @@ the task broker to Redis.
 import os
 import sys
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imagegen_site.envfile import load_env_file
 
@@ -263,10 +265,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     # Seconds to connect before giving up (redis-py waits 5): a Redis that is down or
     # cut off fails a request, a health check or a cluster's read within a second.
     REDIS_CONNECT_TIMEOUT = 1

@@ -190,20 +190,15 @@ class OutageStack:
     def wait_until(self, predicate, *, timeout: float, message: str) -> None:
         wait_for(predicate, timeout=timeout, interval=0.2, message=message)
 
-    def postgres_outage(self, seconds: float) -> tuple[float, float]:
-        """Stop PostgreSQL (a fast shutdown: clients cut off) for `seconds`; (down at, back at), epoch seconds."""
+    def outage(self, kind: str, seconds: float) -> tuple[float, float]:
+        """Stop "postgres" (a fast shutdown: clients cut off) or "redis" (what it held,
+        queued doorbells and channel messages, is lost) for `seconds`; (down at, back
+        at), epoch seconds."""
+        server = self.pg if kind == "postgres" else self.redis
         down = time.time()
-        self.pg.stop()
+        server.stop()
         time.sleep(max(0.0, seconds - (time.time() - down)))
-        self.pg.start()
-        return down, time.time()
-
-    def redis_outage(self, seconds: float) -> tuple[float, float]:
-        """Stop Redis for `seconds`: what it held (queued doorbells, channel messages) is lost."""
-        down = time.time()
-        self.redis.stop()
-        time.sleep(max(0.0, seconds - (time.time() - down)))
-        self.redis.start()
+        server.start()
         return down, time.time()
 
 
@@ -228,7 +223,7 @@ def run_outages(outages: list[tuple[str, float]], *, jobs: int = 18, gpu_ms: int
                 timeout=120,
                 message="a job completed and the next one in flight",
             )
-            down, back = (stack.postgres_outage if kind == "postgres" else stack.redis_outage)(seconds)
+            down, back = stack.outage(kind, seconds)
             stack.wait_until(
                 lambda back=back: stack.completed_since(back) > 0,
                 timeout=60,
