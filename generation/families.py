@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from generation.request import INPAINT, TXT2IMG, UPSCALE, pipeline_steps
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -154,6 +156,9 @@ class Family:
     # negative prompt (`force_zeros_for_empty_prompt`): a pass mixing requests with and
     # without one needs its text encoded per request (see pipeline.py).
     zeros_for_no_negative: bool = False
+    # The diffusers pipelines that continue from an image, built from the loaded
+    # text-to-image one's components (`from_pipe`): kind -> class name.
+    edit_pipelines: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_scheduler(self) -> str:
@@ -182,6 +187,9 @@ class Family:
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance,
         }
+        if first.kind != TXT2IMG:
+            kwargs["strength"] = first.strength
+            kwargs["num_inference_steps"] = pipeline_steps(first.steps, first.strength)
         if self.negative_prompt:
             negatives = [request.negative_prompt for request in requests]
             # An empty negative prompt is what the pipeline uses for none.
@@ -196,6 +204,12 @@ class Family:
         else:
             fields.append(("CFG scale", f"{request.guidance:g}"))
         fields += [("Seed", str(request.seed)), ("Size", f"{request.width}x{request.height}")]
+        if request.kind != TXT2IMG:
+            fields.append(("Denoising strength", f"{request.strength:g}"))
+        if request.kind == INPAINT:
+            fields += [("Mask blur", str(request.mask_blur)), ("Inpaint area", "Whole picture")]
+        if request.kind == UPSCALE and request.image is not None:
+            fields += [("Hires upscale", f"{request.width / request.image.width:g}"), ("Hires upscaler", "Lanczos")]
         return fields
 
     def preview(
@@ -234,6 +248,11 @@ def _unpack(tokens: torch.Tensor, *, width: int | None, height: int | None, vae_
     return tokens.view(rows, cols, channels, 2, 2).permute(2, 0, 3, 1, 4).reshape(channels, rows * 2, cols * 2)
 
 
+def _edits(img2img: str, inpaint: str) -> dict[str, str]:
+    # An upscale is an image-to-image pass over the enlarged source.
+    return {"img2img": img2img, "upscale": img2img, "inpaint": inpaint}
+
+
 SD15 = Family(
     name="sd15",
     label="Stable Diffusion 1.x/2.x",
@@ -244,6 +263,7 @@ SD15 = Family(
     # Its safety checker (where a repository has one) is not loaded: it blacks out images.
     load_kwargs={"safety_checker": None, "requires_safety_checker": False},
     single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    edit_pipelines=_edits("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
 )
 SDXL = Family(
     name="sdxl",
@@ -256,6 +276,7 @@ SDXL = Family(
     default_steps=30,
     single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
     zeros_for_no_negative=True,
+    edit_pipelines=_edits("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
 )
 SD3 = Family(
     name="sd3",
@@ -270,6 +291,7 @@ SD3 = Family(
     schedulers=FLOW_SCHEDULERS,
     single_file_config="stabilityai/stable-diffusion-3.5-medium",
     transformer="SD3Transformer2DModel",
+    edit_pipelines=_edits("StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
 )
 FLUX = Family(
     name="flux",
@@ -286,6 +308,7 @@ FLUX = Family(
     schedulers=FLOW_SCHEDULERS,
     single_file_config="black-forest-labs/FLUX.1-dev",
     transformer="FluxTransformer2DModel",
+    edit_pipelines=_edits("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, SD3, FLUX)}
@@ -372,6 +395,20 @@ class ModelLimits:
     def negative_prompt(self) -> bool:
         return self.family.negative_prompt
 
+    def fit(self, width: int, height: int, *, scale: float = 1.0) -> tuple[int, int]:
+        """A size this model makes for an image of `width` x `height` times `scale`: the
+        same shape, shrunk (or grown) into the model's bounds, a multiple of its step."""
+        width, height = width * scale, height * scale
+        shrink = min(1.0, self.max_size / max(width, height))
+        grow = max(1.0, self.min_size / min(width, height))
+        factor = shrink if shrink < 1.0 else grow
+        step = self.size_step
+
+        def snap(value: float) -> int:
+            return min(self.max_size, max(self.min_size, int(value * factor) // step * step))
+
+        return snap(width), snap(height)
+
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for a page's script or an API."""
         return {
@@ -387,4 +424,5 @@ class ModelLimits:
             "schedulers": list(self.schedulers),
             "negative_prompt": self.negative_prompt,
             "guidance": self.family.guidance,
+            "edits": list(self.family.edit_pipelines),
         }

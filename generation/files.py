@@ -45,8 +45,38 @@ def storage() -> Storage:
     return ImageJob._meta.get_field("image").storage
 
 
-def final_name(job_id: int) -> str:
-    return f"{IMAGES_DIR}/jobs/{job_id // 1000:05d}/job-{job_id}.png"
+def final_name(job_id: int, part: str = "") -> str:
+    """A job's image; with `part` ("source", "mask") an edit's own copy of its input."""
+    suffix = f"-{part}" if part else ""
+    return f"{IMAGES_DIR}/jobs/{job_id // 1000:05d}/job-{job_id}{suffix}.png"
+
+
+EDIT_PARTS = ("source", "mask")
+
+
+def write_part(job_id: int, part: str, png: bytes) -> str:
+    """Store an edit's source or mask under its job's name (whole, or not at all); returns the name."""
+    store = storage()
+    name = final_name(job_id, part)
+    target = Path(store.path(name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}{INCOMING_SUFFIX}")
+    try:
+        partial.write_bytes(png)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return name
+
+
+def open_image(name: str):
+    """A stored image, read whole (the file is closed when this returns)."""
+    from PIL import Image
+
+    with storage().open(name, "rb") as file:
+        image = Image.open(file)
+        image.load()
+    return image
 
 
 def write_incoming(job_id: int, png: bytes) -> str:
@@ -86,6 +116,8 @@ def delete_job_files(*, job_ids: Iterable[int], names: Iterable[str] = ()) -> No
             discard(name)
     for job_id in job_ids:
         discard(final_name(job_id))
+        for part in EDIT_PARTS:
+            discard(final_name(job_id, part))
         if incoming.is_dir():
             for path in incoming.glob(f"job-{job_id}-*{INCOMING_SUFFIX}"):
                 path.unlink(missing_ok=True)
@@ -114,7 +146,9 @@ def remove_orphans(*, older_than: datetime) -> list[str]:
     removed = []
     for start in range(0, len(old), SWEEP_BATCH):
         batch = old[start : start + SWEEP_BATCH]
-        owned = set(ImageJob.objects.filter(image__in=batch).values_list("image", flat=True))
+        owned = set()
+        for field in ("image", "source_image", "mask_image"):
+            owned.update(ImageJob.objects.filter(**{f"{field}__in": batch}).values_list(field, flat=True))
         for name in batch:
             if name not in owned:
                 discard(name)

@@ -9,13 +9,19 @@ from django.conf import settings
 from generation.families import SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
 from generation.pipeline import SCHEDULERS
 from generation.registry import get_registry, model_limits
-from generation.request import DEFAULT_SCHEDULER
+from generation.request import DEFAULT_SCHEDULER, EDIT_KINDS, IMG2IMG, INPAINT, KINDS, TXT2IMG, UPSCALE
 
 PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
 STEPS_MIN, STEPS_MAX = 1, 100
 GUIDANCE_MIN, GUIDANCE_MAX = 0, 30
 COUNT_MIN, COUNT_MAX = 1, 8
+STRENGTH_MIN, STRENGTH_MAX = 0.05, 1.0
+MASK_BLUR_MAX = 64
+# How far each kind of edit moves from its source when the request does not say.
+DEFAULT_STRENGTH = {IMG2IMG: 0.6, INPAINT: 0.75, UPSCALE: 0.3}
+# The chat's two variations of an image (same prompt, new seed).
+VARY_SUBTLE, VARY_STRONG = 0.35, 0.7
 
 # Common sizes with their aspect ratios, for the composer's presets (all within the demo limit).
 SIZE_PRESETS = [
@@ -59,9 +65,10 @@ def model_defaults(limits: ModelLimits) -> dict:
 class JobForm(forms.Form):
     # No max_length on the field: the browser's `maxlength` would cut a pasted prompt
     # without a word. The length is checked in clean_prompt and shown by a counter.
+    # Required for a new image (see clean); an edit may keep its source's prompt.
     prompt = forms.CharField(
         strip=True,
-        error_messages={"required": "Please describe the image you want."},
+        required=False,
         widget=forms.Textarea(
             attrs={
                 "rows": 2,
@@ -134,6 +141,27 @@ class JobForm(forms.Form):
         widget=_number({"placeholder": "1"}),
     )
 
+    kind = forms.ChoiceField(
+        choices=[(kind, kind) for kind in KINDS],
+        required=False,
+        error_messages={"invalid_choice": "Kind: one of " + ", ".join(KINDS) + "."},
+    )
+    strength = forms.FloatField(
+        min_value=STRENGTH_MIN,
+        max_value=STRENGTH_MAX,
+        required=False,
+        label="Strength",
+        error_messages=_range_errors(f"Strength: {STRENGTH_MIN:g}-{STRENGTH_MAX:g} (how far from the image to go)."),
+        help_text="Low: close to the image; high: mostly the prompt.",
+        widget=forms.NumberInput(attrs={"step": "0.05", "inputmode": "decimal"}),
+    )
+    mask_blur = forms.IntegerField(
+        min_value=0,
+        max_value=MASK_BLUR_MAX,
+        required=False,
+        error_messages=_range_errors(f"Mask blur: 0-{MASK_BLUR_MAX} pixels."),
+    )
+
     # Every other default is the model's family's (`model_defaults`): one home for them.
     DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER}
     # For the template: the counter's limit and the size presets.
@@ -176,6 +204,9 @@ class JobForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        kind = data.get("kind") or TXT2IMG
+        if kind == TXT2IMG and not data.get("prompt") and "prompt" not in self.errors:
+            self.add_error("prompt", "Please describe the image you want.")
         # The size check runs whatever else is wrong, so every error shows in one round.
         model = data.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
         limits = model_limits(model) if model in get_registry() else None
@@ -200,14 +231,23 @@ class JobForm(forms.Form):
             if data.get(key) in (None, ""):
                 data[key] = default
         data["model"] = model
+        data["kind"] = kind
+        if kind in EDIT_KINDS:
+            data["strength"] = data.get("strength") or DEFAULT_STRENGTH[kind]
+            data["mask_blur"] = 4 if data.get("mask_blur") is None else data["mask_blur"]
+        else:
+            data["strength"], data["mask_blur"] = None, 4
         if data.get("seed") is None:
             # Chosen now, so the stored parameters reproduce the image.
             data["seed"] = secrets.randbelow(SEED_MAX + 1)
         return data
 
     def _check_family(self, data: dict, limits: ModelLimits) -> None:
-        """What the model's family cannot do: another sampler, a negative prompt."""
+        """What the model's family cannot do: another sampler, a negative prompt, an edit."""
         family = limits.family
+        kind = data.get("kind") or TXT2IMG
+        if kind != TXT2IMG and kind not in family.edit_pipelines:
+            self.add_error("kind", f"{family.label} models cannot {kind} here.")
         scheduler = data.get("scheduler")
         if scheduler and scheduler not in limits.schedulers:
             names = ", ".join(SCHEDULERS[key][1] for key in limits.schedulers)

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import models
 
-from generation.request import GenerationRequest
+from generation.request import IMG2IMG, INPAINT, TXT2IMG, UPSCALE, GenerationRequest, denoise_steps
 
 
 class QueueTicket(models.Model):
@@ -46,6 +46,8 @@ class ImageJob(models.Model):
         ERROR = "error", "Error"
         CANCELLED = "cancelled", "Cancelled"
 
+    KINDS = [(TXT2IMG, "New image"), (IMG2IMG, "Image to image"), (INPAINT, "Inpaint"), (UPSCALE, "Upscale")]
+
     PENDING = (Status.QUEUED, Status.PROCESSING)
 
     # Every change of a job's status, by name: the states it may start from, and the
@@ -79,6 +81,16 @@ class ImageJob(models.Model):
     guidance = models.FloatField()
     seed = models.BigIntegerField()
     scheduler = models.CharField(max_length=32)
+    kind = models.CharField(max_length=16, choices=KINDS, default=TXT2IMG)
+    strength = models.FloatField(null=True, blank=True, help_text="An edit's denoising strength (0-1).")
+    mask_blur = models.PositiveSmallIntegerField(default=4, help_text="An inpainting's soft edge, in pixels.")
+    # An edit's own copies of its source image and mask (the mask: white = repaint), so
+    # it runs whatever happens to the image it came from.
+    source_image = models.FileField(blank=True, max_length=200)
+    mask_image = models.FileField(blank=True, max_length=200)
+    source_job = models.ForeignKey(
+        "self", models.SET_NULL, null=True, blank=True, related_name="edits", help_text="The image it continues from."
+    )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     sequence = models.BigIntegerField(unique=True, help_text="Global FIFO order, from the database.")
@@ -122,8 +134,19 @@ class ImageJob(models.Model):
         """One of several images asked for by one prompt (they share a message and a card)."""
         return self.image_count > 1
 
+    @property
+    def is_edit(self) -> bool:
+        return self.kind != TXT2IMG
+
+    @property
+    def work_steps(self) -> int:
+        """The steps its pass runs: an edit runs the share of them its strength asks for."""
+        return denoise_steps(self.steps, self.strength if self.is_edit else None)
+
     def generation_request(self) -> GenerationRequest:
-        """The pipeline's request for this job's image."""
+        """The pipeline's request for this job's image (an edit's source and mask read from disk)."""
+        from generation.files import open_image
+
         return GenerationRequest(
             model=self.model,
             prompt=self.prompt,
@@ -134,11 +157,16 @@ class ImageJob(models.Model):
             guidance=self.guidance,
             seed=self.seed,
             scheduler=self.scheduler,
+            kind=self.kind,
+            strength=self.strength,
+            mask_blur=self.mask_blur,
+            image=open_image(self.source_image.name) if self.source_image else None,
+            mask=open_image(self.mask_image.name) if self.mask_image else None,
         )
 
     # What jobs must share to be made in one pass of the pipeline: the claim, the ETA
     # and the admin's queue page all group by these.
-    PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler")
+    PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler", "kind", "strength")
 
     def pass_key(self) -> tuple:
         """Jobs with equal keys can be made in one pass of the pipeline."""

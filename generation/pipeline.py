@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from generation.families import DEFAULT_FAMILY, DISCRETE_SCHEDULERS, SAMPLER_NAMES, Family, family_for_pipeline
 from generation.loading import ModelRegistry, load_pipeline, resolve_device
-from generation.request import GenerationRequest, StepCallback, TransientGenerationError
+from generation.request import INPAINT, TXT2IMG, UPSCALE, GenerationRequest, StepCallback, TransientGenerationError
 from generation.sources import ModelUnavailable, hub_cached_file
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class DiffusersGenerator:
         self._loaded_name: str | None = None
         self._pipe = None
         self._family: Family = DEFAULT_FAMILY
+        self._edit_pipes: dict[str, Any] = {}  # class name -> a pipeline sharing the loaded one's parts
         self._lock = threading.Lock()
         self.loads = 0
 
@@ -89,6 +90,7 @@ class DiffusersGenerator:
         if self._loaded_name != name:
             info = self.registry.get(name)
             self._pipe = None
+            self._edit_pipes = {}
             self._loaded_name = None
             if self.device.startswith("cuda"):
                 import torch
@@ -99,6 +101,22 @@ class DiffusersGenerator:
             self._loaded_name = name
             self.loads += 1
         return self._pipe
+
+    def pipeline_for(self, kind: str):
+        """The loaded model's pipeline for `kind`: the text-to-image one, or an edit
+        pipeline made from its components (no second copy of the weights)."""
+        if kind == TXT2IMG:
+            return self._pipe
+        class_name = self._family.edit_pipelines.get(kind)
+        if class_name is None:
+            raise ValueError(f"{self._family.label} models cannot {kind}")
+        if type(self._pipe).__name__ == class_name:
+            return self._pipe  # the model is itself such a checkpoint
+        if class_name not in self._edit_pipes:
+            import diffusers
+
+            self._edit_pipes[class_name] = getattr(diffusers, class_name).from_pipe(self._pipe)
+        return self._edit_pipes[class_name]
 
     def needs_download(self, name: str) -> bool:
         """Whether loading model `name` would download it first (a Hub model not in the cache)."""
@@ -128,8 +146,9 @@ class DiffusersGenerator:
 
         first = requests[0]
         with self._lock:
-            pipe = self.load(first.model)
+            self.load(first.model)
             family = self._family
+            pipe = self.pipeline_for(first.kind)
             set_scheduler(pipe, first.scheduler, family)
             generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
 
@@ -138,8 +157,10 @@ class DiffusersGenerator:
                     on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
                 return callback_kwargs
 
-            with torch.inference_mode():
+            with torch.inference_mode(), _vae_tiled(pipe, first, family):
                 kwargs = family.call_kwargs(requests)
+                if first.kind != TXT2IMG:
+                    kwargs = _without_size(pipe, {**kwargs, **_edit_inputs(pipe, requests)})
                 if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
                     kwargs = _zeros_for_no_negative(pipe, requests, kwargs)
                 result = pipe(
@@ -149,7 +170,71 @@ class DiffusersGenerator:
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
-            return list(result.images)
+            images = list(result.images)
+            if first.kind == INPAINT:
+                images = [keep_unmasked(image, request) for image, request in zip(images, requests, strict=True)]
+            return images
+
+
+# --- Edits: image-to-image, inpainting, upscaling --------------------------------------
+
+
+def source_for(request: GenerationRequest) -> Image.Image:
+    """An edit's source at the request's size (an upscale's is enlarged to it here)."""
+    image = request.image.convert("RGB")
+    if image.size != (request.width, request.height):
+        image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+    return image
+
+
+def mask_for(request: GenerationRequest) -> Image.Image:
+    mask = request.mask.convert("L")
+    if mask.size != (request.width, request.height):
+        mask = mask.resize((request.width, request.height), Image.Resampling.NEAREST)
+    return mask
+
+
+def _edit_inputs(pipe, requests: list[GenerationRequest]) -> dict[str, Any]:
+    """The source images (and masks) of a pass of edits, as the edit pipeline takes them."""
+    inputs: dict[str, Any] = {"image": [source_for(request) for request in requests]}
+    if requests[0].kind == INPAINT:
+        inputs["mask_image"] = [mask_for(request) for request in requests]
+    return inputs
+
+
+def _without_size(pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """SD 1.x's and SDXL's image-to-image pipelines take their size from the image alone."""
+    import inspect
+
+    if "width" in inspect.signature(pipe.__call__).parameters:
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key not in ("width", "height")}
+
+
+def keep_unmasked(image: Image.Image, request: GenerationRequest) -> Image.Image:
+    """The inpainted image over its source: outside the mask (and its blurred edge) the
+    source's own pixels, as AUTOMATIC1111 pastes them back."""
+    mask = mask_for(request)
+    if request.mask_blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    return Image.composite(image.convert("RGB"), source_for(request), mask)
+
+
+class _vae_tiled:
+    """An upscale larger than the family's native size decodes in tiles (bounded memory)."""
+
+    def __init__(self, pipe, request: GenerationRequest, family: Family):
+        vae = getattr(pipe, "vae", None)
+        large = max(request.width, request.height) > family.default_size
+        self.vae = vae if request.kind == UPSCALE and large and hasattr(vae, "enable_tiling") else None
+
+    def __enter__(self):
+        if self.vae is not None:
+            self.vae.enable_tiling()
+
+    def __exit__(self, *exc_info):
+        if self.vae is not None:
+            self.vae.disable_tiling()
 
 
 def _zeros_for_no_negative(pipe, requests: list[GenerationRequest], kwargs: dict) -> dict:

@@ -8,14 +8,42 @@ families, the pipeline and the worker can all import it without a circle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_SCHEDULER = "euler"
+
+# What a job does with the model: make an image from its prompt, or continue from one.
+TXT2IMG = "txt2img"  # a new image from the prompt
+IMG2IMG = "img2img"  # the source image, re-noised by `strength` and denoised to the prompt
+INPAINT = "inpaint"  # the same inside the mask; outside it the source's pixels are kept
+UPSCALE = "upscale"  # the source enlarged to the job's size, then a light image-to-image pass
+KINDS = (TXT2IMG, IMG2IMG, INPAINT, UPSCALE)
+EDIT_KINDS = (IMG2IMG, INPAINT, UPSCALE)
+
+
+def denoise_steps(steps: int, strength: float | None) -> int:
+    """How many steps an edit of `strength` runs out of `steps`, as diffusers' image-to-image
+    pipelines count them (at least one: see `pipeline_steps`)."""
+    if strength is None:
+        return steps
+    return max(1, min(int(steps * strength), steps))
+
+
+def pipeline_steps(steps: int, strength: float | None) -> int:
+    """The `num_inference_steps` to give a pipeline so an edit of low strength still runs a step.
+
+    A pipeline runs int(steps x strength) steps and refuses none; a strength too low
+    for the steps asked gets the fewest steps that make one.
+    """
+    if strength is None or int(steps * strength) >= 1:
+        return steps
+    return math.ceil(1 / strength + 1e-9)
 
 
 class GenerationCancelled(Exception):
@@ -43,6 +71,16 @@ class GenerationRequest:
     guidance: float
     seed: int
     scheduler: str = DEFAULT_SCHEDULER
+    kind: str = TXT2IMG
+    strength: float | None = None  # how far an edit may move from its source (0-1)
+    mask_blur: int = 4  # pixels of soft edge where an inpainted area meets the kept source
+    # An edit's source image (RGB) and, for inpainting, its mask (L: 255 = repaint).
+    image: Image.Image | None = field(default=None, compare=False, repr=False)
+    mask: Image.Image | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def denoise_steps(self) -> int:
+        return denoise_steps(self.steps, self.strength if self.kind != TXT2IMG else None)
 
 
 # (step done, 1-based; total steps; the pass's current latents, one row per request).
@@ -54,7 +92,7 @@ class ImageGenerator(Protocol):
     """Keeps a model loaded and makes the images of a pass.
 
     `generate_batch` takes requests that share a pass key (model, size, steps,
-    guidance, scheduler) and returns one image per request, in order; each image is
+    guidance, scheduler, kind, strength) and returns one image per request, in order; each image is
     the one its request would get alone. `on_step` is called after every step.
     """
 

@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404
 from generation import texts
 from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
 from generation.outages import DATABASE, OUTAGES
+from generation.request import TXT2IMG, denoise_steps
 
 Status = ImageJob.Status
 
@@ -48,11 +49,13 @@ def queue_positions() -> dict[int, int]:
 
 
 def duration_estimator(*, history: int = 200):
-    """A function (model, width, height, steps, batch=1) -> seconds a pass of `batch`
-    images takes, from recently finished jobs.
+    """A function (model, width, height, steps, batch=1, kind="txt2img") -> seconds a pass
+    of `batch` images takes, from recently finished jobs.
 
-    Seconds per step of a pass are measured per model, size and batch size (a job of
-    a batched pass took as long as its pass). A batch size with no history takes the
+    `steps` are the steps the pass runs (an edit's `ImageJob.work_steps`: its strength's
+    share). Seconds per step of a pass are measured per model, kind, size and batch
+    size (a job of a batched pass took as long as its pass). An edit with no history
+    of its kind takes the new images' rate; a batch size with no history takes the
     size's seconds per image times the batch (no speed-up is promised before one is
     measured); a size with no history is scaled from the model's (or any model's)
     seconds per step per megapixel per image; with no history at all a configured
@@ -61,42 +64,56 @@ def duration_estimator(*, history: int = 200):
     recent = (
         ImageJob.objects.filter(status=Status.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
         .order_by("-finished_at")
-        .values_list("model", "width", "height", "steps", "batch_size", "started_at", "finished_at")[:history]
+        .values_list(
+            "model", "kind", "width", "height", "steps", "strength", "batch_size", "started_at", "finished_at"
+        )[:history]
     )
-    per_pass: dict[tuple[str, int, int, int], list[float]] = {}
-    per_size: dict[tuple[str, int, int], list[float]] = {}
+    per_pass: dict[tuple[str, str, int, int, int], list[float]] = {}
+    per_size: dict[tuple[str, str, int, int], list[float]] = {}
     per_model: dict[str, list[float]] = {}
     overall: list[float] = []
-    for model, width, height, steps, batch, started, finished in recent:
-        per_step = max((finished - started).total_seconds(), 0.0) / max(steps, 1)
-        per_pass.setdefault((model, width, height, batch), []).append(per_step)
+    for model, kind, width, height, steps, strength, batch, started, finished in recent:
+        ran = denoise_steps(steps, strength if kind != TXT2IMG else None)
+        per_step = max((finished - started).total_seconds(), 0.0) / max(ran, 1)
+        per_pass.setdefault((model, kind, width, height, batch), []).append(per_step)
         per_image = per_step / max(batch, 1)
-        per_size.setdefault((model, width, height), []).append(per_image)
-        per_megapixel = per_image / (width * height / 1e6)
-        per_model.setdefault(model, []).append(per_megapixel)
-        overall.append(per_megapixel)
+        per_size.setdefault((model, kind, width, height), []).append(per_image)
+        if kind == TXT2IMG:
+            per_megapixel = per_image / (width * height / 1e6)
+            per_model.setdefault(model, []).append(per_megapixel)
+            overall.append(per_megapixel)
     default = settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP / (512 * 512 / 1e6)
-    rates: dict[tuple[str, int, int, int], float] = {}  # a queue repeats a few sizes many times
+    rates: dict[tuple[str, str, int, int, int], float] = {}  # a queue repeats a few sizes many times
 
-    def per_step(model: str, width: int, height: int, batch: int) -> float:
-        measured = per_pass.get((model, width, height, batch))
+    def per_step(model: str, kind: str, width: int, height: int, batch: int) -> float:
+        measured = per_pass.get((model, kind, width, height, batch))
         if measured:
             return median(measured)
-        if batch == 1 and (model, width, height) in per_size:
-            return median(per_size[(model, width, height)])
+        if batch == 1 and (model, kind, width, height) in per_size:
+            return median(per_size[(model, kind, width, height)])
         if batch > 1:
-            return per_step(model, width, height, 1) * batch
+            return per_step(model, kind, width, height, 1) * batch
+        if kind != TXT2IMG:
+            return per_step(model, TXT2IMG, width, height, 1)
         scaled = per_model.get(model) or overall
         per_megapixel = median(scaled) if scaled else default
         return per_megapixel * (width * height / 1e6)
 
-    def estimate(model: str, width: int, height: int, steps: int, batch: int = 1) -> float:
-        key = (model, width, height, batch)
+    def estimate(model: str, width: int, height: int, steps: int, batch: int = 1, kind: str = TXT2IMG) -> float:
+        key = (model, kind, width, height, batch)
         if key not in rates:
-            rates[key] = per_step(model, width, height, batch)
+            rates[key] = per_step(model, kind, width, height, batch)
         return rates[key] * steps
 
     return estimate
+
+
+def pass_seconds(estimate, job: dict | ImageJob, batch: int) -> float:
+    """What `estimate` says a pass of `batch` jobs like `job` (a row or a job) takes."""
+    get = job.get if isinstance(job, dict) else lambda field: getattr(job, field)
+    kind = get("kind")
+    steps = denoise_steps(get("steps"), get("strength") if kind != TXT2IMG else None)
+    return estimate(get("model"), get("width"), get("height"), steps, batch, kind)
 
 
 def _pass_key(row: dict) -> tuple:
@@ -118,7 +135,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     to stop claims nothing more, so it is no lane. Positions stay the FIFO ranks.
     """
     estimate = duration_estimator()
-    fields = ("model", "width", "height", "steps")
+    fields = ("model", "width", "height", "steps", "kind", "strength")
     live = list(workers_live(now=now).filter(stopping=False).values_list("max_batch", flat=True))
     max_batch = max(live, default=1) or 1
     # A heap of the times at which each lane frees; the smallest is the next to take a pass.
@@ -129,7 +146,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     ):
         running.setdefault(job["batch"] or f"job-{job['pk']}", job)  # a pass's jobs move together
     for job in running.values():
-        left = estimate(*(job[f] for f in fields), job["batch_size"]) * (100 - job["progress"]) / 100
+        left = pass_seconds(estimate, job, job["batch_size"]) * (100 - job["progress"]) / 100
         heapq.heapreplace(lanes, lanes[0] + left)
     rows = list(
         ImageJob.objects.filter(status=Status.QUEUED)
@@ -155,7 +172,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
                 if _pass_key(row) == _pass_key(head):
                     batch.append(row)
         start = lanes[0]
-        done = start + estimate(*(head[f] for f in fields), len(batch))
+        done = start + pass_seconds(estimate, head, len(batch))
         for row in batch:
             timing[row["pk"]] = (start, done)
         heapq.heapreplace(lanes, done)
@@ -176,7 +193,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
 
 def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
     estimate = estimate or duration_estimator()
-    return round(estimate(job.model, job.width, job.height, job.steps, job.batch_size) * (100 - job.progress) / 100)
+    return round(pass_seconds(estimate, job, job.batch_size) * (100 - job.progress) / 100)
 
 
 def service_status(*, breaker: CircuitBreaker | None = None) -> dict[str, str]:

@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image
 
 from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
@@ -31,7 +32,10 @@ from generation.forms import SEED_MAX, JobForm
 from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket
 from generation.outages import OUTAGES
 from generation.pipeline import is_transient
+from generation.registry import get_registry, model_limits
+from generation.request import IMG2IMG, INPAINT, TXT2IMG, UPSCALE
 from generation.sources import ModelUnavailable
+from generation.uploads import png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -272,9 +276,17 @@ def job_submit(
     count: Any = 1,
     idempotency_key: str = "",
     attach: bool = True,
+    source: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    source_job: Any = None,
     **params: Any,
 ) -> Submission:
     """Validate, then create the user's message, the assistant's message and the jobs.
+
+    An edit continues from an image: `source` (one the user brought) or `source_job`
+    (the id of one of their finished images), with `mask` (L, 255 = repaint, the
+    source's size) for inpainting; see `_edit_params` for its defaults. Each of its
+    jobs keeps its own copy of the source and mask.
 
     `count` images (1-8) of one prompt are `count` jobs that share the assistant's
     message, with seeds seed, seed+1, ... (as AUTOMATIC1111 numbers a batch), next to
@@ -288,11 +300,23 @@ def job_submit(
     """
     if conversation.owner_id != user.pk:
         raise ValidationError({"conversation": texts.NOT_YOURS})
+    parent = None
+    if source_job not in (None, ""):
+        parent = _source_job(user, source_job)
+        source = files.open_image(parent.image.name)
+        prompt = prompt or parent.prompt
+    params = _edit_params(params, source=source, mask=mask)
     form = JobForm(data={"prompt": prompt, "count": count, **params})
     if not form.is_valid():
         raise ValidationError(form.errors.as_data())
     data = form.cleaned_data
     count = data["count"]
+    if (
+        data["kind"] == UPSCALE
+        and source is not None
+        and data["width"] * data["height"] <= source.width * source.height
+    ):
+        raise ValidationError({"kind": texts.upscale_too_large(source.width, source.height)})
     with transaction.atomic():
         now = timezone.now()
         _lock_user(user.pk)
@@ -303,7 +327,10 @@ def job_submit(
         refusal = _caps_refusal(user.pk, now=now, asked=count)
         if refusal:
             raise JobRefused(refusal)
-        job_params = {key: data[key] for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}
+        job_params = {
+            key: data[key]
+            for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler", "kind", "strength")
+        }
         seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
         asked, assistant = exchange_post(
             conversation=conversation,
@@ -313,7 +340,11 @@ def job_submit(
                 "status": Status.QUEUED,
                 "progress": 0,
                 "prompt": data["prompt"],
-                "params": {**job_params, "negative_prompt": data["negative_prompt"]},
+                "params": {
+                    **job_params,
+                    "negative_prompt": data["negative_prompt"],
+                    **({"mask_blur": data["mask_blur"], "source_job": parent.pk if parent else None} if source else {}),
+                },
                 "count": count,
                 "seeds": seeds,
                 "created_at": now.isoformat(),
@@ -330,8 +361,12 @@ def job_submit(
                 sequence=QueueTicket.objects.create().pk,
                 image_index=index,
                 image_count=count,
+                mask_blur=data["mask_blur"],
+                source_job=parent,
                 **{**job_params, "seed": seed},
             )
+            if source is not None:
+                _store_edit_inputs(job, source=source, mask=mask)
             job.message = assistant
             jobs.append(job)
         ids = {
@@ -352,6 +387,54 @@ def job_submit(
     return Submission(jobs=jobs, reply=assistant, conversation=conversation, prompt_message=asked)
 
 
+def _source_job(user: AbstractBaseUser, job_id: Any) -> ImageJob:
+    """One of the user's finished images, to continue from; anybody else's is not found."""
+    try:
+        job_id = int(job_id)
+    except (TypeError, ValueError):
+        raise ValidationError({"source_job": texts.SOURCE_NOT_FOUND}) from None
+    job = ImageJob.objects.filter(pk=job_id, owner_id=user.pk, status=Status.COMPLETE).exclude(image="").first()
+    if job is None:
+        raise ValidationError({"source_job": texts.SOURCE_NOT_FOUND})
+    return job
+
+
+def _edit_params(params: dict[str, Any], *, source: Image.Image | None, mask: Image.Image | None) -> dict[str, Any]:
+    """An edit's kind and size where the request leaves them out.
+
+    With a source the kind is image-to-image (inpainting with a mask); the size is the
+    source's (twice it for an upscale), fitted into the chosen model's bounds.
+    """
+    params = dict(params)
+    kind = params.get("kind") or (INPAINT if mask is not None else IMG2IMG if source is not None else TXT2IMG)
+    params["kind"] = kind
+    if kind == TXT2IMG:
+        if source is not None or mask is not None:
+            raise ValidationError({"kind": texts.EDIT_KIND_NEEDED})
+        return params
+    if source is None:
+        raise ValidationError({"image": texts.EDIT_NEEDS_SOURCE})
+    if kind == INPAINT and mask is None:
+        raise ValidationError({"mask": texts.INPAINT_NEEDS_MASK})
+    if mask is not None and mask.size != source.size:
+        raise ValidationError({"mask": texts.mask_size(source.width, source.height)})
+    model = params.get("model") or settings.IMAGEGEN_DEFAULT_MODEL
+    if model in get_registry() and params.get("width") in (None, "") and params.get("height") in (None, ""):
+        scale = 2.0 if kind == UPSCALE else 1.0
+        params["width"], params["height"] = model_limits(model).fit(source.width, source.height, scale=scale)
+    return params
+
+
+def _store_edit_inputs(job: ImageJob, *, source: Image.Image, mask: Image.Image | None) -> None:
+    """The job's own copies of its source and mask, named after it."""
+    job.source_image.name = files.write_part(job.pk, "source", png_bytes(source.convert("RGB")))
+    fields = ["source_image"]
+    if mask is not None:
+        job.mask_image.name = files.write_part(job.pk, "mask", png_bytes(mask.convert("L")))
+        fields.append("mask_image")
+    job.save(update_fields=fields)
+
+
 # --- The worker's side: claim, progress, outcome ---------------------------------
 
 
@@ -368,7 +451,7 @@ def jobs_claim(
 
     The head of the queue always comes first. The others are the oldest runnable
     jobs among the `window` behind it (IMAGEGEN_BATCH_WINDOW) that can share its
-    pass (`ImageJob.pass_key`: same model, size, steps, guidance and scheduler), so a
+    pass (`ImageJob.pass_key`: same model, size, steps, guidance, scheduler, kind and strength), so a
     job moves ahead of at most `window` others and never of the head. Returns the
     jobs claimed in queue order, sharing one `batch` name; empty when nothing is
     runnable.

@@ -93,3 +93,19 @@ SERVICE_NOTICES = {
     "open": "Image generation is paused after repeated failures. Your requests are kept and will run when it recovers.",
     "half_open": "Image generation is recovering: trying one image before resuming the queue.",
 }
+
+
+# --- Edits ------------------------------------------------------------------------------
+
+SOURCE_NOT_FOUND = "Source: no finished image of yours has that number."
+EDIT_NEEDS_SOURCE = "Image: an edit needs an image to start from."
+EDIT_KIND_NEEDED = "Kind: an image was given, so choose an edit (img2img, inpaint or upscale)."
+INPAINT_NEEDS_MASK = "Mask: paint the area to change first."
+
+
+def mask_size(width: int, height: int) -> str:
+    return f"Mask: must be the same size as the image ({width}x{height})."
+
+
+def upscale_too_large(width: int, height: int) -> str:
+    return f"Upscale: this image ({width}x{height}) is already as large as this model makes images."
