@@ -433,6 +433,9 @@ IMAGEGEN_API_POLL_SECONDS = env_float("IMAGEGEN_API_POLL_SECONDS", 0.5, minimum=
 IMAGEGEN_API_DB_THREADS = env_int("IMAGEGEN_API_DB_THREADS", 4, minimum=1)
 # An OpenAI `response_format=url` link works this long.
 IMAGEGEN_API_URL_SECONDS = env_int("IMAGEGEN_API_URL_SECONDS", 3600, minimum=60)
+# An edit's source image may be 20 MB (generation/uploads.py); an AUTOMATIC1111 request
+# sends it and its mask as base64 text in one JSON body (4/3 of their size).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 2**20
 
 # --- Operations -------------------------------------------------------------------
 

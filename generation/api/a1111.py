@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
+from PIL import Image, ImageOps
 
 from generation import selectors
 from generation.api import ApiFailure, api_view
@@ -30,12 +31,19 @@ from generation.api.waiting import run_db, wait_for_jobs
 from generation.models import ApiKey, ApiOptions, ImageJob, JobPreview
 from generation.pipeline import SCHEDULERS
 from generation.registry import get_registry
-from generation.request import DEFAULT_SCHEDULER
+from generation.request import DEFAULT_SCHEDULER, IMG2IMG, INPAINT
 from generation.services import JobRefused
+from generation.uploads import MAX_SIDE, WHITE, mask_from, png_bytes, read_base64_image
 
 IMAGES_MAX = 8
 # Our form's fields, by the name an A1111 request calls them.
-FIELD_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "model": "sd_model_checkpoint"}
+FIELD_NAMES = {
+    "guidance": "cfg_scale",
+    "scheduler": "sampler_name",
+    "model": "sd_model_checkpoint",
+    "strength": "denoising_strength",
+    "image": "init_images",
+}
 # A1111 1.9+ names a sampler and a noise schedule together ("DPM++ 2M Karras"); we run
 # each sampler with its default schedule.
 SCHEDULE_SUFFIXES = (" karras", " exponential", " sgm uniform", " uniform", " automatic")
@@ -235,7 +243,7 @@ def _info(results: list[api_jobs.Result], asked: dict) -> dict[str, Any]:
         "sd_model_hash": model_hash(first.model)[:10] if first.model in get_registry() else None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": first.strength,
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": [api_jobs.job_infotext(job) for job in made],
@@ -243,6 +251,7 @@ def _info(results: list[api_jobs.Result], asked: dict) -> dict[str, Any]:
         "job_timestamp": timezone.localtime(first.created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
+        "mask_blur": first.mask_blur if first.kind == INPAINT else None,
         "version": "imagegen",
         "job_ids": [job.pk for job in jobs],
     }
@@ -257,9 +266,24 @@ async def txt2img(request: HttpRequest):
     _method(request, "POST")
     api_key = await _authenticate(request)
     body = _json_body(request)
+    return await _queue_and_answer(request, api_key, body, parse_txt2img(body), endpoint="a1111.txt2img")
+
+
+@api_view(ApiError)
+async def img2img(request: HttpRequest):
+    """POST /sdapi/v1/img2img: the first of `init_images` changed as the prompt says (with
+    `mask`, inpainted), batch_size x n_iter times; answered as txt2img is."""
+    _method(request, "POST")
+    api_key = await _authenticate(request)
+    body = _json_body(request)
     asked = parse_txt2img(body)
+    asked["params"].update(await run_db(parse_img2img, body, asked["params"]))
+    return await _queue_and_answer(request, api_key, body, asked, endpoint="a1111.img2img")
+
+
+async def _queue_and_answer(request: HttpRequest, api_key: ApiKey, body: dict, asked: dict, *, endpoint: str):
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-    key = api_jobs.request_key(endpoint="a1111.txt2img", idempotency_key=idempotency_key) if idempotency_key else None
+    key = api_jobs.request_key(endpoint=endpoint, idempotency_key=idempotency_key) if idempotency_key else None
     try:
         jobs = await run_db(_submit, api_key, asked, key, bool(idempotency_key))
     except ValidationError as exc:
@@ -278,21 +302,116 @@ async def txt2img(request: HttpRequest):
     if not results:
         raise ApiError(409, "The images were deleted before they were made.", error="RuntimeError")
     # Interrupted (cancelled) images are left out, as A1111 leaves out what it did not make.
-    asked_echo = {
-        **body,
-        "batch_size": body.get("batch_size", 1),
-        "n_iter": body.get("n_iter", 1),
-    }
-    info = _info(results, {"batch_size": asked_echo["batch_size"], "n_iter": asked_echo["n_iter"]})
+    echo = {**body, "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1)}
+    if "init_images" in body and not body.get("include_init_images"):
+        echo.update(init_images=None, mask=None)  # A1111 sends the inputs back only when asked
+    info = _info(results, {"batch_size": echo["batch_size"], "n_iter": echo["n_iter"]})
+    images = [base64.b64encode(result.png).decode("ascii") for result in made]
     return JsonResponse(
         {
-            "images": [base64.b64encode(result.png).decode("ascii") for result in made]
-            if body.get("send_images", True) is not False
-            else [],
-            "parameters": asked_echo,
+            "images": images if body.get("send_images", True) is not False else [],
+            "parameters": echo,
             "info": json.dumps(info),
         }
     )
+
+
+# A1111's resize modes: how the source is brought to the requested size.
+JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL, LATENT_RESIZE = 0, 1, 2, 3
+
+
+def parse_img2img(body: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """What an img2img request adds to txt2img's: the source, the mask and how to use them.
+
+    `inpainting_fill` and `inpaint_full_res` are accepted; the masked area is always
+    repainted from the source ("original") over the whole picture.
+    """
+    images = body.get("init_images")
+    if not isinstance(images, list) or not images:
+        raise invalid("init_images", "init_images: a list with one base64-encoded image.")
+    source = _image_field(images[0], "init_images")
+    edit: dict[str, Any] = {"kind": IMG2IMG}
+    strength = body.get("denoising_strength", 0.75)
+    edit["strength"] = 0.75 if strength is None else strength
+    blur = body.get("mask_blur", 4)
+    edit["mask_blur"] = 4 if blur is None else blur
+    resize_mode = _int(body, "resize_mode", JUST_RESIZE)
+    if resize_mode not in (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL, LATENT_RESIZE):
+        raise invalid("resize_mode", "resize_mode: 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3.")
+    mask = None
+    if body.get("mask"):
+        picture = _image_field(body["mask"], "mask")
+        try:
+            mask = mask_from(picture, size=source.size, marks=WHITE)
+        except ValidationError as exc:
+            raise invalid("mask", " ".join(exc.messages)) from None
+        if body.get("inpainting_mask_invert"):
+            mask = ImageOps.invert(mask)
+        edit["kind"] = INPAINT
+    width, height = params.get("width"), params.get("height")
+    if width and height and resize_mode in (CROP_AND_RESIZE, RESIZE_AND_FILL):
+        size = (int(width), int(height))
+        if resize_mode == CROP_AND_RESIZE:
+            source = ImageOps.fit(source, size, Image.Resampling.LANCZOS)
+            mask = ImageOps.fit(mask, size, Image.Resampling.NEAREST) if mask is not None else None
+        else:
+            source = ImageOps.pad(source.convert("RGB"), size, Image.Resampling.LANCZOS)
+            mask = ImageOps.pad(mask, size, Image.Resampling.NEAREST, color=0) if mask is not None else None
+    return {**edit, "source": source, "mask": mask}
+
+
+def _image_field(value: Any, field: str) -> Image.Image:
+    try:
+        return read_base64_image(value, label=field)
+    except ValidationError as exc:
+        raise invalid(field, " ".join(exc.messages)) from None
+
+
+# --- Extras: upscaling without the model -------------------------------------------------
+
+# The upscalers `extra-single-image` runs: resampling on the web server, in a moment.
+UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+@api_view(ApiError)
+async def upscalers(request: HttpRequest):
+    _method(request, "GET")
+    await _authenticate(request)
+    rows = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for name in UPSCALERS]
+    return JsonResponse(rows, safe=False)
+
+
+@api_view(ApiError)
+async def extra_single_image(request: HttpRequest):
+    """POST /sdapi/v1/extra-single-image: the image enlarged by `upscaling_resize` (or to
+    `upscaling_resize_w` x `_h` with resize_mode 1) with `upscaler_1`; no queue, no model."""
+    _method(request, "POST")
+    await _authenticate(request)
+    body = _json_body(request)
+    image = _image_field(body.get("image"), "image")
+    name = body.get("upscaler_1") or "None"
+    if name not in UPSCALERS:
+        raise invalid("upscaler_1", f"upscaler_1: one of {', '.join(UPSCALERS)}.")
+    if _int(body, "resize_mode", 0) == 1:
+        size = (_int(body, "upscaling_resize_w", 512), _int(body, "upscaling_resize_h", 512))
+    else:
+        factor = body.get("upscaling_resize", 2)
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1 <= factor <= 8:
+            raise invalid("upscaling_resize", "upscaling_resize: a factor from 1 to 8.")
+        size = (round(image.width * factor), round(image.height * factor))
+    if min(size) < 1 or max(size) > MAX_SIDE:
+        raise invalid(
+            "upscaling_resize", f"The upscaled image would be {size[0]}x{size[1]}; at most {MAX_SIDE} a side."
+        )
+    resample = UPSCALERS[name]
+    if resample is not None and size != image.size:
+        if _int(body, "resize_mode", 0) == 1 and body.get("upscaling_crop", True):
+            image = ImageOps.fit(image, size, resample)
+        else:
+            image = image.resize(size, resample)
+    png = await run_db(png_bytes, image)
+    info = f"Postprocess upscale to: {image.width}x{image.height}, Postprocess upscaler: {name}"
+    return JsonResponse({"html_info": f"<p>{info}</p>", "image": base64.b64encode(png).decode("ascii")})
 
 
 def _options(owner) -> dict[str, Any]:

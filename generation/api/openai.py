@@ -8,6 +8,7 @@ Authentication is `Authorization: Bearer <key>`. Errors have OpenAI's shape:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from typing import Any
@@ -22,15 +23,18 @@ from generation.api import ApiFailure, api_view
 from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, bearer_key
 from generation.api.waiting import run_db, wait_for_jobs
+from generation.forms import VARY_STRONG
 from generation.models import ApiKey, ImageJob
 from generation.registry import get_registry
+from generation.request import IMG2IMG, INPAINT
 from generation.services import JobRefused
+from generation.uploads import MAX_UPLOAD_BYTES, TRANSPARENT, mask_from, read_image
 
 N_MAX = 8
 RESPONSE_FORMATS = ("b64_json", "url")
 URL_SALT = "generation.api.openai.image"
 # Our form's fields, by the name the OpenAI request calls them.
-PARAM_NAMES = {"width": "size", "height": "size", "model": "model", "prompt": "prompt"}
+PARAM_NAMES = {"width": "size", "height": "size", "model": "model", "prompt": "prompt", "source_job": "image"}
 
 
 class ApiError(ApiFailure):
@@ -132,10 +136,102 @@ async def images_generations(request: HttpRequest):
     _method(request, "POST")
     api_key = await _authenticate(request)
     asked = parse_generation(_json_body(request))
+    key = api_jobs.request_key(
+        endpoint="openai.images", idempotency_key=request.headers.get("Idempotency-Key", "").strip(), body=request.body
+    )
+    return await _queue_and_answer(request, api_key, asked, key=key)
+
+
+@api_view(ApiError)
+async def images_edits(request: HttpRequest):
+    """POST /v1/images/edits (multipart): the image changed as the prompt says; with a
+    mask, only where the mask is transparent."""
+    _method(request, "POST")
+    api_key = await _authenticate(request)
+    fields, uploads = _multipart(request)
+    asked = parse_generation({**fields, "prompt": fields.get("prompt")})
+    image, image_bytes = _upload(uploads, "image")
+    asked["params"].update(source=image, kind=INPAINT if "mask" in uploads else IMG2IMG)
+    if "mask" in uploads:
+        mask, _ = _upload(uploads, "mask")
+        try:
+            asked["params"]["mask"] = mask_from(mask, size=image.size, marks=TRANSPARENT)
+        except ValidationError as exc:
+            raise ApiError(400, " ".join(exc.messages), param="mask") from None
+    if fields.get("strength") not in (None, ""):
+        asked["params"]["strength"] = fields["strength"]
+    key = api_jobs.request_key(
+        endpoint="openai.edits",
+        idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
+        body=_fingerprint(fields, uploads),
+    )
+    return await _queue_and_answer(request, api_key, asked, key=key)
+
+
+@api_view(ApiError)
+async def images_variations(request: HttpRequest):
+    """POST /v1/images/variations (multipart): n variations of the image (its composition
+    kept, a new seed each)."""
+    _method(request, "POST")
+    api_key = await _authenticate(request)
+    fields, uploads = _multipart(request)
+    asked = parse_generation({**fields, "prompt": fields.get("prompt") or VARIATION_PROMPT})
+    image, _ = _upload(uploads, "image")
+    asked["prompt"] = fields.get("prompt") or ""
+    asked["params"].update(source=image, kind=IMG2IMG, strength=VARY_STRONG)
+    key = api_jobs.request_key(
+        endpoint="openai.variations",
+        idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
+        body=_fingerprint(fields, uploads),
+    )
+    return await _queue_and_answer(request, api_key, asked, key=key)
+
+
+VARIATION_PROMPT = "(variation)"  # stands in for the prompt a variation does not have, while it is checked
+
+
+def _multipart(request: HttpRequest) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """The form's fields (numbers as numbers) and its files by name (`image[]` is `image`)."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "Send the image as multipart/form-data (a file field named 'image').")
+    fields: dict[str, Any] = {}
+    for name, value in request.POST.items():
+        value = value.strip()
+        fields[name] = int(value) if name == "n" and value.isdigit() else value
+    uploads: dict[str, list[bytes]] = {}
+    for name in request.FILES:
+        for upload in request.FILES.getlist(name):
+            if upload.size > MAX_UPLOAD_BYTES:
+                raise ApiError(400, f"{name}: at most {MAX_UPLOAD_BYTES // 2**20} MB.", param=name.rstrip("[]"))
+            uploads.setdefault(name.removesuffix("[]"), []).append(upload.read())
+    return fields, uploads
+
+
+def _upload(uploads: dict[str, list[bytes]], name: str):
+    """The first file sent as `name`, read as an image (a model edits one image at a time)."""
+    if not uploads.get(name):
+        raise ApiError(400, f"{name}: a PNG, JPEG or WebP file is required.", param=name)
+    data = uploads[name][0]
+    try:
+        return read_image(data, label=name), data
+    except ValidationError as exc:
+        raise ApiError(400, " ".join(exc.messages), param=name) from None
+
+
+def _fingerprint(fields: dict[str, Any], uploads: dict[str, list[bytes]]) -> bytes:
+    """What a multipart request is remembered by: its fields and files, not its random boundary."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for name in sorted(uploads):
+        for data in uploads[name]:
+            digest.update(name.encode() + hashlib.sha256(data).digest())
+    return digest.digest()
+
+
+async def _queue_and_answer(request: HttpRequest, api_key: ApiKey, asked: dict[str, Any], *, key: str):
+    """Queue what was asked, wait for the images, and answer as the Images API does."""
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()
     # The openai package sends the same body again on a retry and counts its tries.
     is_retry = request.headers.get("X-Stainless-Retry-Count", "0").strip() not in ("", "0")
-    key = api_jobs.request_key(endpoint="openai.images", idempotency_key=idempotency_key, body=request.body)
     try:
         jobs = await run_db(
             api_jobs.api_jobs_submit,

@@ -7,6 +7,8 @@ from generation.api import a1111, openai
 openai_urlpatterns = (
     [
         path("images/generations", openai.images_generations, name="images_generations"),
+        path("images/edits", openai.images_edits, name="images_edits"),
+        path("images/variations", openai.images_variations, name="images_variations"),
         path("images/files/<str:token>", openai.image, name="image"),
         path("models", openai.models, name="models"),
         path("<path:rest>", openai.not_found),
@@ -17,6 +19,9 @@ openai_urlpatterns = (
 a1111_urlpatterns = (
     [
         path("txt2img", a1111.txt2img, name="txt2img"),
+        path("img2img", a1111.img2img, name="img2img"),
+        path("extra-single-image", a1111.extra_single_image, name="extra_single_image"),
+        path("upscalers", a1111.upscalers, name="upscalers"),
         path("options", a1111.options, name="options"),
         path("sd-models", a1111.sd_models, name="sd_models"),
         path("samplers", a1111.samplers, name="samplers"),
