@@ -34,5 +34,5 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     """The conversation's messages, each with its image jobs (one per image asked for) in order."""
     from generation.models import ImageJob
 
-    jobs = Prefetch("image_jobs", queryset=ImageJob.objects.order_by("image_index"))
+    jobs = Prefetch("image_jobs", queryset=ImageJob.objects.select_related("source_job").order_by("image_index"))
     return Message.objects.filter(conversation=conversation).prefetch_related(jobs)

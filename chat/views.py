@@ -10,6 +10,7 @@ from chat import selectors, services
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.forms import JobForm
+from generation.uploads import PAINTED, mask_from, read_image
 
 
 def _is_fetch(request) -> bool:
@@ -90,15 +91,54 @@ def conversation_detail(request, conversation_id: int):
     return _render_conversation(request, conversation, JobForm())
 
 
+def _uploaded_edit(request) -> dict:
+    """The image the composer sent (a file) and the mask painted in the viewer, read and checked."""
+    uploaded = {}
+    image = request.FILES.get("image")
+    if image is not None:
+        try:
+            uploaded["source"] = read_image(image.read(), label="Image")
+        except ValidationError as exc:
+            raise ValidationError({"image": exc.messages}) from None
+    mask = request.FILES.get("mask")
+    if mask is not None:
+        try:
+            uploaded["mask"] = mask_from(
+                read_image(mask.read(), label="Mask"), size=_painted_over(request, uploaded), marks=PAINTED
+            )
+        except ValidationError as exc:
+            raise ValidationError({"mask": exc.messages}) from None
+    return uploaded
+
+
+def _painted_over(request, uploaded: dict) -> tuple[int, int]:
+    """The size of the image a mask was painted over: the one sent with it, or one of the user's."""
+    if "source" in uploaded:
+        return uploaded["source"].size
+    source_id = request.POST.get("source_job", "")
+    if not source_id.isdigit():
+        raise ValidationError("Mask: paint it over one of your images.")
+    source = generation_selectors.job_get_for_user(user=request.user, job_id=int(source_id))
+    return (source.width, source.height)
+
+
 @require_POST
 @login_required
 def job_submit(request, conversation_id: int):
     """Queue a prompt. The page posts with fetch and gets the new messages back as HTML."""
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
-    fields = {key: request.POST[key] for key in JobForm.base_fields if key in request.POST and key != "prompt"}
+    fields = {
+        key: request.POST[key]
+        for key in JobForm.base_fields
+        if key in request.POST and key not in ("prompt", "image", "mask")
+    }
     try:
         submission = generation_services.job_submit(
-            user=request.user, conversation=conversation, prompt=request.POST.get("prompt", ""), **fields
+            user=request.user,
+            conversation=conversation,
+            prompt=request.POST.get("prompt", ""),
+            **_uploaded_edit(request),
+            **fields,
         )
     except (ValidationError, generation_services.JobRefused) as exc:
         # Show the refusal on the form: its fields' own errors, or the cap that refused it.

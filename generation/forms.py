@@ -161,9 +161,23 @@ class JobForm(forms.Form):
         required=False,
         error_messages=_range_errors(f"Mask blur: 0-{MASK_BLUR_MAX} pixels."),
     )
+    # An edit's source: an image the person brings (the composer), or one of theirs
+    # (`source_job`); the mask is what they painted in the viewer. The services read
+    # them (generation/uploads.py); here they are where their errors show.
+    image = forms.FileField(
+        required=False,
+        label="Start from an image",
+        widget=forms.ClearableFileInput(
+            attrs={"accept": "image/png,image/jpeg,image/webp", "data-testid": "source-input"}
+        ),
+    )
+    mask = forms.FileField(required=False, widget=forms.HiddenInput)
+    source_job = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     # Every other default is the model's family's (`model_defaults`): one home for them.
     DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER}
+    # Shown apart from the settings grid (the composer's image box), or not at all.
+    EDIT_FIELDS = ("kind", "strength", "mask_blur", "image", "mask", "source_job")
     # For the template: the counter's limit and the size presets.
     prompt_max_length = PROMPT_MAX_LENGTH
     size_presets = SIZE_PRESETS

@@ -23,7 +23,7 @@ Status = ImageJob.Status
 
 def job_get_for_user(*, user: AbstractBaseUser, job_id: int) -> ImageJob:
     """The user's own job; anybody else's answers 404."""
-    return get_object_or_404(ImageJob.objects.select_related("message"), pk=job_id, owner=user)
+    return get_object_or_404(ImageJob.objects.select_related("message", "source_job"), pk=job_id, owner=user)
 
 
 def queue_position(*, job: ImageJob) -> int | None:

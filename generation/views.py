@@ -29,6 +29,16 @@ def job_image(request, job_id: int):
     )
 
 
+@cache_control(private=True)
+@login_required
+def job_source(request, job_id: int):
+    """An edit's source image (its own copy), for its owner only."""
+    job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+    if not job.source_image:
+        raise Http404("This job did not start from an image.")
+    return FileResponse(job.source_image.open("rb"), content_type="image/png", filename=f"imagegen-{job.pk}-source.png")
+
+
 GALLERY_PAGE_SIZE = 24
 
 

@@ -14,6 +14,7 @@ ENDPOINTS = [
     ("chat:conversation_delete", "post", "conversation"),
     ("chat:job_submit", "post", "conversation"),
     ("generation:job_image", "get", "done_job"),
+    ("generation:job_source", "get", "edit_job"),
     ("generation:job_card", "get", "job"),
     ("generation:job_cancel", "post", "job"),
     ("generation:job_retry", "post", "failed_job"),
@@ -27,7 +28,14 @@ def alices_things(alice_chat, submit, runner_for):
     failed = submit("failed")
     run_pass(runner_for(FakeGenerator(failures=[RuntimeError("x")])))
     waiting = submit("waiting")
-    return {"conversation": alice_chat.pk, "done_job": done.pk, "failed_job": failed.pk, "job": waiting.pk}
+    edit = submit("an edit of it", source_job=done.pk)
+    return {
+        "conversation": alice_chat.pk,
+        "done_job": done.pk,
+        "failed_job": failed.pk,
+        "job": waiting.pk,
+        "edit_job": edit.pk,
+    }
 
 
 def _states():

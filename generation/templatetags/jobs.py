@@ -84,3 +84,19 @@ def text(name: str) -> str:
 def guidance_label(job) -> str:
     """ "CFG" for classifier-free guidance; "Guidance" where the model takes it as an input (Flux)."""
     return "Guidance" if model_family(job.model).guidance == "distilled" else "CFG"
+
+
+EDIT_LABELS = {"img2img": "Edit", "inpaint": "Inpainting", "upscale": "Upscale"}
+
+
+@register.filter
+def edit_label(job) -> str:
+    """What an edit did to its source, in a word."""
+    return EDIT_LABELS.get(job.kind, "Edit")
+
+
+@register.simple_tag
+def edit_strengths() -> dict:
+    from generation.forms import DEFAULT_STRENGTH, VARY_STRONG, VARY_SUBTLE
+
+    return {"vary_subtle": VARY_SUBTLE, "vary_strong": VARY_STRONG, "edit_strength": DEFAULT_STRENGTH["img2img"]}

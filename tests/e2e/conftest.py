@@ -113,9 +113,12 @@ def open_page(browser, stack, request):
         color_scheme: str = "light",
         allow: tuple[str, ...] = (),
         existing: bool = False,
+        touch: bool = False,
     ) -> tuple[Page, object]:
         user = get_user_model().objects.get(username=username) if existing else make_user(username)
-        context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=color_scheme, has_touch=touch, is_mobile=touch
+        )
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)

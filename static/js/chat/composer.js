@@ -2,6 +2,7 @@
 // of the settings that differ from the model's defaults; and the cards' "Copy prompt"
 // and "Use these settings", which take a card's prompt and settings back.
 import { addMessages, fromHtml, known, role, send, setTitle, showNotice } from "./cards.js";
+import { bindSourceBox, clearSource } from "./editing.js";
 
 const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler", "count"];
 let lastPrompt = "";
@@ -128,6 +129,7 @@ function bindPromptForm(form) {
   );
   updateCounter(form);
   updateSummary(form);
+  bindSourceBox(form);
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -141,13 +143,21 @@ function bindPromptForm(form) {
     }
     const button = form.querySelector('[data-testid="submit-button"]');
     button.disabled = true;
-    const { response, html, error } = await send(form.action, { method: "POST", body: new FormData(form) });
+    const body = new FormData(form);
+    if (form.elements.image?.files.length) {
+      // An edit keeps its image's shape unless the size was set by hand.
+      for (const name of ["width", "height"]) {
+        if (form.elements[name].value === form.elements[name].dataset.default) body.delete(name);
+      }
+    }
+    const { response, html, error } = await send(form.action, { method: "POST", body });
     button.disabled = false;
     if (error) {
       formNotice(form, "Could not reach the server. Your prompt is still here; please send it again in a moment.");
     } else if (response.status === 201) {
       lastPrompt = input.value.trim();
       input.value = "";
+      clearSource(form);
       formNotice(form, "");
       // The open settings would cover the conversation; the summary shows what is set.
       form.querySelector("details.advanced")?.removeAttribute("open");
@@ -190,7 +200,7 @@ async function copyText(text) {
 
 // The form is looked up on every click: a refused prompt replaces it with a fresh one.
 async function onAction(event) {
-  const button = event.target.closest("[data-action]");
+  const button = event.target.closest('[data-action="copy"], [data-action="reuse"]');
   if (!button) return;
   const current = button.closest(".job-card, .job-group");
   const params = JSON.parse(button.closest("[data-params]").dataset.params);

@@ -1,5 +1,7 @@
 // The image viewer: a finished card's image opens full size in a dialog, with previous
-// and next through every image of the page, zoom to actual size, and the keyboard.
+// and next through every image of the page, zoom to actual size, and the keyboard; and
+// the image's edits (vary, upscale through its card's forms; inpaint, painted here).
+import { bindInpainting } from "./editing.js";
 
 /** Shows the page's images in `dialog` (its `dialog.lightbox`). */
 export function bindViewer(dialog) {
@@ -24,6 +26,32 @@ export function bindViewer(dialog) {
     image.parentElement.classList.remove("zoomed");
     part("zoom").textContent = "Zoom";
   }
+
+  const current = () => items()[shown];
+  const inpaint = bindInpainting(dialog, current, () => dialog.close());
+
+  // Vary and upscale are the shown image's card's own forms.
+  dialog.querySelectorAll("[data-viewer-edit]").forEach((button) =>
+    button.addEventListener("click", () => {
+      const link = current();
+      const card = link && document.getElementById(`job-${link.dataset.jobId}`);
+      const form = card?.querySelector(`[data-edit="${button.dataset.viewerEdit}"]`)?.form;
+      if (!form) return;
+      dialog.close();
+      form.requestSubmit();
+    }),
+  );
+  part("inpaint")?.addEventListener("click", inpaint);
+  // A card's "Inpaint…" opens its image here, with the brush in hand.
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest('[data-action="inpaint"]');
+    if (!button) return;
+    const link = items().find((item) => item.dataset.jobId === button.dataset.jobId);
+    if (!link) return;
+    dialog.showModal();
+    show(items().indexOf(link));
+    inpaint();
+  });
 
   function toggleZoom() {
     const zoomed = image.parentElement.classList.toggle("zoomed");
