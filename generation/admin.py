@@ -56,6 +56,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         "owner",
         "model",
         "family",
+        "kind",
         "size",
         "position",
         "progress",
@@ -65,17 +66,36 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         "finished_at",
         "duration",
     )
-    list_filter = ("status", "model", "owner", "created_at")
+    list_filter = ("status", "kind", "model", "owner", "created_at")
     # Searching a batch name lists the jobs that ran in that pass.
     search_fields = ("prompt", "owner__username", "=batch")
     list_select_related = ("owner",)
     ordering = ("-created_at", "-id")  # newest first; the queue view shows the FIFO order
     date_hierarchy = "created_at"
     actions = ["cancel_jobs", "retry_jobs", "requeue_jobs_at_end", "mark_jobs_as_error"]
-    readonly_fields = [field.name for field in ImageJob._meta.fields] + ["thumbnail", "duration", "position"]
+    readonly_fields = [field.name for field in ImageJob._meta.fields] + [
+        "thumbnail",
+        "source_thumbnail",
+        "duration",
+        "position",
+    ]
     fieldsets = [
         (None, {"fields": ("thumbnail", "status", "owner", "conversation", "message", "prompt", "negative_prompt")}),
         ("Parameters", {"fields": ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}),
+        (
+            "Edit",
+            {
+                "fields": (
+                    "kind",
+                    "strength",
+                    "mask_blur",
+                    "source_job",
+                    "source_thumbnail",
+                    "source_image",
+                    "mask_image",
+                )
+            },
+        ),
         (
             "Queue",
             {"fields": ("position", "sequence", "progress", "attempts", "not_before", "worker", "batch", "batch_size")},
@@ -140,6 +160,14 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         url = reverse("admin:generation_imagejob_image", args=[job.pk])
         return format_html('<a href="{0}"><img src="{0}" alt="" width="64" height="64" loading="lazy"></a>', url)
 
+    @admin.display(description="Source")
+    def source_thumbnail(self, job):
+        """An edit's source, its own copy (the image it came from may be gone)."""
+        if not job.source_image:
+            return "—"
+        url = reverse("admin:generation_imagejob_source", args=[job.pk])
+        return format_html('<a href="{0}"><img src="{0}" alt="" width="64" height="64" loading="lazy"></a>', url)
+
     def changelist_view(self, request, extra_context=None):
         # Positions are global, whatever the filters: one query for the whole page, kept
         # for this request alone (the admin instance is shared by every request thread).
@@ -157,6 +185,11 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
             path("queue/", self.admin_site.admin_view(self.queue_view), name="generation_imagejob_queue"),
             path(
                 "<int:job_id>/image.png", self.admin_site.admin_view(self.image_view), name="generation_imagejob_image"
+            ),
+            path(
+                "<int:job_id>/source.png",
+                self.admin_site.admin_view(self.source_view),
+                name="generation_imagejob_source",
             ),
             *super().get_urls(),
         ]
@@ -187,6 +220,14 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         if not job.image:
             raise Http404
         return FileResponse(job.image.open("rb"), content_type="image/png")
+
+    def source_view(self, request, job_id: int):
+        if not self.has_view_permission(request):
+            raise Http404
+        job = get_object_or_404(ImageJob, pk=job_id)
+        if not job.source_image:
+            raise Http404
+        return FileResponse(job.source_image.open("rb"), content_type="image/png")
 
     # --- Actions: the same services as the users' buttons -------------------------------
 

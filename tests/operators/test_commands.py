@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
+from PIL import Image
 
 from generation.models import ImageJob
 from tests.conftest import make_user
@@ -67,12 +68,36 @@ def test_generate_without_a_worker_gives_up_clearly_and_leaves_the_job_queued(al
         (["--steps", "0"], "steps: Steps: 1-100."),
         (["--model", "sdxl"], "model: Model: choose one from the list."),
         (["--user", "nobody"], "No user named 'nobody'"),
+        (["--image", "/nonexistent.png"], "Cannot read /nonexistent.png"),
+        (["--mask", "m.png"], "--mask, --strength and --upscale need --image"),
+        (["--image", __file__], "--image: not an image that can be read"),
     ],
 )
 def test_generate_refuses_bad_input_with_a_clear_message(alice, args, message):
     with pytest.raises(CommandError, match=message):
         _run("generate", "x", *(args if "--user" in args else ["--user", "alice", *args]))
     assert not ImageJob.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_generate_edits_an_image_file_with_a_mask_and_a_strength(sync_q, monkeypatch, alice, tmp_path):
+    generator = FakeGenerator()
+    monkeypatch.setattr("generation.worker.get_generator", lambda: generator)
+    Image.new("RGB", (96, 64), (10, 120, 200)).save(tmp_path / "photo.jpg")
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 48, 64))
+    mask.save(tmp_path / "mask.png")
+
+    out = _run(
+        "generate", "a boat", "--user", "alice", "--image", str(tmp_path / "photo.jpg"),
+        "--mask", str(tmp_path / "mask.png"), "--strength", "0.5", "--wait",
+    )  # fmt: skip
+
+    job = ImageJob.objects.get()
+    assert (job.kind, job.strength, job.width, job.height) == ("inpaint", 0.5, 96, 64)
+    with Image.open(job.mask_image.path) as stored:
+        assert stored.getpixel((10, 10)) == 255 and stored.getpixel((80, 10)) == 0
+    assert out.strip().splitlines()[-1] == job.image.path
 
 
 def test_generate_uses_the_only_superuser_by_default(db):

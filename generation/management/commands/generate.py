@@ -1,5 +1,6 @@
 import logging
 import time
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -9,8 +10,10 @@ from chat.models import Conversation
 from chat.services import conversation_create
 from generation import selectors
 from generation.models import ImageJob
+from generation.request import UPSCALE
 from generation.services import JobRefused, job_submit
 from generation.templatetags.jobs import duration
+from generation.uploads import WHITE, mask_from, read_image
 
 CONVERSATION_TITLE = "Command line"
 
@@ -33,6 +36,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--user", help="Whose job it is (default: the only superuser). It goes to their 'Command line' chat."
         )
+        parser.add_argument("--image", help="Start from this PNG, JPEG or WebP file (an edit of it).")
+        parser.add_argument(
+            "--mask", help="With --image: repaint only where this mask is white (black: keep), same size."
+        )
+        parser.add_argument(
+            "--strength", type=float, help="With --image: how far from it to go, 0.05-1 (default 0.6; 0.75 inpainting)."
+        )
+        parser.add_argument(
+            "--upscale", action="store_true", help="With --image: twice its size, refined by the model."
+        )
         parser.add_argument("--wait", action="store_true", help="Follow the job until it is done.")
         parser.add_argument(
             "--pickup-timeout",
@@ -54,6 +67,7 @@ class Command(BaseCommand):
             if not sep or not width.isdigit() or not height.isdigit():
                 raise CommandError(f"--size must look like 512x512, got {options['size']!r}")
             params.update(width=int(width), height=int(height))
+        params.update(self._edit(options))
         conversation = Conversation.objects.filter(owner=user, title=CONVERSATION_TITLE).first()
         conversation = conversation or conversation_create(owner=user, title=CONVERSATION_TITLE)
         try:
@@ -71,6 +85,28 @@ class Command(BaseCommand):
             self.stdout.write(f"Queued jobs {ids} for {user} (seeds {jobs[0].seed}-{jobs[-1].seed}).")
         if options["wait"]:
             self._follow(jobs, pickup_timeout=options["pickup_timeout"])
+
+    def _edit(self, options) -> dict:
+        """--image, --mask, --strength and --upscale as the services take them."""
+        if not options["image"]:
+            if options["mask"] or options["strength"] is not None or options["upscale"]:
+                raise CommandError("--mask, --strength and --upscale need --image.")
+            return {}
+        try:
+            source = read_image(Path(options["image"]).read_bytes(), label="--image")
+            edit = {"source": source}
+            if options["mask"]:
+                mask = read_image(Path(options["mask"]).read_bytes(), label="--mask")
+                edit["mask"] = mask_from(mask, size=source.size, marks=WHITE, label="--mask")
+        except OSError as exc:
+            raise CommandError(f"Cannot read {exc.filename}: {exc.strerror}") from None
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
+        if options["strength"] is not None:
+            edit["strength"] = options["strength"]
+        if options["upscale"]:
+            edit["kind"] = UPSCALE
+        return edit
 
     def _user(self, username):
         users = get_user_model().objects
