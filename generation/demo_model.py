@@ -26,7 +26,7 @@ DEMO = "demo"
 # Bump when the random pipelines' configs change, so a stale cache is not reused.
 DEMO_VERSION = "1"
 # The tiny family shapes, with the family each one has, and their own version.
-TINY_FAMILIES = {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
+TINY_FAMILIES = {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux", "tiny-kontext": "flux_kontext"}
 TINY_VERSION = "2"
 
 
@@ -333,13 +333,18 @@ def tiny_family_pipeline(shape: str, work: Path):
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    return FluxPipeline(
+    flux = FluxPipeline(
         transformer=transformer,
         vae=_tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
         scheduler=scheduler,
         **clip(1, CLIPTextModel),
         **_tiny_t5(work, "2", d_model=32),
     )
+    if family == "flux_kontext":
+        from diffusers import FluxKontextPipeline
+
+        return FluxKontextPipeline.from_pipe(flux)  # Flux's parts; it edits from an instruction
+    return flux
 
 
 def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:

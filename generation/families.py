@@ -159,6 +159,14 @@ class Family:
     # The diffusers pipelines that continue from an image, built from the loaded
     # text-to-image one's components (`from_pipe`): kind -> class name.
     edit_pipelines: dict[str, str] = field(default_factory=dict)
+    # An instruction-edit model (Flux Kontext): its pipeline edits the image it is given
+    # as the prompt says, with no strength; without an image it makes a new one.
+    instruction: bool = False
+    # Extra arguments for an edit pass.
+    edit_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The pipeline makes an image of `max_area` pixels in the asked shape (Kontext's,
+    # a megapixel unless told): it is told the asked size's area.
+    sized_by_area: bool = False
 
     @property
     def default_scheduler(self) -> str:
@@ -187,9 +195,13 @@ class Family:
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance,
         }
-        if first.kind != TXT2IMG:
+        if first.kind != TXT2IMG and not self.instruction:
             kwargs["strength"] = first.strength
             kwargs["num_inference_steps"] = pipeline_steps(first.steps, first.strength)
+        if first.kind != TXT2IMG:
+            kwargs.update(self.edit_kwargs)
+        if self.sized_by_area:
+            kwargs["max_area"] = first.width * first.height
         if self.negative_prompt:
             negatives = [request.negative_prompt for request in requests]
             # An empty negative prompt is what the pipeline uses for none.
@@ -204,7 +216,7 @@ class Family:
         else:
             fields.append(("CFG scale", f"{request.guidance:g}"))
         fields += [("Seed", str(request.seed)), ("Size", f"{request.width}x{request.height}")]
-        if request.kind != TXT2IMG:
+        if request.kind != TXT2IMG and request.strength is not None:
             fields.append(("Denoising strength", f"{request.strength:g}"))
         if request.kind == INPAINT:
             fields += [("Mask blur", str(request.mask_blur)), ("Inpaint area", "Whole picture")]
@@ -311,7 +323,30 @@ FLUX = Family(
     edit_pipelines=_edits("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
 )
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, SD3, FLUX)}
+FLUX_KONTEXT = Family(
+    name="flux_kontext",
+    label="Flux.1 Kontext",
+    pipelines=("FluxKontextPipeline",),
+    latents=FLUX_LATENTS,
+    default_size=1024,
+    size_step=16,
+    dtype="bfloat16",
+    guidance="distilled",
+    default_guidance=2.5,
+    default_steps=28,
+    negative_prompt=False,
+    schedulers=FLOW_SCHEDULERS,
+    single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
+    transformer="FluxTransformer2DModel",
+    edit_pipelines={"img2img": "FluxKontextPipeline"},
+    instruction=True,
+    # The job's size is already one the model makes: the source is used at that size,
+    # not moved to the nearest of Kontext's preferred resolutions.
+    edit_kwargs={"_auto_resize": False},
+    sized_by_area=True,
+)
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, SD3, FLUX, FLUX_KONTEXT)}
 DEFAULT_FAMILY = SD15
 
 
@@ -355,6 +390,8 @@ def family_for_checkpoint_keys(keys) -> Family | None:
 def family_for_name(text: str) -> Family | None:
     """A guess from a model's name or Hub id, for when its files are not here yet."""
     lowered = text.lower()
+    if "kontext" in lowered:
+        return FLUX_KONTEXT
     if "flux" in lowered:
         return FLUX
     if "stable-diffusion-3" in lowered or "sd3" in lowered:
@@ -425,4 +462,5 @@ class ModelLimits:
             "negative_prompt": self.negative_prompt,
             "guidance": self.family.guidance,
             "edits": list(self.family.edit_pipelines),
+            "instruction": self.family.instruction,
         }

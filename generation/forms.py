@@ -246,7 +246,10 @@ class JobForm(forms.Form):
                 data[key] = default
         data["model"] = model
         data["kind"] = kind
-        if kind in EDIT_KINDS:
+        if kind in EDIT_KINDS and limits is not None and limits.family.instruction:
+            # An instruction-edit model edits as the prompt says: no strength to give.
+            data["strength"], data["mask_blur"] = None, 4
+        elif kind in EDIT_KINDS:
             data["strength"] = data.get("strength") or DEFAULT_STRENGTH[kind]
             data["mask_blur"] = 4 if data.get("mask_blur") is None else data["mask_blur"]
         else:

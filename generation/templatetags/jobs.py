@@ -95,6 +95,12 @@ def edit_label(job) -> str:
     return EDIT_LABELS.get(job.kind, "Edit")
 
 
+@register.filter
+def edit_kinds(job) -> list[str]:
+    """The edits its model's family makes (an instruction-edit model neither inpaints nor upscales)."""
+    return list(model_family(job.model).edit_pipelines)
+
+
 @register.simple_tag
 def edit_strengths() -> dict:
     from generation.forms import DEFAULT_STRENGTH, VARY_STRONG, VARY_SUBTLE

@@ -16,11 +16,23 @@ from tests.helpers import wait_for
 PHONE = {"width": 390, "height": 844}
 
 
-def _finished(user, prompt="a harbour [slow]", *, steps=10, size=64):
+def _kontext_source() -> str:
+    from django.conf import settings
+
+    from generation.demo_model import random_pipeline_path
+
+    return f"tiny-kontext={random_pipeline_path(settings.IMAGEGEN_MODEL_CACHE, 'tiny-kontext')}"
+
+
+# Besides `demo`, the stack knows a tiny instruction-edit model (Flux Kontext's pipeline).
+STACK_EXTRA_ENV = {"IMAGEGEN_MODELS": _kontext_source()}
+
+
+def _finished(user, prompt="a harbour [slow]", *, steps=10, size=64, model="demo"):
     """A conversation with one image the real worker has made."""
     conversation = conversation_create(owner=user, title="Edits")
     job = services.job_submit(
-        user=user, conversation=conversation, prompt=prompt, steps=steps, width=size, height=size
+        user=user, conversation=conversation, prompt=prompt, steps=steps, width=size, height=size, model=model
     ).jobs[0]
     wait_for(lambda: ImageJob.objects.get(pk=job.pk).status == "complete", timeout=90, message="the source image")
     return conversation, ImageJob.objects.get(pk=job.pk)
@@ -209,3 +221,42 @@ def test_an_image_dropped_on_the_composer_is_edited_from_the_prompt(open_page, s
     page.press("[data-testid=prompt-input]", "Enter")
     expect(page.locator("#prompt-form .errorlist")).to_contain_text("not an image")
     assert ImageJob.objects.filter(owner=user).count() == 1
+
+
+def test_with_an_instruction_edit_model_a_follow_up_prompt_edits_the_last_image(open_page, stack, registered):
+    registered(**dict([_kontext_source().split("=", 1)]))  # this process knows it too, as the stack does
+    page, user = open_page("kim")
+    conversation, source = _finished(user, "a cottage", steps=2, model="tiny-kontext")
+    _open(page, stack, conversation)
+    expect(page.locator("[data-testid=follow-up]")).to_be_hidden()  # the default model makes new images
+
+    page.evaluate("document.querySelector('details.advanced').open = true")
+    page.select_option("#id_model", "tiny-kontext")
+    page.fill("#id_steps", "2")
+    follow_up = page.locator("[data-testid=follow-up]")
+    expect(follow_up).to_contain_text(f"The prompt edits image {source.pk}")
+    page.fill("[data-testid=prompt-input]", "make it winter")
+    page.press("[data-testid=prompt-input]", "Enter")
+    edited = page.locator(".job-card").nth(1)
+    _wait_complete(edited)
+    expect(edited.locator("[data-testid=lineage]")).to_contain_text(f"Edit of image {source.pk}")
+    # Its own card offers no inpainting or upscaling: this model does not make them.
+    expect(edited.locator("[data-testid=vary-subtle]")).to_be_visible()
+    expect(edited.locator("[data-testid=inpaint-button]")).to_have_count(0)
+
+    # The next prompt edits the newest image, unless asked for a new one.
+    edit_id = ImageJob.objects.filter(owner=user).latest("sequence").pk
+    expect(follow_up).to_contain_text(f"image {edit_id}")
+    page.click("[data-testid=follow-up-off]")
+    expect(follow_up).to_be_hidden()
+    page.fill("[data-testid=prompt-input]", "a new one")
+    page.press("[data-testid=prompt-input]", "Enter")
+    _wait_complete(page.locator(".job-card").nth(2))
+
+    jobs = list(ImageJob.objects.filter(owner=user).order_by("sequence"))
+    assert [(job.kind, job.source_job_id, job.strength) for job in jobs] == [
+        ("txt2img", None, None),
+        ("img2img", source.pk, None),
+        ("txt2img", None, None),
+    ]
+    assert (jobs[1].width, jobs[1].height, jobs[1].prompt) == (64, 64, "make it winter")

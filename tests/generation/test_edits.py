@@ -83,6 +83,26 @@ def test_each_family_edits_an_image_and_inpaints_only_inside_the_mask(model, tin
         assert "Mask blur: 4" in png.info["parameters"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_instruction_edit_model_edits_from_the_prompt_alone(tiny, sync_q, alice, alice_chat):
+    (made,) = _submit(alice, alice_chat, model="tiny-kontext", width=64, height=96)
+    (edited,) = _submit(
+        alice, alice_chat, model="tiny-kontext", prompt="make it night", source_job=made.pk, strength=0.3
+    )
+    made.refresh_from_db()
+    edited.refresh_from_db()
+    assert made.status == edited.status == "complete", (made.error_detail, edited.error_detail)
+    assert (edited.kind, edited.strength, edited.width, edited.height) == ("img2img", None, 64, 96)
+    with Image.open(edited.image.path) as png:
+        assert "Denoising strength" not in png.info["parameters"] and "make it night" in png.info["parameters"]
+    assert not np.array_equal(_pixels(edited), _pixels(made))
+    # It makes no masked or upscaled edits: a clear message, nothing queued.
+    for kind in ("inpaint", "upscale"):
+        with pytest.raises(ValidationError, match=f"Flux.1 Kontext models cannot {kind}"):
+            _submit(alice, alice_chat, model="tiny-kontext", source_job=made.pk, kind=kind, mask=_right_half(64, 96))
+    assert ImageJob.objects.count() == 2
+
+
 def test_a_low_strength_gives_back_the_source_as_the_model_sees_it(tiny_models):
     """Random weights cannot draw the source back through their VAE; what a strength near 0
     must give is that round trip, and a high strength must go far from it.

@@ -4,20 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from generation.families import FAMILIES, FLUX, SD3, SD15, SDXL
+from generation.families import FAMILIES, FLUX, FLUX_KONTEXT, SD3, SD15, SDXL
 from generation.loading import ModelRegistry
 from generation.pipeline import DiffusersGenerator, infotext
 from generation.request import GenerationRequest
 from generation.sources import ModelUnavailable, detect_family, parse_spec
 from tests.helpers import fill_hub_cache
 
-TINY = {"demo": SD15, "tiny-sdxl": SDXL, "tiny-sd3": SD3, "tiny-flux": FLUX}
+TINY = {"demo": SD15, "tiny-sdxl": SDXL, "tiny-sd3": SD3, "tiny-flux": FLUX, "tiny-kontext": FLUX_KONTEXT}
 # The latents the step callback sees for a 64x96 image (width x height).
 LATENT_SHAPES = {
     "demo": (1, 4, 12, 8),
     "tiny-sdxl": (1, 4, 12, 8),
     "tiny-sd3": (1, 16, 12, 8),
     "tiny-flux": (1, 24, 64),  # (96/16)*(64/16) tokens of 16 channels x 2x2
+    "tiny-kontext": (1, 24, 64),
 }
 
 
@@ -91,6 +92,7 @@ def test_sizes_dtypes_and_guidance_differ_per_family():
         "sdxl": (1024, 8, "float16"),
         "sd3": (1024, 16, "bfloat16"),
         "flux": (1024, 16, "bfloat16"),
+        "flux_kontext": (1024, 16, "bfloat16"),
     }
     assert (FLUX.guidance, FLUX.negative_prompt) == ("distilled", False)
     assert (SD3.guidance, SD3.negative_prompt, list(SD3.schedulers)) == ("cfg", True, ["euler"])

@@ -99,6 +99,40 @@ function bindModelChoice(form) {
   });
 }
 
+// An instruction-edit model (Flux Kontext) edits the newest finished image with the
+// prompt, unless the person asks for a new image or brings one of their own.
+let followUpOff = false;
+
+function followUpSource(form) {
+  const limits = JSON.parse(form.elements.model?.dataset.limits || "{}")[form.elements.model?.value];
+  if (!limits?.instruction || followUpOff || form.elements.image?.files.length) return null;
+  const done = [...document.querySelectorAll('.job-card[data-status="complete"]')];
+  return done.length ? done[done.length - 1].dataset.jobId : null;
+}
+
+function showFollowUp(form) {
+  const note = role(form, "follow-up");
+  if (!note) return;
+  const source = followUpSource(form);
+  note.hidden = !source;
+  if (source) {
+    const link = role(form, "follow-up-link");
+    link.href = `#job-${source}`;
+    link.textContent = `image ${source}`;
+  }
+}
+
+function bindFollowUp(form) {
+  role(form, "follow-up-off")?.addEventListener("click", () => {
+    followUpOff = true;
+    showFollowUp(form);
+  });
+  form.addEventListener("change", () => showFollowUp(form));
+  const messages = document.getElementById("messages");
+  if (messages) new MutationObserver(() => showFollowUp(form)).observe(messages, { childList: true, subtree: true });
+  showFollowUp(form);
+}
+
 function showTitle(response) {
   const title = response.headers.get("X-Conversation-Title");
   if (!title) return;
@@ -130,6 +164,7 @@ function bindPromptForm(form) {
   updateCounter(form);
   updateSummary(form);
   bindSourceBox(form);
+  bindFollowUp(form);
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -144,7 +179,9 @@ function bindPromptForm(form) {
     const button = form.querySelector('[data-testid="submit-button"]');
     button.disabled = true;
     const body = new FormData(form);
-    if (form.elements.image?.files.length) {
+    const followUp = followUpSource(form);
+    if (followUp) body.set("source_job", followUp);
+    if (form.elements.image?.files.length || followUp) {
       // An edit keeps its image's shape unless the size was set by hand.
       for (const name of ["width", "height"]) {
         if (form.elements[name].value === form.elements[name].dataset.default) body.delete(name);
@@ -158,6 +195,7 @@ function bindPromptForm(form) {
       lastPrompt = input.value.trim();
       input.value = "";
       clearSource(form);
+      followUpOff = false;
       formNotice(form, "");
       // The open settings would cover the conversation; the summary shows what is set.
       form.querySelector("details.advanced")?.removeAttribute("open");
