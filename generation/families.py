@@ -10,7 +10,7 @@ preview is made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from generation.request import INPAINT, TXT2IMG, UPSCALE, pipeline_steps
@@ -323,21 +323,14 @@ FLUX = Family(
     edit_pipelines=_edits("FluxImg2ImgPipeline", "FluxInpaintPipeline"),
 )
 
-FLUX_KONTEXT = Family(
+# Flux's architecture and settings, with Kontext's own guidance, repository and edits.
+FLUX_KONTEXT = replace(
+    FLUX,
     name="flux_kontext",
     label="Flux.1 Kontext",
     pipelines=("FluxKontextPipeline",),
-    latents=FLUX_LATENTS,
-    default_size=1024,
-    size_step=16,
-    dtype="bfloat16",
-    guidance="distilled",
     default_guidance=2.5,
-    default_steps=28,
-    negative_prompt=False,
-    schedulers=FLOW_SCHEDULERS,
     single_file_config="black-forest-labs/FLUX.1-Kontext-dev",
-    transformer="FluxTransformer2DModel",
     edit_pipelines={"img2img": "FluxKontextPipeline"},
     instruction=True,
     # The job's size is already one the model makes: the source is used at that size,
