@@ -507,18 +507,19 @@ def progress_of(owner, *, with_image: bool) -> dict[str, Any]:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     job = running[0]
     preview = JobPreview.objects.filter(job=job).values("step", "image").first()
-    step = max(job.progress * job.steps // 100, preview["step"] if preview else 0)
+    steps = job.work_steps  # an edit runs its strength's share of the steps
+    step = max(job.progress * steps // 100, preview["step"] if preview else 0)
     state.update(
         job=f"job({job.pk})",
         job_timestamp=(job.started_at or job.created_at).astimezone(UTC).strftime("%Y%m%d%H%M%S"),
         sampling_step=step,
-        sampling_steps=job.steps,
+        sampling_steps=steps,
     )
     image = None
     if with_image and preview:
         image = preview["image"].partition(",")[2]  # A1111 sends bare base64, no data: URL
     return {
-        "progress": round(step / max(job.steps, 1), 4),
+        "progress": round(step / max(steps, 1), 4),
         "eta_relative": float(selectors.job_remaining_seconds(job=job)),
         "state": state,
         "current_image": image,
