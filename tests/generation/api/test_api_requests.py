@@ -114,7 +114,8 @@ def test_openai_a_body_that_is_not_a_json_object_is_a_400(body, alice_key):
 def test_openai_unknown_paths_and_methods(alice_key):
     client = _openai(alice_key[1])
 
-    assert _openai_error(client.get("/v1/images/edits"), 404)["code"] == "unknown_url"
+    assert _openai_error(client.get("/v1/images/no-such-endpoint"), 404)["code"] == "unknown_url"
+    assert _openai_error(client.get("/v1/images/edits"), 405)["code"] == "method_not_allowed"
     assert _openai_error(client.get("/v1/images/generations"), 405)["code"] == "method_not_allowed"
 
 
@@ -293,7 +294,8 @@ def test_a1111_lists_and_options(alice, alice_key, bob, bob_key):
         == 200
     )
     assert _post(client, "/sdapi/v1/options", {"sd_model_checkpoint": "sdxl"}).status_code == 400
-    assert client.get("/sdapi/v1/upscalers").status_code == 404
+    assert [row["name"] for row in client.get("/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert client.get("/sdapi/v1/no-such-endpoint").status_code == 404
     assert client.get("/sdapi/v1/txt2img").status_code == 405
 
 
