@@ -16,6 +16,11 @@ from tests.helpers import BASE_DIR, start_cluster, stop, wait_for, worker_env
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+# Long enough (a few seconds on a CPU) to be caught mid-run, and cheap to run again in
+# full once it is requeued: the steps, not the size, make it long.
+LONG = {"steps": 100, "width": 256, "height": 256}
+
+
 def _submit(user, conversation, prompt, **params):
     params = {"steps": 3, "width": 64, "height": 64, **params}
     return services.job_submit(user=user, conversation=conversation, prompt=prompt, **params).jobs[0]
@@ -36,7 +41,7 @@ def _log_on_failure(tmp_path):
 
 
 def test_a_worker_killed_mid_job_leaves_no_job_stuck_and_the_next_one_runs(alice, alice_chat, tmp_path):
-    long_job = _submit(alice, alice_chat, "long", steps=60, width=512, height=512)
+    long_job = _submit(alice, alice_chat, "long", **LONG)
     next_job = _submit(alice, alice_chat, "next")
     cluster = start_cluster("gpu", tmp_path, tmp_path / "gpu.log")
     try:
@@ -60,7 +65,7 @@ def test_a_worker_killed_mid_job_leaves_no_job_stuck_and_the_next_one_runs(alice
 
 def test_a_restart_with_jobs_queued_loses_none_and_runs_them_in_order(alice, alice_chat, bob, bob_chat, tmp_path):
     jobs = [
-        _submit(alice, alice_chat, "first", steps=60, width=512, height=512),
+        _submit(alice, alice_chat, "first", **LONG),
         _submit(bob, bob_chat, "second"),
         _submit(alice, alice_chat, "third"),
     ]
@@ -96,7 +101,9 @@ def test_a_task_stopped_by_the_hard_timeout_still_ends_its_job(alice, alice_chat
     warm_up = _submit(alice, alice_chat, "load the model first")
     hung = _submit(alice, alice_chat, "too slow", steps=100, width=1024, height=1024)
     after = _submit(alice, alice_chat, "after")
-    cluster = start_cluster("gpu", tmp_path, tmp_path / "gpu.log", IMAGEGEN_HARD_TIMEOUT_SECONDS="25")
+    # Long enough for the warm-up's task to load the model and run it (a few seconds);
+    # the hung job waits this out in full.
+    cluster = start_cluster("gpu", tmp_path, tmp_path / "gpu.log", IMAGEGEN_HARD_TIMEOUT_SECONDS="15")
     try:
         wait_for(lambda: _all_complete([warm_up, after]), timeout=180, message="the other jobs complete")
     except AssertionError:
@@ -106,5 +113,5 @@ def test_a_task_stopped_by_the_hard_timeout_still_ends_its_job(alice, alice_chat
         stop(cluster)
     hung.refresh_from_db()
     assert hung.status == "error"
-    assert hung.error == "Image generation timed out after 25 s. Please try again."
+    assert hung.error == "Image generation timed out after 15 s. Please try again."
     assert not hung.image
