@@ -234,3 +234,24 @@ class QueryCounter:
         from django.db.backends.utils import CursorWrapper
 
         CursorWrapper._execute_with_wrappers = self._original
+
+
+def striped_picture(size=(64, 64)):
+    """An RGB picture with structure (a stripe pattern per axis), so a changed pixel shows."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, :, 0] = (np.arange(width) * 4 % 256)[None, :]
+    pixels[:, :, 2] = (np.arange(height) * 3 % 256)[:, None]
+    return Image.fromarray(pixels, "RGB")
+
+
+def image_file(image, fmt="PNG") -> bytes:
+    """The image as the bytes of a file of that format."""
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()

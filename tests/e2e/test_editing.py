@@ -28,7 +28,7 @@ def _kontext_source() -> str:
 STACK_EXTRA_ENV = {"IMAGEGEN_MODELS": _kontext_source()}
 
 
-def _finished(user, prompt="a harbour [slow]", *, steps=10, size=64, model="demo"):
+def _finished(user, prompt="a harbour", *, steps=10, size=64, model="demo"):
     """A conversation with one image the real worker has made."""
     conversation = conversation_create(owner=user, title="Edits")
     job = services.job_submit(
@@ -64,7 +64,7 @@ def test_vary_edit_and_upscale_appear_under_their_source_with_progress_and_keep_
     _open(page, stack, conversation)
     card = page.locator(f"#job-{source.pk}")
 
-    # Edit: a new prompt and a strength; its card runs live (a "[slow]" prompt: 0.4 s a step).
+    # Edit: a new prompt and a strength; its card runs live (a "[slow]" prompt: 0.4 s a step, 8 steps).
     card.locator("[data-testid=edit-button]").click()
     card.locator("[data-testid=edit-prompt]").fill("a harbour at night [slow]")
     card.locator("[data-testid=edit-strength]").fill("0.8")

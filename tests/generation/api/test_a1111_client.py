@@ -4,11 +4,14 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import requests
 import webuiapi
+from PIL import Image
 
 from generation.models import ImageJob
-from tests.helpers import LAYER_DATABASES, wait_for
+from tests.helpers import LAYER_DATABASES, striped_picture, wait_for
 
 pytestmark = [
     pytest.mark.configured_layer,
@@ -139,3 +142,56 @@ def test_a_failed_job_is_a_500_with_its_message(api_stack, key_for):
 
     status, body = failed.value.args
     assert status == 500 and json.loads(body)["detail"] == ImageJob.objects.get(owner=alice).error
+
+
+# --- Edits: img2img with a mask, and extras ------------------------------------------
+
+
+def test_webuiapi_img2img_with_a_mask_inpaints_only_the_white_part(api_stack, key_for):
+    alice, key = key_for("alice", name="webuiapi")
+    api = _api(api_stack, alice, key)
+    source = striped_picture((64, 96))
+    mask = Image.new("L", (64, 96), 0)
+    mask.paste(255, (0, 48, 64, 96))  # the bottom half
+
+    result = api.img2img(
+        images=[source],
+        mask_image=mask,
+        prompt="a lake",
+        denoising_strength=0.8,
+        mask_blur=2,
+        seed=5,
+        steps=4,
+        width=64,
+        height=96,
+    )
+
+    assert result.image.size == (64, 96)
+    assert result.info["denoising_strength"] == 0.8 and result.info["mask_blur"] == 2
+    assert "Denoising strength: 0.8" in result.image.info["parameters"]
+    pixels = np.asarray(result.image.convert("RGB"), dtype=int)
+    assert np.array_equal(pixels[:40], np.asarray(source, dtype=int)[:40])
+    assert result.parameters["init_images"] is None, "the inputs are not sent back unless asked"
+    job = ImageJob.objects.get(owner=alice)
+    assert (job.kind, job.seed, job.work_steps) == ("inpaint", 5, 3)
+
+
+def test_webuiapi_extras_upscale_and_the_upscalers_it_can_choose(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+
+    names = [row["name"] for row in api.get_upscalers()]
+    result = api.extra_single_image(image=striped_picture((40, 30)), upscaler_1="Lanczos", upscaling_resize=2)
+
+    assert names == ["None", "Lanczos", "Nearest"]
+    assert result.image.size == (80, 60)
+    bad = requests.post(
+        f"{api_stack['url']}/sdapi/v1/img2img",
+        json={"prompt": "x", "init_images": ["bm90IGFuIGltYWdl"]},
+        auth=(alice.username, key),
+        timeout=30,
+    )
+    assert bad.status_code == 400
+    assert bad.json()["detail"][0]["loc"] == ["body", "init_images"]
+    assert "not an image" in bad.json()["detail"][0]["msg"]
+    assert not ImageJob.objects.filter(owner=alice).exists()

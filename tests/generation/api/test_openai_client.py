@@ -3,6 +3,7 @@
 import base64
 import io
 
+import numpy as np
 import openai
 import pytest
 import requests
@@ -11,7 +12,7 @@ from PIL import Image
 from chat.models import Conversation
 from generation import services
 from generation.models import ImageJob
-from tests.helpers import LAYER_DATABASES
+from tests.helpers import LAYER_DATABASES, image_file, striped_picture
 
 pytestmark = [
     pytest.mark.configured_layer,
@@ -159,3 +160,77 @@ def test_a_failed_job_is_a_server_error_with_its_message(api_stack, key_for):
 
     job = ImageJob.objects.get(owner=alice)
     assert job.status == "error" and failed.value.body["message"] == job.error
+
+
+# --- Edits and variations ------------------------------------------------------------
+
+
+def _b64_png(b64: str) -> Image.Image:
+    return _png(base64.b64decode(b64))
+
+
+def test_openai_images_edit_with_and_without_a_mask(api_stack, key_for):
+    alice, key = key_for("alice")
+    client = _client(api_stack, key)
+    source = striped_picture()
+    # OpenAI's masks: transparent where the image is to change (here the right half).
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (32, 0, 64, 64))
+
+    edited = client.images.edit(
+        image=("photo.png", image_file(source), "image/png"), prompt="the same in winter", model="demo"
+    )
+    inpainted = client.images.edit(
+        image=("photo.png", image_file(source), "image/png"),
+        mask=("mask.png", image_file(mask), "image/png"),
+        prompt="a red door",
+        n=2,
+        response_format="b64_json",
+    )
+
+    picture = _b64_png(edited.data[0].b64_json)
+    assert picture.size == (64, 64) and "Denoising strength: 0.6" in picture.info["parameters"]
+    assert len(inpainted.data) == 2
+    first = np.asarray(_b64_png(inpainted.data[0].b64_json).convert("RGB"), dtype=int)
+    kept = np.asarray(source, dtype=int)
+    assert np.array_equal(first[:, :20], kept[:, :20]), "the opaque part of the mask is kept"
+    assert not np.array_equal(first[:, 40:], kept[:, 40:])
+    jobs = list(ImageJob.objects.filter(owner=alice).order_by("sequence"))
+    assert [job.kind for job in jobs] == ["img2img", "inpaint", "inpaint"]
+    assert all(job.status == "complete" and job.source_image for job in jobs)
+
+
+def test_openai_create_variation_answers_with_links(api_stack, key_for):
+    alice, key = key_for("alice")
+
+    result = _client(api_stack, key).images.create_variation(
+        image=("photo.webp", image_file(striped_picture(), "WEBP"), "image/webp"),
+        n=2,
+        size="64x64",
+        response_format="url",
+    )
+
+    assert len(result.data) == 2
+    sizes = [Image.open(io.BytesIO(requests.get(item.url, timeout=30).content)).size for item in result.data]
+    assert sizes == [(64, 64), (64, 64)]
+    jobs = ImageJob.objects.filter(owner=alice)
+    assert {(job.kind, job.strength, job.prompt) for job in jobs} == {("img2img", 0.7, "")}
+
+
+def test_openai_edit_refuses_bad_images_in_its_own_error_shape(api_stack, key_for):
+    alice, key = key_for("alice")
+    client = _client(api_stack, key)
+    image = ("x.png", image_file(striped_picture()), "image/png")
+    opaque_mask = ("m.png", image_file(Image.new("RGB", (64, 64))), "image/png")
+    small_mask = ("m.png", image_file(Image.new("RGBA", (32, 32))), "image/png")
+    cases = [
+        ({"image": ("x.png", b"not an image", "image/png")}, "image", "not an image"),
+        ({"image": image, "mask": opaque_mask}, "mask", "transparency"),
+        ({"image": image, "mask": small_mask}, "mask", "same size"),
+    ]
+    for files, param, text in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(prompt="x", **files)
+        error = caught.value.body
+        assert error["param"] == param and text in error["message"], error
+    assert not ImageJob.objects.filter(owner=alice).exists()
