@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "tests/e2e/" in str(item.fspath))
 
 
+_static_collected = False
+
+
+def _collect_static(env: dict[str, str]) -> None:
+    """The pages' static files, collected once a session (STATIC_ROOT is the project's, not a stack's)."""
+    global _static_collected
+    if not _static_collected:
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
+        )
+        _static_collected = True
+
+
 @pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, tmp_path_factory, request):
     """daphne, a gpu cluster and the maintenance cluster (which sends the queue
@@ -53,9 +66,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory, request):
         Worker.objects.all().delete()
     stack_env = {**STACK_ENV, **getattr(request.module, "STACK_EXTRA_ENV", {})}
     env = worker_env(data_dir, IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **stack_env)
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=BASE_DIR, env=env, check=True
-    )
+    _collect_static(env)
     web_env = {"IMAGEGEN_LOCK_DIR": str(data_dir / "locks"), **stack_env}
     web, url = start_web(data_dir, data_dir / "web.log", **web_env)
     gpu = start_cluster("gpu", data_dir, data_dir / "gpu.log", IMAGEGEN_LOCK_DIR=str(data_dir / "locks"), **stack_env)
