@@ -214,20 +214,19 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/generation/queue.html", context)
 
     def image_view(self, request, job_id: int):
-        if not self.has_view_permission(request):
-            raise Http404
-        job = get_object_or_404(ImageJob, pk=job_id, status=ImageJob.Status.COMPLETE)
-        if not job.image:
-            raise Http404
-        return FileResponse(job.image.open("rb"), content_type="image/png")
+        return self._png(request, job_id, "image", status=ImageJob.Status.COMPLETE)
 
     def source_view(self, request, job_id: int):
+        return self._png(request, job_id, "source_image")
+
+    def _png(self, request, job_id: int, field: str, **lookup):
+        """One of a job's stored PNGs (its image, an edit's source), for staff who may view jobs."""
         if not self.has_view_permission(request):
             raise Http404
-        job = get_object_or_404(ImageJob, pk=job_id)
-        if not job.source_image:
+        stored = getattr(get_object_or_404(ImageJob, pk=job_id, **lookup), field)
+        if not stored:
             raise Http404
-        return FileResponse(job.source_image.open("rb"), content_type="image/png")
+        return FileResponse(stored.open("rb"), content_type="image/png")
 
     # --- Actions: the same services as the users' buttons -------------------------------
 

@@ -157,10 +157,11 @@ class DiffusersGenerator:
                     on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
                 return callback_kwargs
 
+            edits = _edit_inputs(requests) if first.kind != TXT2IMG else {}
             with torch.inference_mode(), _vae_tiled(pipe, first, family):
                 kwargs = family.call_kwargs(requests)
-                if first.kind != TXT2IMG:
-                    kwargs = _without_size(pipe, {**kwargs, **_edit_inputs(pipe, requests)})
+                if edits:
+                    kwargs = _without_size(pipe, {**kwargs, **edits})
                 if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
                     kwargs = _zeros_for_no_negative(pipe, requests, kwargs)
                 result = pipe(
@@ -172,7 +173,10 @@ class DiffusersGenerator:
                 )
             images = list(result.images)
             if first.kind == INPAINT:
-                images = [keep_unmasked(image, request) for image, request in zip(images, requests, strict=True)]
+                pasted = zip(images, edits["image"], edits["mask_image"], requests, strict=True)
+                images = [
+                    keep_unmasked(image, source, mask, request.mask_blur) for image, source, mask, request in pasted
+                ]
             return images
 
 
@@ -194,7 +198,7 @@ def mask_for(request: GenerationRequest) -> Image.Image:
     return mask
 
 
-def _edit_inputs(pipe, requests: list[GenerationRequest]) -> dict[str, Any]:
+def _edit_inputs(requests: list[GenerationRequest]) -> dict[str, Any]:
     """The source images (and masks) of a pass of edits, as the edit pipeline takes them."""
     inputs: dict[str, Any] = {"image": [source_for(request) for request in requests]}
     if requests[0].kind == INPAINT:
@@ -211,13 +215,12 @@ def _without_size(pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key not in ("width", "height")}
 
 
-def keep_unmasked(image: Image.Image, request: GenerationRequest) -> Image.Image:
-    """The inpainted image over its source: outside the mask (and its blurred edge) the
-    source's own pixels, as AUTOMATIC1111 pastes them back."""
-    mask = mask_for(request)
-    if request.mask_blur > 0:
-        mask = mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
-    return Image.composite(image.convert("RGB"), source_for(request), mask)
+def keep_unmasked(image: Image.Image, source: Image.Image, mask: Image.Image, blur: int) -> Image.Image:
+    """The inpainted image over its source (both at the job's size): outside the mask (and
+    its blurred edge) the source's own pixels, as AUTOMATIC1111 pastes them back."""
+    if blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    return Image.composite(image.convert("RGB"), source, mask)
 
 
 class _vae_tiled:

@@ -2,7 +2,6 @@
 upload, each result next to its source with live progress, its lineage kept on reload."""
 
 import base64
-import io
 
 import numpy as np
 from PIL import Image
@@ -11,7 +10,7 @@ from playwright.sync_api import expect
 from chat.services import conversation_create
 from generation import services
 from generation.models import ImageJob
-from tests.helpers import wait_for
+from tests.helpers import image_file, wait_for
 
 PHONE = {"width": 390, "height": 844}
 
@@ -180,11 +179,7 @@ def test_inpaint_with_a_finger_on_a_phone(open_page, stack):
 
 
 def _png_base64(width, height) -> str:
-    pixels = np.zeros((height, width, 3), dtype=np.uint8)
-    pixels[:, :, 1] = 200
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
+    return base64.b64encode(image_file(Image.new("RGB", (width, height), (0, 200, 0)))).decode()
 
 
 def test_an_image_dropped_on_the_composer_is_edited_from_the_prompt(open_page, stack):
