@@ -27,7 +27,7 @@ def picture(width: int, height: int) -> Image.Image:
 
 
 class ZeroCostGenerator:
-    def __init__(self, registry=None, *, cache_dir=None, device="auto"):
+    def __init__(self, registry=None, *, cache_dir=None, device="auto", max_batch=0):
         import torch
 
         # Named like the device it stands for (IMAGEGEN_DEVICE), whose lock it takes.

@@ -167,6 +167,13 @@ class Family:
     # The pipeline makes an image of `max_area` pixels in the asked shape (Kontext's,
     # a megapixel unless told): it is told the asked size's area.
     sized_by_area: bool = False
+    # The speed mode (`speed.py`) is on by default on CUDA: set where it was measured
+    # faster than eager with the same images (docs/benchmarks.md).
+    speed_default: bool = False
+    # The family's pipeline converts a float16 VAE whose config says `force_upcast` to
+    # float32 around every decode (SDXL's overflows in float16): the speed mode runs it
+    # in bfloat16 instead.
+    vae_upcasts: bool = False
 
     @property
     def default_scheduler(self) -> str:
@@ -276,6 +283,7 @@ SD15 = Family(
     load_kwargs={"safety_checker": None, "requires_safety_checker": False},
     single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
     edit_pipelines=_edits("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+    speed_default=True,
 )
 SDXL = Family(
     name="sdxl",
@@ -289,6 +297,8 @@ SDXL = Family(
     single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
     zeros_for_no_negative=True,
     edit_pipelines=_edits("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+    speed_default=True,
+    vae_upcasts=True,
 )
 SD3 = Family(
     name="sd3",

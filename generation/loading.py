@@ -52,6 +52,12 @@ class ModelInfo:
     def family(self) -> Family:
         return _family(self.spec)
 
+    def speed(self, device: str) -> bool:
+        """Whether the model runs in the speed mode on `device` (see `speed.py`)."""
+        if self.spec.speed is not None:
+            return self.spec.speed
+        return device.startswith("cuda") and self.family.speed_default and not self.offload
+
     @property
     def max_size(self) -> int:
         return min(self.family.max_size, self.size_cap)

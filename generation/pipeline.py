@@ -9,7 +9,9 @@ preview and its infotext.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +22,12 @@ from generation.families import DEFAULT_FAMILY, DISCRETE_SCHEDULERS, SAMPLER_NAM
 from generation.loading import ModelRegistry, load_pipeline, resolve_device
 from generation.request import INPAINT, TXT2IMG, UPSCALE, GenerationRequest, StepCallback, TransientGenerationError
 from generation.sources import ModelUnavailable, hub_cached_file
+from generation.speed import WARM_UP_STEPS, SpeedReport, compiled_graphs, fast_pass, make_fast, warm_up
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 # scheduler key -> (diffusers class name, AUTOMATIC1111 sampler name, extra config), as SD
 # 1.x and SDXL run them. Which class a key means for a model is its family's
@@ -60,20 +65,36 @@ def set_scheduler(pipe, name: str, family: Family = DEFAULT_FAMILY) -> None:
         pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
 
 
-class DiffusersGenerator:
-    """Keeps one pipeline loaded between jobs; a job for another model swaps it."""
+def default_max_batch(configured: int, device: str) -> int:
+    """How many images a pass may make: IMAGEGEN_MAX_BATCH, else 4 on CUDA and 1 on a CPU."""
+    return configured or (4 if device.startswith("cuda") else 1)
 
-    def __init__(self, registry: ModelRegistry, *, cache_dir: Path, device: str = "auto"):
+
+class DiffusersGenerator:
+    """Keeps one pipeline loaded between jobs; a job for another model swaps it.
+
+    A model in the speed mode (`speed.py`) is compiled and warmed up while it loads, for
+    one image a pass and for the most a pass makes, at its default size.
+    """
+
+    def __init__(self, registry: ModelRegistry, *, cache_dir: Path, device: str = "auto", max_batch: int = 0):
         self.registry = registry
         self.cache_dir = Path(cache_dir)
         self._device_preference = device
         self._device: str | None = None
+        self._max_batch = max_batch
         self._loaded_name: str | None = None
         self._pipe = None
         self._family: Family = DEFAULT_FAMILY
         self._edit_pipes: dict[str, Any] = {}  # class name -> a pipeline sharing the loaded one's parts
-        self._lock = threading.Lock()
+        # Held while a model loads, unloads or runs a pass. Reentrant: a pass loads its model.
+        self._lock = threading.RLock()
         self.loads = 0
+        self.unloads = 0
+        self.load_seconds: dict[str, float] = {}  # model -> how long its last load took (compiling included)
+        self.speed: SpeedReport | None = None  # the loaded model's speed mode, when it has one
+        self.compiled_in_passes = 0  # graphs compiled while running jobs: 0 is the promise
+        self.fast_passes = 0  # passes that ran the code compiled at load time
 
     @property
     def device(self) -> str:
@@ -82,25 +103,106 @@ class DiffusersGenerator:
             self._device = resolve_device(self._device_preference)
         return self._device
 
+    @property
+    def max_batch(self) -> int:
+        return default_max_batch(self._max_batch, self.device)
+
+    @property
+    def loaded_model(self) -> str | None:
+        return self._loaded_name
+
     def load(self, name: str, *, on_download: Callable[[], None] | None = None):
         """The pipeline of model `name`, loading it (in place of the one loaded) if needed.
 
-        `on_download` is called if its files must be downloaded first.
+        `on_download` is called if its files must be downloaded first. In the speed mode
+        the model is compiled and warmed up here, before any job of it runs.
         """
-        if self._loaded_name != name:
-            info = self.registry.get(name)
-            self._pipe = None
-            self._edit_pipes = {}
-            self._loaded_name = None
-            if self.device.startswith("cuda"):
-                import torch
+        with self._lock:
+            if self._loaded_name != name:
+                info = self.registry.get(name)
+                self._drop()
+                started = time.perf_counter()
+                pipe = load_pipeline(info, cache_dir=self.cache_dir, device=self.device, on_download=on_download)
+                self._pipe = pipe
+                self._family = family_for_pipeline(type(pipe).__name__) or info.family
+                if info.speed(self.device):
+                    self._make_fast(info)
+                self._loaded_name = name
+                self.load_seconds[name] = time.perf_counter() - started
+                self.loads += 1
+            return self._pipe
 
-                torch.cuda.empty_cache()
-            self._pipe = load_pipeline(info, cache_dir=self.cache_dir, device=self.device, on_download=on_download)
-            self._family = family_for_pipeline(type(self._pipe).__name__) or info.family
-            self._loaded_name = name
-            self.loads += 1
-        return self._pipe
+    def _make_fast(self, info) -> None:
+        import torch
+
+        torch._dynamo.reset()  # code compiled for an earlier model only fills the caches
+        report = SpeedReport(steps=make_fast(self._pipe, device=self.device, vae_upcasts=self._family.vae_upcasts))
+        limits = info.limits()
+        size = limits.default_size
+
+        def run_pass(batch: int, width: int, height: int) -> None:
+            requests = [
+                GenerationRequest(
+                    prompt="warm-up",
+                    negative_prompt="",
+                    seed=n,
+                    steps=WARM_UP_STEPS,
+                    width=width,
+                    height=height,
+                    guidance=limits.default_guidance,
+                    model=info.name,
+                    scheduler=self._family.default_scheduler,
+                )
+                for n in range(batch)
+            ]
+            self._run_pass(requests, None)
+
+        self.speed = report
+        warm_up(run_pass, shapes=sorted({(1, size, size), (self.max_batch, size, size)}), report=report)
+        logger.info(
+            "Model %s in the speed mode (%s): %d graphs compiled in %.1f s for passes of %s",
+            info.name,
+            ", ".join(report.steps),
+            report.graphs,
+            report.compile_seconds,
+            sorted(report.shapes),
+        )
+
+    def _drop(self) -> None:
+        if self._pipe is None:
+            return
+        compiled = self.speed is not None
+        self._pipe = None
+        self._edit_pipes = {}
+        self._loaded_name = None
+        self.speed = None
+        import gc
+
+        import torch
+
+        if compiled:
+            torch._dynamo.reset()  # the compiled code holds the model's weights
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def unload(self) -> str | None:
+        """Free the loaded model and its memory (the next job loads it again); its name, or None."""
+        with self._lock:
+            name = self._loaded_name
+            if name is None:
+                return None
+            self._drop()
+            self.unloads += 1
+            return name
+
+    def memory(self) -> dict[str, int]:
+        """The device memory this process holds, in bytes (empty on a CPU)."""
+        if not self.device.startswith("cuda"):
+            return {}
+        import torch
+
+        return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
 
     def pipeline_for(self, kind: str):
         """The loaded model's pipeline for `kind`: the text-to-image one, or an edit
@@ -142,42 +244,53 @@ class DiffusersGenerator:
         own, so each image is the one its request would get alone. `on_step` gets the
         whole batch's latents, one row per request, and may raise to abort the pass.
         """
+        with self._lock:
+            self.load(requests[0].model)
+            if self.speed is None:
+                return self._run_pass(requests, on_step)
+            first = requests[0]
+            warmed = (len(requests), first.width, first.height) in self.speed.shapes
+            before = compiled_graphs()
+            try:
+                with fast_pass(warmed):
+                    return self._run_pass(requests, on_step)
+            finally:
+                self.compiled_in_passes += compiled_graphs() - before
+                self.fast_passes += warmed
+
+    def _run_pass(self, requests: list[GenerationRequest], on_step: StepCallback | None) -> list[Image.Image]:
         import torch
 
         first = requests[0]
-        with self._lock:
-            self.load(first.model)
-            family = self._family
-            pipe = self.pipeline_for(first.kind)
-            set_scheduler(pipe, first.scheduler, family)
-            generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
+        family = self._family
+        pipe = self.pipeline_for(first.kind)
+        set_scheduler(pipe, first.scheduler, family)
+        generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
 
-            def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
-                if on_step is not None:
-                    on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
-                return callback_kwargs
+        def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+            if on_step is not None:
+                on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
+            return callback_kwargs
 
-            edits = _edit_inputs(requests) if first.kind != TXT2IMG else {}
-            with torch.inference_mode(), _vae_tiled(pipe, first, family):
-                kwargs = family.call_kwargs(requests)
-                if edits:
-                    kwargs = _without_size(pipe, {**kwargs, **edits})
-                if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-                    kwargs = _zeros_for_no_negative(pipe, requests, kwargs)
-                result = pipe(
-                    **kwargs,
-                    generator=generators,
-                    callback_on_step_end=step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                    output_type="pil",
-                )
-            images = list(result.images)
-            if first.kind == INPAINT:
-                pasted = zip(images, edits["image"], edits["mask_image"], requests, strict=True)
-                images = [
-                    keep_unmasked(image, source, mask, request.mask_blur) for image, source, mask, request in pasted
-                ]
-            return images
+        edits = _edit_inputs(requests) if first.kind != TXT2IMG else {}
+        with torch.inference_mode(), _vae_tiled(pipe, first, family):
+            kwargs = family.call_kwargs(requests)
+            if edits:
+                kwargs = _without_size(pipe, {**kwargs, **edits})
+            if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+                kwargs = _zeros_for_no_negative(pipe, requests, kwargs)
+            result = pipe(
+                **kwargs,
+                generator=generators,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="pil",
+            )
+        images = list(result.images)
+        if first.kind == INPAINT:
+            pasted = zip(images, edits["image"], edits["mask_image"], requests, strict=True)
+            images = [keep_unmasked(image, source, mask, request.mask_blur) for image, source, mask, request in pasted]
+        return images
 
 
 # --- Edits: image-to-image, inpainting, upscaling --------------------------------------

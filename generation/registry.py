@@ -20,7 +20,12 @@ def get_registry() -> ModelRegistry:
 def get_generator() -> ImageGenerator:
     # One per worker process: the pipeline stays loaded between jobs.
     cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else DiffusersGenerator
-    return cls(get_registry(), cache_dir=settings.IMAGEGEN_MODEL_CACHE, device=settings.IMAGEGEN_DEVICE)
+    return cls(
+        get_registry(),
+        cache_dir=settings.IMAGEGEN_MODEL_CACHE,
+        device=settings.IMAGEGEN_DEVICE,
+        max_batch=settings.IMAGEGEN_MAX_BATCH,
+    )
 
 
 def model_limits(name: str) -> ModelLimits:

@@ -8,7 +8,10 @@ An `IMAGEGEN_MODELS` entry is `name=source`, optionally followed by `;option`s:
 - `family=sdxl`: the family, where it cannot be read from the files (a Hub id not yet
   pulled, an unusual checkpoint);
 - `config=<folder or Hub id>`: the diffusers configs a single-file checkpoint is read
-  with (default: its family's reference repository, from the Hub cache).
+  with (default: its family's reference repository, from the Hub cache);
+- `speed` or `eager`: the speed mode on or off (`speed.py`: compiled denoiser, fused
+  attention projections, channels-last); by default it is on where it was measured
+  faster with the same images (the family's `speed_default`, on CUDA).
 
 Nothing here imports Django or torch: the settings validate entries with it, the web
 process reads families with it.
@@ -44,6 +47,7 @@ class ModelSpec:
     offload: bool = False
     family: str | None = None
     config: str | None = None
+    speed: bool | None = None  # None: the family's default on this device
 
     @property
     def kind(self) -> str:
@@ -67,7 +71,7 @@ class ModelSpec:
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """`source[;offload][;family=NAME][;config=FOLDER_OR_HUB_ID]`; ValueError when malformed."""
+    """`source[;offload][;family=NAME][;config=FOLDER_OR_HUB_ID][;speed|;eager]`; ValueError when malformed."""
     source, *options = [part.strip() for part in text.split(";")]
     if not source:
         raise ValueError(f"no model source in {text!r}")
@@ -80,9 +84,18 @@ def parse_spec(text: str) -> ModelSpec:
             values["family"] = value
         elif key == "config" and value:
             values["config"] = value
+        elif key in ("speed", "eager") and not sep:
+            if values.get("speed", key == "speed") != (key == "speed"):
+                raise ValueError(f"{text!r} asks for both speed and eager: choose one")
+            values["speed"] = key == "speed"
         else:
-            known = f"offload, family=({'|'.join(FAMILIES)}), config=FOLDER_OR_HUB_ID"
+            known = f"offload, family=({'|'.join(FAMILIES)}), config=FOLDER_OR_HUB_ID, speed, eager"
             raise ValueError(f"unknown option {option!r} in {text!r} (known: {known})")
+    if values.get("offload") and values.get("speed"):
+        raise ValueError(
+            f"{text!r} asks for both offload and speed: the memory mode moves each part to the GPU only while it "
+            "runs, which compiled parts cannot follow; choose one"
+        )
     return ModelSpec(source=source, **values)
 
 

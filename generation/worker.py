@@ -26,7 +26,7 @@ from generation.bookkeeper import Bookkeeper
 from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
 from generation.outages import OUTAGES, drop_broken_connections, is_outage
-from generation.pipeline import is_out_of_memory
+from generation.pipeline import default_max_batch, is_out_of_memory
 from generation.registry import get_generator
 from generation.request import GenerationCancelled, GenerationTimeout, ImageGenerator
 from generation.workers import worker_name
@@ -121,8 +121,7 @@ class JobRunner:
     @property
     def max_batch(self) -> int:
         """How many images a pass may make: IMAGEGEN_MAX_BATCH, else 4 on CUDA and 1 on a CPU."""
-        configured = settings.IMAGEGEN_MAX_BATCH
-        return configured or (4 if self.generator.device.startswith("cuda") else 1)
+        return default_max_batch(settings.IMAGEGEN_MAX_BATCH, self.generator.device)
 
     def _device_locked(self):
         return device_lock(
