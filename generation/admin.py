@@ -273,7 +273,18 @@ class CircuitBreakerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
 class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     """GPU worker processes; a live one beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
 
-    list_display = ("name", "live", "device", "host", "pid", "started_at", "last_seen_at", "stopping")
+    list_display = (
+        "name",
+        "live",
+        "device",
+        "loaded_model",
+        "gpu_memory_display",
+        "host",
+        "pid",
+        "started_at",
+        "last_seen_at",
+        "stopping",
+    )
     list_filter = ("host", "device")
     readonly_fields = [field.name for field in Worker._meta.fields]
 
@@ -285,6 +296,12 @@ class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         from django.utils import timezone
 
         return worker.is_live(timezone.now())
+
+    @admin.display(description="GPU memory", ordering="gpu_memory")
+    def gpu_memory_display(self, worker):
+        if worker.gpu_memory is None:
+            return "–"
+        return f"{worker.gpu_memory / 2**30:.1f} GiB"
 
 
 @admin.register(ApiKey)

@@ -34,6 +34,8 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "job.preview": ("job_id", "step", "image"),
     # The job's model is being downloaded before it can start.
     "job.downloading": ("job_id", "model"),
+    # The job's model is being loaded (compiled too, in the speed mode) before it can start.
+    "job.loading": ("job_id", "model"),
     "job.complete": ("job_id", "status", "image_url"),
     "job.error": ("job_id", "status", "error"),
     "job.cancelled": ("job_id", "status"),

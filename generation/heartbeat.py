@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,8 +36,10 @@ _lock = threading.Lock()
 
 
 class WorkerBeat:
-    def __init__(self, *, device: str, interval: float, max_batch: int = 1):
+    def __init__(self, *, device: str, interval: float, max_batch: int = 1, generator=None):
         self.name = workers.worker_name()
+        self.generator = generator  # what it has loaded goes on the worker's row; idle, it may unload
+        self.idle_since = time.monotonic()  # when the last drain ended
         self.pid = os.getpid()
         self.device = device
         self.max_batch = max_batch
@@ -82,6 +85,7 @@ class WorkerBeat:
             max_batch=self.max_batch,
             loading_job_ids=sorted(self.kept_alive),
             stopping=stop_requested(),
+            model_state=workers.model_state(self.generator) if self.generator is not None else None,
         )
 
     def _loop(self) -> None:
@@ -93,6 +97,8 @@ class WorkerBeat:
                     self.beat()
                     OUTAGES.answered(DATABASE)
                     self.look_after_the_queue(database_back=back)
+                    if self.unload_when_idle():
+                        self.beat()  # the row says so at once
                     backoff = 0.0
                 except Exception as exc:
                     if OUTAGES.failed(exc, doing=f"beating worker {self.name}") is None:
@@ -134,8 +140,31 @@ class WorkerBeat:
             runnable = False
         self._idle_with_work = runnable
 
+    def unload_when_idle(self) -> bool:
+        """Free the loaded model once nothing has run for IMAGEGEN_UNLOAD_AFTER_SECONDS and
+        nothing is queued (the GPU's memory goes back to whatever shares it); True if it did.
 
-def start(*, device: str | None = None, max_batch: int = 1) -> WorkerBeat:
+        The device thread cannot start a drain meanwhile: it waits for the model to be
+        freed, then loads it again for its job.
+        """
+        after = settings.IMAGEGEN_UNLOAD_AFTER_SECONDS
+        unload = getattr(self.generator, "unload", None)
+        if not after or unload is None or getattr(self.generator, "loaded_model", None) is None:
+            return False
+        from generation.models import ImageJob
+
+        with self.work_lock:
+            if self.working or time.monotonic() - self.idle_since < after:
+                return False
+            if ImageJob.objects.filter(status__in=[ImageJob.Status.QUEUED, ImageJob.Status.PROCESSING]).exists():
+                return False
+            name = unload()
+        if name is not None:
+            logger.info("Worker %s unloaded model %s after %s s with nothing to do", self.name, name, after)
+        return name is not None
+
+
+def start(*, device: str | None = None, max_batch: int = 1, generator=None) -> WorkerBeat:
     """Register this process as a worker and start beating, once per process."""
     global _beat
     with _lock:
@@ -144,11 +173,13 @@ def start(*, device: str | None = None, max_batch: int = 1) -> WorkerBeat:
                 device=device or settings.IMAGEGEN_DEVICE,
                 interval=settings.IMAGEGEN_WORKER_BEAT_SECONDS,
                 max_batch=max_batch,
+                generator=generator,
             )
             _beat.start()
-        elif (device and device != _beat.device) or max_batch != _beat.max_batch:
+        elif (device and device != _beat.device) or max_batch != _beat.max_batch or generator is not _beat.generator:
             _beat.device = device or _beat.device
             _beat.max_batch = max_batch
+            _beat.generator = generator or _beat.generator
             _beat.beat()
         return _beat
 
@@ -200,6 +231,7 @@ def working() -> Iterator[None]:
     finally:
         with beat.work_lock:
             beat.working -= 1
+            beat.idle_since = time.monotonic()
 
 
 @contextmanager

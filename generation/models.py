@@ -227,6 +227,19 @@ class Worker(models.Model):
     last_seen_at = models.DateTimeField(db_index=True)
     stopping = models.BooleanField(default=False, help_text="Told to stop: it claims nothing more.")
     max_batch = models.PositiveSmallIntegerField(default=1, help_text="The most images it makes in one pass.")
+    loaded_model = models.CharField(max_length=200, blank=True, help_text="The model it holds loaded, if any.")
+    gpu_memory = models.BigIntegerField(
+        null=True, blank=True, help_text="Bytes of GPU memory its process holds (reserved by PyTorch); empty on a CPU."
+    )
+    load_seconds = models.JSONField(
+        default=dict, blank=True, help_text="Model -> how long its last load took, compiling included."
+    )
+    speed = models.CharField(
+        max_length=300, blank=True, help_text="The loaded model's speed mode: what was compiled, and how long it took."
+    )
+    compiled_in_jobs = models.PositiveIntegerField(
+        default=0, help_text="Graphs compiled while running jobs (the speed mode compiles while loading: 0)."
+    )
 
     class Meta:
         ordering = ["host", "pid"]

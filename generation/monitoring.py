@@ -213,6 +213,22 @@ class JobMetrics:
         for choice in CircuitBreaker.State.values:
             breaker.add_metric([choice], 1 if choice == state else 0)
         yield breaker
+        live = list(selectors.workers_live(now=now).values("name", "device", "loaded_model", "gpu_memory"))
         workers = GaugeMetricFamily("imagegen_workers_live", "GPU worker processes beating now.")
-        workers.add_metric([], selectors.workers_live(now=now).count())
+        workers.add_metric([], len(live))
         yield workers
+        loaded = GaugeMetricFamily(
+            "imagegen_worker_model_loaded", "1 for the model each live worker holds loaded.", labels=["worker", "model"]
+        )
+        memory = GaugeMetricFamily(
+            "imagegen_worker_gpu_memory_bytes",
+            "GPU memory each live worker's process holds (reserved by PyTorch).",
+            labels=["worker", "device"],
+        )
+        for worker in live:
+            if worker["loaded_model"]:
+                loaded.add_metric([worker["name"], worker["loaded_model"]], 1)
+            if worker["gpu_memory"] is not None:
+                memory.add_metric([worker["name"], worker["device"]], worker["gpu_memory"])
+        yield loaded
+        yield memory

@@ -132,14 +132,20 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     lane for its own duration. With one worker and no batching that is the sum of
     everything ahead. `estimated_start_seconds` is when a job should start,
     `estimated_seconds` adds its pass's duration (seconds until done). A worker told
-    to stop claims nothing more, so it is no lane. Positions stay the FIFO ranks.
+    to stop claims nothing more, so it is no lane. A pass of a model that its lane does
+    not hold (none loaded yet, one unloaded when idle, or another) waits for that
+    model's load, as long as its last load took. Positions stay the FIFO ranks.
     """
     estimate = duration_estimator()
     fields = ("model", "width", "height", "steps", "kind", "strength")
-    live = list(workers_live(now=now).filter(stopping=False).values_list("max_batch", flat=True))
-    max_batch = max(live, default=1) or 1
-    # A heap of the times at which each lane frees; the smallest is the next to take a pass.
-    lanes = [0.0] * max(1, len(live))
+    live = list(workers_live(now=now).filter(stopping=False).values("max_batch", "loaded_model", "load_seconds"))
+    max_batch = max((worker["max_batch"] for worker in live), default=1) or 1
+    loads = load_seconds(live)
+    # A heap of (the time at which a lane frees, the lane); the smallest is the next to
+    # take a pass. A lane holds a model: a pass of another model waits for its load.
+    lanes = [(0.0, lane) for lane in range(max(1, len(live)))]
+    lane_model = [worker["loaded_model"] for worker in live] or [""]
+    loaded = set(lane_model)
     running: dict[str, dict] = {}
     for job in ImageJob.objects.filter(status=Status.PROCESSING).values(
         "pk", "progress", "batch", "batch_size", *fields
@@ -147,7 +153,11 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         running.setdefault(job["batch"] or f"job-{job['pk']}", job)  # a pass's jobs move together
     for job in running.values():
         left = pass_seconds(estimate, job, job["batch_size"]) * (100 - job["progress"]) / 100
-        heapq.heapreplace(lanes, lanes[0] + left)
+        if job["model"] not in loaded:
+            left += loads.get(job["model"], 0.0)  # its worker is loading it now
+        free_at, lane = lanes[0]
+        lane_model[lane] = job["model"]
+        heapq.heapreplace(lanes, (free_at + left, lane))
     rows = list(
         ImageJob.objects.filter(status=Status.QUEUED)
         .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
@@ -171,11 +181,14 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
                 seen += 1
                 if _pass_key(row) == _pass_key(head):
                     batch.append(row)
-        start = lanes[0]
+        start, lane = lanes[0]
+        if lane_model[lane] != head["model"]:
+            start += loads.get(head["model"], 0.0)
+            lane_model[lane] = head["model"]
         done = start + pass_seconds(estimate, head, len(batch))
         for row in batch:
             timing[row["pk"]] = (start, done)
-        heapq.heapreplace(lanes, done)
+        heapq.heapreplace(lanes, (done, lane))
         while waiting < len(rows) and rows[waiting]["pk"] in timing:
             waiting += 1
     return [
@@ -189,6 +202,15 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         }
         for row in rows
     ]
+
+
+def load_seconds(workers) -> dict[str, float]:
+    """Model -> how long loading it takes, as the workers (rows as dicts) last measured it."""
+    found: dict[str, float] = {}
+    for worker in workers:
+        for model, seconds in (worker.get("load_seconds") or {}).items():
+            found[model] = max(found.get(model, 0.0), float(seconds))
+    return found
 
 
 def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
@@ -240,6 +262,11 @@ def job_live_states(*, jobs: list[ImageJob], etas: bool = True) -> dict[int, dic
         }
     estimate = duration_estimator()
     queue = {entry["job_id"]: entry for entry in queue_eta()} if any(j.status == Status.QUEUED for j in pending) else {}
+    running_on = {}
+    if any(job.status == Status.PROCESSING for job in pending):
+        rows = Worker.objects.values("name", "loaded_model", "load_seconds")
+        running_on = {worker["name"]: worker for worker in rows}
+    loads = load_seconds(running_on.values())
     states = {}
     for job in pending:
         entry = queue.get(job.pk, {})
@@ -247,6 +274,9 @@ def job_live_states(*, jobs: list[ImageJob], etas: bool = True) -> dict[int, dic
             eta = entry.get("estimated_seconds")
         else:
             eta = job_remaining_seconds(job=job, estimate=estimate)
+            worker = running_on.get(job.worker)
+            if worker is not None and worker["loaded_model"] != job.model:
+                eta += round(loads.get(job.model, 0.0))  # its model is loading
         states[job.pk] = {
             "position": entry.get("position"),
             "estimated_start_seconds": entry.get("estimated_start_seconds"),

@@ -562,8 +562,9 @@ def job_progress(
     return True
 
 
-def jobs_downloading(*, jobs: list[ImageJob], downloading: bool) -> None:
-    """The jobs' model is being downloaded (or is done): their cards say so, also after a reload."""
+def jobs_preparing(*, jobs: list[ImageJob], state: str, on: bool) -> None:
+    """The jobs' model is being downloaded or loaded (`state`), or that is done: their
+    cards say so, also after a reload (the message's metadata holds it)."""
     with transaction.atomic():
         running = set(
             ImageJob.objects.filter(pk__in=[job.pk for job in jobs], status=Status.PROCESSING).values_list(
@@ -571,11 +572,11 @@ def jobs_downloading(*, jobs: list[ImageJob], downloading: bool) -> None:
             )
         )
         for message_id in {job.message_id for job in jobs if job.pk in running}:
-            message_update(message_id, metadata={"downloading": downloading})
-        if downloading:
+            message_update(message_id, metadata={state: on})
+        if on:
             for job in jobs:
                 if job.pk in running:
-                    events.send_to_user(job.owner_id, "job.downloading", job_id=job.pk, model=job.model)
+                    events.send_to_user(job.owner_id, f"job.{state}", job_id=job.pk, model=job.model)
 
 
 def job_preview(*, job: ImageJob, step: int, image_data_url: str, now: datetime | None = None) -> None:

@@ -29,7 +29,7 @@ def process_next_job() -> list[int]:
         if not queued.exists():
             return []  # a spare doorbell: nothing to load, lock or claim
         runner = JobRunner()
-        heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch)
+        heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch, generator=runner.generator)
         ran = runner.run_queue(budget=drain_budget())
         if (ran or runner.device_busy) and queued.exists():
             # Keep the queue moving even if a doorbell was lost, or the device was busy

@@ -49,6 +49,7 @@ MODEL_UNAVAILABLE = (
 # A processing job's card, before its first step.
 STARTING = "Starting… the model may be loading, which can take a moment."
 DOWNLOADING = "Downloading model… the first image with a new model waits for its download."
+LOADING = "Loading model… the first image after a change of model, or a quiet spell, waits for it."
 
 
 def timed_out(seconds: int) -> str:

@@ -227,15 +227,20 @@ class JobRunner:
                 bookkeeper.finish(job, image, request)
 
     def _load(self, jobs: list[ImageJob], model: str) -> None:
-        """Load the jobs' model; a download first shows on their cards as "Downloading model…"."""
-        downloading = self.generator.needs_download(model)
-        if downloading:
-            services.jobs_downloading(jobs=jobs, downloading=True)
+        """Load the jobs' model; their cards say "Downloading model…" while its files
+        download, then "Loading model…" while it loads (and compiles, in the speed mode)."""
+        states = []
+        if self.generator.needs_download(model):
+            states.append("downloading")
+        if getattr(self.generator, "loaded_model", model) != model:
+            states.append("loading")
+        for state in states:
+            services.jobs_preparing(jobs=jobs, state=state, on=True)
         try:
             self.generator.load(model)
         finally:
-            if downloading:
-                services.jobs_downloading(jobs=jobs, downloading=False)
+            for state in states:
+                services.jobs_preparing(jobs=jobs, state=state, on=False)
 
 
 # (model, width, height) -> the most images a pass of that size made without running

@@ -49,17 +49,41 @@ def worker_beat(
     max_batch: int = 1,
     loading_job_ids: list[int] | None = None,
     stopping: bool = False,
+    model_state: dict | None = None,
     now: datetime | None = None,
 ) -> None:
-    """A worker is alive (and maybe stopping); the jobs whose model it is loading are too."""
+    """A worker is alive (and maybe stopping); the jobs whose model it is loading are too.
+
+    `model_state` holds the Worker fields that say what it has loaded (`model_state()`).
+    """
     now = now or timezone.now()
     changes = {"last_seen_at": now, "device": device, "max_batch": max_batch, "stopping": stopping}
+    changes.update(model_state or {})
     if not Worker.objects.filter(name=name).update(**changes):
         worker_register(name=name, device=device, max_batch=max_batch, now=now)  # its row was pruned meanwhile
     if loading_job_ids:
         ImageJob.objects.filter(pk__in=loading_job_ids, status=ImageJob.Status.PROCESSING, worker=name).update(
             heartbeat_at=now
         )
+
+
+def model_state(generator) -> dict:
+    """What a worker's generator holds, as its Worker row keeps it (a generator that
+    keeps no model, as the benchmarks' stand-in, holds nothing)."""
+    speed = getattr(generator, "speed", None)
+    memory = generator.memory() if hasattr(generator, "memory") else {}
+    return {
+        "loaded_model": getattr(generator, "loaded_model", None) or "",
+        "gpu_memory": memory.get("reserved"),
+        "load_seconds": {name: round(seconds, 2) for name, seconds in getattr(generator, "load_seconds", {}).items()},
+        "speed": (
+            f"{speed.graphs} graphs compiled in {speed.compile_seconds:.1f} s for passes of "
+            + ", ".join(f"{n}×{w}×{h}" for n, w, h in sorted(speed.shapes))
+            if speed is not None
+            else ""
+        )[:300],
+        "compiled_in_jobs": getattr(generator, "compiled_in_passes", 0),
+    }
 
 
 def process_is_gone(host: str, pid: int) -> bool:

@@ -373,6 +373,9 @@ IMAGEGEN_DRAIN_SECONDS = env_float("IMAGEGEN_DRAIN_SECONDS", 60.0, minimum=0)
 # how many places behind the head of the queue a job may be to join the head's pass.
 IMAGEGEN_MAX_BATCH = env_int("IMAGEGEN_MAX_BATCH", 0, minimum=0)
 IMAGEGEN_BATCH_WINDOW = env_int("IMAGEGEN_BATCH_WINDOW", 8, minimum=0)
+# Free the loaded model (and its GPU memory) after this many seconds with nothing queued;
+# the next job loads it again. 0: keep it loaded.
+IMAGEGEN_UNLOAD_AFTER_SECONDS = env_float("IMAGEGEN_UNLOAD_AFTER_SECONDS", 0.0, minimum=0)
 # Queue broadcasts (positions and ETAs of waiting jobs) are at least this far apart.
 IMAGEGEN_BROADCAST_INTERVAL_SECONDS = env_float("IMAGEGEN_BROADCAST_INTERVAL_SECONDS", 0.25, minimum=0)
 # What makes the images: empty for the diffusers pipeline, or the dotted path of a

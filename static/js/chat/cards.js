@@ -96,8 +96,8 @@ function tickCard(el, now) {
   } else if (el.dataset.status === "processing") {
     const starting = !clock.stepSeen;
     el.classList.toggle("starting", starting);
-    // A card whose model is downloading says so (the server wrote it): left as it is.
-    if (starting && !el.dataset.downloading) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
+    // A card whose model is downloading or loading says so (the server wrote it): left as it is.
+    if (starting && !el.dataset.downloading && !el.dataset.loading) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
     const left = remainingSeconds(clock, now);
     if (starting) setText(el, "remaining", known(left) && left > 3 ? `About ${duration(left)} left` : "");
     else if (known(left)) setText(el, "remaining", left > 3 ? `About ${duration(left)} left` : "Almost done…");

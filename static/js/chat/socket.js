@@ -75,6 +75,7 @@ function apply(event, page) {
       cards.applyProgress(el, event);
       break;
     case "job.downloading":
+    case "job.loading":
       cards.refreshCard(event.job_id);
       break;
     case "job.preview":
