@@ -155,6 +155,10 @@ def build_random_pipeline(target: Path, shape: str = DEMO) -> None:
             tiny_family_pipeline(shape, work).save_pretrained(work / "pipeline")
             _publish(work / "pipeline", target)
             return
+        if shape in FULL_SHAPES:
+            FULL_SHAPES[shape](work).to(torch.float16).save_pretrained(work / "pipeline")
+            _publish(work / "pipeline", target)
+            return
         tokenizer = demo_tokenizer(work / "tokenizer")
         modules = random_modules(shape, tokenizer)
         scheduler = EulerDiscreteScheduler(
@@ -347,10 +351,82 @@ def tiny_family_pipeline(shape: str, work: Path):
     return flux
 
 
+def sdxl_shaped_pipeline(work: Path):
+    """A pipeline with Stable Diffusion XL's layer sizes and random weights (2.6 B in the
+    UNet, both text encoders full width): on a GPU, at 1024x1024, it does SDXL's compute.
+    Built where the default device is (a GPU initialises it in seconds)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2, 10),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        cross_attention_dim=2048,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+        **RANDOM_SHAPES["sd15"]["vae"],
+    )
+    encoders = {}
+    for suffix, model_class, width, layers, heads, act in (
+        ("", CLIPTextModel, 768, 12, 12, "quick_gelu"),
+        ("_2", CLIPTextModelWithProjection, 1280, 32, 20, "gelu"),
+    ):
+        tokenizer = demo_tokenizer(work / f"tokenizer{suffix}")
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=width,
+            intermediate_size=width * 4,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            hidden_act=act,
+            projection_dim=width,
+        )
+        torch.manual_seed(2)
+        encoders[f"text_encoder{suffix}"] = model_class(config)
+        encoders[f"tokenizer{suffix}"] = tokenizer
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(unet=unet, vae=vae, scheduler=scheduler, **encoders)
+
+
+FULL_SHAPES = {"sdxl": sdxl_shaped_pipeline}
+
+
 def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:
     """Where the random-weight pipeline of `shape` lives, building it on first use."""
-    if shape not in RANDOM_SHAPES and shape not in TINY_FAMILIES:
-        raise KeyError(f"Unknown shape {shape!r}; known: {', '.join([*RANDOM_SHAPES, *TINY_FAMILIES])}")
+    if shape not in RANDOM_SHAPES and shape not in TINY_FAMILIES and shape not in FULL_SHAPES:
+        known = ", ".join([*RANDOM_SHAPES, *TINY_FAMILIES, *FULL_SHAPES])
+        raise KeyError(f"Unknown shape {shape!r}; known: {known}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{shape}-v{TINY_VERSION if shape in TINY_FAMILIES else DEMO_VERSION}"

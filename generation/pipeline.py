@@ -74,7 +74,8 @@ class DiffusersGenerator:
     """Keeps one pipeline loaded between jobs; a job for another model swaps it.
 
     A model in the speed mode (`speed.py`) is compiled and warmed up while it loads, for
-    one image a pass and for the most a pass makes, at its default size.
+    one image a pass and for the most a pass makes, at its default size (or the sizes
+    its `speed=` option names).
     """
 
     def __init__(self, registry: ModelRegistry, *, cache_dir: Path, device: str = "auto", max_batch: int = 0):
@@ -138,7 +139,8 @@ class DiffusersGenerator:
         torch._dynamo.reset()  # code compiled for an earlier model only fills the caches
         report = SpeedReport(steps=make_fast(self._pipe, device=self.device, vae_upcasts=self._family.vae_upcasts))
         limits = info.limits()
-        size = limits.default_size
+        sizes = info.spec.speed_sizes or ((limits.default_size, limits.default_size),)
+        shapes = sorted({(batch, width, height) for batch in (1, self.max_batch) for width, height in sizes})
 
         def run_pass(batch: int, width: int, height: int) -> None:
             requests = [
@@ -158,7 +160,7 @@ class DiffusersGenerator:
             self._run_pass(requests, None)
 
         self.speed = report
-        warm_up(run_pass, shapes=sorted({(1, size, size), (self.max_batch, size, size)}), report=report)
+        warm_up(run_pass, shapes=shapes, report=report)
         logger.info(
             "Model %s in the speed mode (%s): %d graphs compiled in %.1f s for passes of %s",
             info.name,

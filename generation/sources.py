@@ -11,7 +11,9 @@ An `IMAGEGEN_MODELS` entry is `name=source`, optionally followed by `;option`s:
   with (default: its family's reference repository, from the Hub cache);
 - `speed` or `eager`: the speed mode on or off (`speed.py`: compiled denoiser, fused
   attention projections, channels-last); by default it is on where it was measured
-  faster with the same images (the family's `speed_default`, on CUDA).
+  faster with the same images (the family's `speed_default`, on CUDA). It compiles for
+  the family's default size; `speed=1024,832x1216` names the sizes (WIDTH or
+  WIDTHxHEIGHT, at most 4) instead. Other sizes run eagerly.
 
 Nothing here imports Django or torch: the settings validate entries with it, the web
 process reads families with it.
@@ -48,6 +50,7 @@ class ModelSpec:
     family: str | None = None
     config: str | None = None
     speed: bool | None = None  # None: the family's default on this device
+    speed_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) compiled for; () the default size
 
     @property
     def kind(self) -> str:
@@ -84,19 +87,45 @@ def parse_spec(text: str) -> ModelSpec:
             values["family"] = value
         elif key == "config" and value:
             values["config"] = value
+        elif key == "speed" and sep:
+            values["speed"] = True
+            values["speed_sizes"] = _speed_sizes(value, text)
         elif key in ("speed", "eager") and not sep:
-            if values.get("speed", key == "speed") != (key == "speed"):
-                raise ValueError(f"{text!r} asks for both speed and eager: choose one")
             values["speed"] = key == "speed"
         else:
             known = f"offload, family=({'|'.join(FAMILIES)}), config=FOLDER_OR_HUB_ID, speed, eager"
             raise ValueError(f"unknown option {option!r} in {text!r} (known: {known})")
+    named = [option.partition("=")[0] for option in options]
+    if "speed" in named and "eager" in named:
+        raise ValueError(f"{text!r} asks for both speed and eager: choose one")
     if values.get("offload") and values.get("speed"):
         raise ValueError(
             f"{text!r} asks for both offload and speed: the memory mode moves each part to the GPU only while it "
             "runs, which compiled parts cannot follow; choose one"
         )
     return ModelSpec(source=source, **values)
+
+
+MAX_SPEED_SIZES = 4
+
+
+def _speed_sizes(value: str, text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for item in value.split(","):
+        width, _, height = item.strip().lower().partition("x")
+        try:
+            size = (int(width), int(height or width))
+        except ValueError:
+            size = (0, 0)
+        if min(size) < 64 or max(size) > 4096 or size[0] % 8 or size[1] % 8:
+            raise ValueError(
+                f"speed size {item.strip()!r} in {text!r} is not WIDTH or WIDTHxHEIGHT in pixels "
+                "(multiples of 8, 64 to 4096)"
+            )
+        sizes.append(size)
+    if len(sizes) > MAX_SPEED_SIZES:
+        raise ValueError(f"{text!r} names {len(sizes)} speed sizes; at most {MAX_SPEED_SIZES} are compiled")
+    return tuple(dict.fromkeys(sizes))
 
 
 def safetensors_keys(path: Path) -> list[str]:
