@@ -56,7 +56,8 @@ class ModelInfo:
         """Whether the model runs in the speed mode on `device` (see `speed.py`)."""
         if self.spec.speed is not None:
             return self.spec.speed
-        return device.startswith("cuda") and self.family.speed_default and not self.offload
+        # `demo`'s tiny layers would wait longer for the compiler than they ever gain.
+        return device.startswith("cuda") and self.family.speed_default and not self.offload and not self.is_demo
 
     @property
     def max_size(self) -> int:

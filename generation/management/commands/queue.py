@@ -16,9 +16,12 @@ class Command(BaseCommand):
         self.stdout.write(f"Live workers: {len(live)}")
         for worker in live:
             state = "stopping" if worker.stopping else "running"
+            holds = f"holds {worker.loaded_model}" if worker.loaded_model else "no model loaded"
+            if worker.gpu_memory is not None:
+                holds += f", {worker.gpu_memory / 2**30:.1f} GiB of GPU memory"
             self.stdout.write(
                 f"  {worker.name} on {worker.device}, up to {worker.max_batch} per pass, {state}, "
-                f"since {worker.started_at:%Y-%m-%d %H:%M:%S}"
+                f"since {worker.started_at:%Y-%m-%d %H:%M:%S}; {holds}"
             )
         running = ImageJob.objects.filter(status=ImageJob.Status.PROCESSING).select_related("owner")
         for job in running:
