@@ -15,6 +15,7 @@ SAMPLES = {
     "job.progress": dict(job_id=1, status="processing", step=5, total=20, progress=25),
     "job.preview": dict(job_id=1, step=5, image="data:image/jpeg;base64,AAAA"),
     "job.downloading": dict(job_id=1, model="flux"),
+    "job.loading": dict(job_id=1, model="flux"),
     "job.complete": dict(job_id=1, status="complete", image_url="/jobs/1/image.png"),
     "job.error": dict(job_id=1, status="error", error="Image generation timed out after 180 s. Please try again."),
     "job.cancelled": dict(job_id=1, status="cancelled"),
