@@ -21,6 +21,16 @@ if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
   fi
 fi
 
+# The speed mode's tests compile for real: torch.compile's CPU code needs a C++ compiler.
+if ! command -v g++ >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "=== Installing a C++ compiler for torch.compile"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+  else
+    echo "The speed mode's tests need a C++ compiler: run 'sudo apt-get install g++'." >&2
+  fi
+fi
+
 echo "=== Tests on SQLite with the embedded defaults"
 env -u DATABASE_URL -u REDIS_URL .venv/bin/python -m pytest "$@"
 
