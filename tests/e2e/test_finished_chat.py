@@ -338,7 +338,8 @@ def test_the_main_scenario_on_a_phone(open_page, stack):
             "nothing is wider than the phone"
         )
         assert _composer_at_bottom(page)
-        assert _in_viewport(page, cards.nth(1))
+        # The finished card is taller than the running one was: the page follows it.
+        wait_for(lambda p=page, c=cards: _in_viewport(p, c.nth(1)), timeout=5, message="the newest card in view")
         shot(page, f"conversation-phone-{scheme}", full_page=False)
         cards.nth(0).locator("[data-testid=job-complete] img").click()
         expect(page.get_by_test_id("lightbox")).to_be_visible()
