@@ -205,6 +205,25 @@ def _tiny_t5(work: Path, name: str, *, d_model: int):
     return {f"text_encoder_{name}": T5EncoderModel(config), f"tokenizer_{name}": tokenizer}
 
 
+def _random_clip(work: Path, suffix: str, model_class, seed: int, **sizes) -> dict[str, Any]:
+    """A CLIP text encoder of `sizes` with seeded random weights, and its character-level
+    tokenizer, for the `text_encoder{suffix}` / `tokenizer{suffix}` slots."""
+    import torch
+    from transformers import CLIPTextConfig
+
+    tokenizer = demo_tokenizer(work / f"tokenizer{suffix}")
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes,
+    )
+    torch.manual_seed(seed)
+    return {f"text_encoder{suffix}": model_class(config), f"tokenizer{suffix}": tokenizer}
+
+
 def _tiny_vae(latent_channels: int, **config):
     import torch
     from diffusers import AutoencoderKL
@@ -240,20 +259,7 @@ def tiny_family_pipeline(shape: str, work: Path):
 
     def clip(index: int, model_class):
         suffix = "" if index == 1 else f"_{index}"
-        tokenizer = demo_tokenizer(work / f"tokenizer{suffix}")
-        from transformers import CLIPTextConfig
-
-        config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=32,
-            **RANDOM_SHAPES["demo"]["text"],
-        )
-        torch.manual_seed(10 + index)
-        return {f"text_encoder{suffix}": model_class(config), f"tokenizer{suffix}": tokenizer}
+        return _random_clip(work, suffix, model_class, 10 + index, projection_dim=32, **RANDOM_SHAPES["demo"]["text"])
 
     family = TINY_FAMILIES[shape]
     if family == "sdxl":
@@ -357,7 +363,7 @@ def sdxl_shaped_pipeline(work: Path):
     Built where the default device is (a GPU initialises it in seconds)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -391,13 +397,11 @@ def sdxl_shaped_pipeline(work: Path):
         ("", CLIPTextModel, 768, 12, 12, "quick_gelu"),
         ("_2", CLIPTextModelWithProjection, 1280, 32, 20, "gelu"),
     ):
-        tokenizer = demo_tokenizer(work / f"tokenizer{suffix}")
-        config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        encoders |= _random_clip(
+            work,
+            suffix,
+            model_class,
+            2,
             hidden_size=width,
             intermediate_size=width * 4,
             num_hidden_layers=layers,
@@ -405,9 +409,6 @@ def sdxl_shaped_pipeline(work: Path):
             hidden_act=act,
             projection_dim=width,
         )
-        torch.manual_seed(2)
-        encoders[f"text_encoder{suffix}"] = model_class(config)
-        encoders[f"tokenizer{suffix}"] = tokenizer
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
