@@ -7,11 +7,12 @@ from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from generation import selectors, services
+from generation import fairness, selectors, services
 from generation.api import auth
-from generation.models import ApiKey, CircuitBreaker, ImageJob, Worker
+from generation.models import ApiKey, CircuitBreaker, ImageJob, QueueWeight, Worker
 from generation.registry import get_registry, model_family, model_limits
 
 TIMINGS = ("created_at", "started_at", "heartbeat_at", "finished_at")
@@ -72,7 +73,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     list_select_related = ("owner",)
     ordering = ("-created_at", "-id")  # newest first; the queue view shows the FIFO order
     date_hierarchy = "created_at"
-    actions = ["cancel_jobs", "retry_jobs", "requeue_jobs_at_end", "mark_jobs_as_error"]
+    actions = ["cancel_jobs", "retry_jobs", "run_jobs_next", "requeue_jobs_at_end", "mark_jobs_as_error"]
     readonly_fields = [field.name for field in ImageJob._meta.fields] + [
         "thumbnail",
         "source_thumbnail",
@@ -208,6 +209,8 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
             "rows": rows,
             "running": running,
             "service": selectors.service_status(),
+            "policy": fairness.describe(),
+            "shares": fairness.gpu_shares(now=timezone.now()),
             "models": [_model_row(name) for name in get_registry().names()],
             "opts": self.model._meta,
         }
@@ -255,6 +258,10 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     def requeue_jobs_at_end(self, request, queryset):
         self._apply(request, queryset.order_by("sequence"), services.job_requeue_at_end, "Moved to the end")
 
+    @admin.action(description="Run selected queued jobs next", permissions=["change"])
+    def run_jobs_next(self, request, queryset):
+        self._apply(request, queryset.order_by(*fairness.queue_order()), services.job_run_next, "To run next")
+
     @admin.action(description="Mark selected jobs as error", permissions=["change"])
     def mark_jobs_as_error(self, request, queryset):
         self._apply(request, queryset, services.job_mark_error, "Marked as error")
@@ -293,8 +300,6 @@ class WorkerAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
 
     @admin.display(boolean=True)
     def live(self, worker):
-        from django.utils import timezone
-
         return worker.is_live(timezone.now())
 
     @admin.display(description="GPU memory", ordering="gpu_memory")
@@ -347,8 +352,26 @@ class ApiKeyAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         self.message_user(request, "Revoked the selected keys.", messages.SUCCESS)
 
 
+@admin.register(QueueWeight)
+class QueueWeightAdmin(admin.ModelAdmin):
+    """Users' weights under the fair queue policy (IMAGEGEN_QUEUE_POLICY=fair); 1 without a row."""
+
+    list_display = ("owner", "weight")
+    list_editable = ("weight",)
+    search_fields = ("owner__username",)
+    autocomplete_fields = ("owner",)
+
+
+class QueueWeightInline(admin.StackedInline):
+    model = QueueWeight
+    can_delete = False
+    verbose_name_plural = "Queue weight (fair policy)"
+
+
 class ImagegenUserAdmin(UserAdmin):
     """Django's user admin; deleting a user also stops their jobs and removes their images."""
+
+    inlines = [*UserAdmin.inlines, QueueWeightInline]
 
     # Django's delete page and its "Delete selected" action both end here.
     def delete_model(self, request, obj):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from generation.request import IMG2IMG, INPAINT, TXT2IMG, UPSCALE, GenerationRequest, denoise_steps
@@ -19,6 +20,34 @@ class QueueTicket(models.Model):
 
     def __str__(self) -> str:
         return f"Ticket {self.pk}"
+
+
+class QueueClock(models.Model):
+    """The fair policy's virtual time: the order tag of the latest job the worker took
+    in its turn (generation/fairness.py). One row; it only moves forward."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    virtual_time = models.FloatField(default=0)
+
+    def __str__(self) -> str:
+        return f"Queue clock at {self.virtual_time:.1f}"
+
+
+class QueueWeight(models.Model):
+    """A user's weight under the fair policy: their share of GPU time is proportional to it."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="+")
+    weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(100)],
+        help_text="1 is everyone's default; 2 gets twice the GPU time of a user at 1 when both are waiting.",
+    )
+
+    class Meta:
+        verbose_name = "queue weight"
+
+    def __str__(self) -> str:
+        return f"Weight {self.weight:g} of user {self.owner_id}"
 
 
 class QueueBroadcast(models.Model):
@@ -62,6 +91,7 @@ class ImageJob(models.Model):
         "cancel": ((Status.QUEUED, Status.PROCESSING), Status.CANCELLED),
         "retry": ((Status.ERROR, Status.CANCELLED), Status.QUEUED),  # at the back
         "move_to_end": ((Status.QUEUED,), Status.QUEUED),
+        "run_next": ((Status.QUEUED,), Status.QUEUED),
     }
     FINAL = (Status.COMPLETE, Status.ERROR, Status.CANCELLED)
 
@@ -94,6 +124,11 @@ class ImageJob(models.Model):
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     sequence = models.BigIntegerField(unique=True, help_text="Global FIFO order, from the database.")
+    # The fair policy's order (generation/fairness.py): the virtual GPU time at which the
+    # job's turn starts, and what it adds to its owner's (estimated seconds / weight).
+    fair_tag = models.FloatField(default=0, help_text="Fair order: the virtual GPU time its turn starts at.")
+    fair_cost = models.FloatField(default=0, help_text="Fair order: its estimated GPU seconds over its owner's weight.")
+    priority = models.PositiveSmallIntegerField(default=0, help_text="1: an admin asked for it to run next.")
     progress = models.PositiveSmallIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     not_before = models.DateTimeField(null=True, blank=True, help_text="A retry waits until then.")
@@ -114,7 +149,10 @@ class ImageJob(models.Model):
     class Meta:
         ordering = ["sequence"]
         indexes = [
-            models.Index(fields=["status", "sequence"], name="job_status_sequence"),
+            # The queue's two orders (generation/fairness.py): the claim reads its head,
+            # positions and ETAs read it all, in the order of one of these.
+            models.Index(fields=["status", "-priority", "sequence"], name="job_queue_fifo"),
+            models.Index(fields=["status", "-priority", "fair_tag", "sequence"], name="job_queue_fair"),
             models.Index(fields=["owner", "status"], name="job_owner_status"),
             models.Index(fields=["model", "width", "height", "status", "finished_at"], name="job_timing_history"),
             # The ETA's history: the latest complete jobs by finished_at, read by every

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime
+from itertools import islice
 from statistics import median
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
 
-from generation import texts
+from generation import fairness, texts
 from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
 from generation.outages import DATABASE, OUTAGES
 from generation.request import TXT2IMG, denoise_steps
@@ -27,10 +28,11 @@ def job_get_for_user(*, user: AbstractBaseUser, job_id: int) -> ImageJob:
 
 
 def queue_position(*, job: ImageJob) -> int | None:
-    """1 + the number of queued jobs ahead of this one, or None if it is not queued."""
+    """1 + the number of queued jobs ahead of this one in the queue's order, or None if
+    it is not queued (one count; `queue_eta` also places the jobs a pass takes along)."""
     if job.status != Status.QUEUED:
         return None
-    return ImageJob.objects.filter(status=Status.QUEUED, sequence__lt=job.sequence).count() + 1
+    return ImageJob.objects.filter(status=Status.QUEUED).filter(fairness.ahead_of(job)).count() + 1
 
 
 def queue_version() -> int:
@@ -39,10 +41,13 @@ def queue_version() -> int:
 
 
 def queue_positions() -> dict[int, int]:
-    """job id -> position for every queued job, in one query."""
+    """job id -> position for every queued job: one query under `fifo`; under `fair`
+    the positions of `queue_eta`, which places the jobs a pass takes along."""
+    if fairness.policy() == fairness.FAIR:
+        return {entry["job_id"]: entry["position"] for entry in queue_eta()}
     rows = (
         ImageJob.objects.filter(status=Status.QUEUED)
-        .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
+        .annotate(position=Window(RowNumber(), order_by=[F("priority").desc(), F("sequence").asc()]))
         .values_list("pk", "position")
     )
     return dict(rows)
@@ -122,7 +127,7 @@ def _pass_key(row: dict) -> tuple:
 
 
 def queue_eta(*, now: datetime | None = None) -> list[dict]:
-    """Every queued job with its position and ETA, in queue order (a window function).
+    """Every queued job with its position and ETA, in the order the worker will take them.
 
     The live workers are parallel lanes (at least one): each running pass occupies the
     lane that is free soonest for what is left of it, then the queue is cut into
@@ -134,7 +139,12 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     `estimated_seconds` adds its pass's duration (seconds until done). A worker told
     to stop claims nothing more, so it is no lane. A pass of a model that its lane does
     not hold (none loaded yet, one unloaded when idle, or another) waits for that
-    model's load, as long as its last load took. Positions stay the FIFO ranks.
+    model's load, as long as its last load took.
+
+    The queue's order is the policy's (generation/fairness.py). Positions are ranks in
+    it under `fifo`; under `fair` they are the order in which the worker will take the
+    jobs, passes included (a job a pass takes along is placed with its head), so they
+    are 1..n and equal to the order the jobs start in when nothing new arrives.
     """
     estimate = duration_estimator()
     fields = ("model", "width", "height", "steps", "kind", "strength")
@@ -158,29 +168,26 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         free_at, lane = lanes[0]
         lane_model[lane] = job["model"]
         heapq.heapreplace(lanes, (free_at + left, lane))
+    order = fairness.policy()
     rows = list(
         ImageJob.objects.filter(status=Status.QUEUED)
-        .annotate(position=Window(RowNumber(), order_by=F("sequence").asc()))
-        .order_by("sequence")
-        .values("pk", "owner_id", "message_id", "position", *ImageJob.PASS_FIELDS)
+        .order_by(*fairness.queue_order(order))
+        .values("pk", "owner_id", "message_id", *ImageJob.PASS_FIELDS)
     )
     window = settings.IMAGEGEN_BATCH_WINDOW
     timing: dict[int, tuple[float, float]] = {}
+    taken: list[dict] = []  # the rows in the order the worker will take them
     waiting = 0  # the first row not yet in a pass
     while waiting < len(rows):
         head = rows[waiting]
         batch = [head]
         if max_batch > 1:
-            seen = 0
-            for index in range(waiting + 1, len(rows)):
-                row = rows[index]
-                if len(batch) >= max_batch or seen >= window:
-                    break
-                if row["pk"] in timing:
-                    continue  # already in an earlier pass
-                seen += 1
-                if _pass_key(row) == _pass_key(head):
-                    batch.append(row)
+            untimed = (rows[index] for index in range(waiting + 1, len(rows)) if rows[index]["pk"] not in timing)
+            behind = list(islice(untimed, window))
+            batch += fairness.pass_members(
+                head, behind, room=max_batch - 1, key=_pass_key, owner=lambda row: row["owner_id"], name=order
+            )
+        taken += batch
         start, lane = lanes[0]
         if lane_model[lane] != head["model"]:
             start += loads.get(head["model"], 0.0)
@@ -191,16 +198,18 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         heapq.heapreplace(lanes, (done, lane))
         while waiting < len(rows) and rows[waiting]["pk"] in timing:
             waiting += 1
+    if order == fairness.FIFO:
+        taken = rows  # positions stay the FIFO ranks
     return [
         {
             "job_id": row["pk"],
             "owner_id": row["owner_id"],
             "message_id": row["message_id"],
-            "position": row["position"],
+            "position": position,
             "estimated_start_seconds": round(timing[row["pk"]][0]),
             "estimated_seconds": round(timing[row["pk"]][1]),
         }
-        for row in rows
+        for position, row in enumerate(taken, start=1)
     ]
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
-from generation import broadcasts, doorbells, events, files, selectors, texts
+from generation import broadcasts, doorbells, events, fairness, files, selectors, texts
 from generation.forms import SEED_MAX, JobForm
 from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket
 from generation.outages import OUTAGES
@@ -332,6 +332,7 @@ def job_submit(
             for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler", "kind", "strength")
         }
         seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
+        turns = _fair_turns(user.pk, job_params, count)
         asked, assistant = exchange_post(
             conversation=conversation,
             prompt=data["prompt"],
@@ -359,6 +360,8 @@ def job_submit(
                 prompt=data["prompt"],
                 negative_prompt=data["negative_prompt"],
                 sequence=QueueTicket.objects.create().pk,
+                fair_tag=turns[index][0],
+                fair_cost=turns[index][1],
                 image_index=index,
                 image_count=count,
                 mask_blur=data["mask_blur"],
@@ -385,6 +388,18 @@ def job_submit(
         _queue_changed()
         transaction.on_commit(ring_worker, robust=True)
     return Submission(jobs=jobs, reply=assistant, conversation=conversation, prompt_message=asked)
+
+
+def _fair_turns(owner_id: int, params: dict[str, Any], count: int) -> list[tuple[float, float]]:
+    """(fair_tag, fair_cost) of each of `count` new jobs with these parameters.
+
+    Only the fair policy orders by them; under `fifo` they stay 0 and cost nothing.
+    The caller holds the user's row lock.
+    """
+    if fairness.policy() != fairness.FAIR:
+        return [(0.0, 0.0)] * count
+    seconds = selectors.pass_seconds(selectors.duration_estimator(), params, 1)
+    return fairness.tags(owner_id, [seconds] * count)
 
 
 def _source_job(user: AbstractBaseUser, job_id: Any) -> ImageJob:
@@ -447,14 +462,16 @@ def job_claim(*, worker: str, now: datetime | None = None) -> ImageJob | None:
 def jobs_claim(
     *, worker: str, now: datetime | None = None, max_batch: int = 1, window: int | None = None
 ) -> list[ImageJob]:
-    """Claim the oldest runnable queued job and up to `max_batch - 1` more to share its pass.
+    """Claim the first runnable queued job and up to `max_batch - 1` more to share its pass.
 
-    The head of the queue always comes first. The others are the oldest runnable
-    jobs among the `window` behind it (IMAGEGEN_BATCH_WINDOW) that can share its
-    pass (`ImageJob.pass_key`: same model, size, steps, guidance, scheduler, kind and strength), so a
-    job moves ahead of at most `window` others and never of the head. Returns the
-    jobs claimed in queue order, sharing one `batch` name; empty when nothing is
-    runnable.
+    The queue's order is the policy's (generation/fairness.py: first come, first
+    served, or fair shares). The head of the queue always comes first. The others are
+    runnable jobs among the `window` behind it (IMAGEGEN_BATCH_WINDOW) that can share
+    its pass (`ImageJob.pass_key`: same model, size, steps, guidance, scheduler, kind
+    and strength), in queue order (under the fair policy other users' before the
+    head's owner's), so a job moves ahead of at most `window` others and never of the
+    head. Returns the head, then the others, sharing one `batch` name; empty when
+    nothing is runnable.
 
     The order is the job table's, whatever order the broker delivers doorbells in:
     a lost or doubled doorbell can neither lose nor double-run a job. On PostgreSQL
@@ -479,40 +496,37 @@ def jobs_claim(
         )
         if connection.features.has_select_for_update_skip_locked:
             runnable = runnable.select_for_update(skip_locked=True)
+        order = fairness.policy()
         candidates = list(
-            runnable.order_by("sequence").only("pk", *ImageJob.PASS_FIELDS)[
-                : 1 + max(window, 4) if max_batch > 1 else 5
-            ]
+            runnable.order_by(*fairness.queue_order(order)).only(
+                "pk", "owner_id", "priority", "fair_tag", *ImageJob.PASS_FIELDS
+            )[: 1 + max(window, 4) if max_batch > 1 else 5]
         )
         batch = f"{timezone.now():%H%M%S}-{secrets.token_hex(3)}"
         claimed: list[ImageJob] = []
-        head_at = 0  # the head's place among the candidates
         for index, candidate in enumerate(candidates):
-            if claimed:
-                if len(claimed) >= max_batch or index > head_at + window:
-                    break
-                if candidate.pass_key() != claimed[0].pass_key():
-                    continue
-            job = _transition(
-                candidate.pk,
-                "claim",
-                fields={
-                    "started_at": now,
-                    "heartbeat_at": now,
-                    "attempts": F("attempts") + 1,
-                    "worker": worker,
-                    "progress": 0,
-                    "not_before": None,
-                    "batch": batch,
-                },
-                metadata={"progress": 0, "queue_position": None, "started_at": now.isoformat()},
-                content=texts.RUNNING,
-            )
-            if job is None:
+            head = _claim_one(candidate, worker=worker, now=now, batch=batch)
+            if head is None:
                 continue  # somebody else moved it first
-            if not claimed:
-                head_at = index
-            claimed.append(job)
+            claimed.append(head)
+            if candidate.priority == 0:
+                fairness.advance(candidate.fair_tag)  # its turn has come
+            behind = candidates[index + 1 : index + 1 + window]
+            members = fairness.pass_members(
+                candidate,
+                behind,
+                room=len(behind),
+                key=ImageJob.pass_key,
+                owner=lambda job: job.owner_id,
+                name=order,
+            )
+            for member in members:
+                if len(claimed) >= max_batch:
+                    break
+                job = _claim_one(member, worker=worker, now=now, batch=batch)
+                if job is not None:
+                    claimed.append(job)
+            break
         if not claimed:
             return []
         ImageJob.objects.filter(pk__in=[job.pk for job in claimed]).update(batch_size=len(claimed))
@@ -524,6 +538,25 @@ def jobs_claim(
         if breaker is not None and breaker.state == CircuitBreaker.State.OPEN:
             _breaker_set(breaker, state=CircuitBreaker.State.HALF_OPEN)
         return claimed
+
+
+def _claim_one(job: ImageJob, *, worker: str, now: datetime, batch: str) -> ImageJob | None:
+    """Move one queued job to `processing` for `worker`'s pass `batch` (None: it moved first)."""
+    return _transition(
+        job.pk,
+        "claim",
+        fields={
+            "started_at": now,
+            "heartbeat_at": now,
+            "attempts": F("attempts") + 1,
+            "worker": worker,
+            "progress": 0,
+            "not_before": None,
+            "batch": batch,
+        },
+        metadata={"progress": 0, "queue_position": None, "started_at": now.isoformat()},
+        content=texts.RUNNING,
+    )
 
 
 def job_progress(
@@ -751,11 +784,16 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
         refusal = _caps_refusal(job.owner_id, now=now, asked=None)
         if refusal:
             raise JobRefused(refusal)
+        params = {field: getattr(job, field) for field in ("model", "width", "height", "steps", "kind", "strength")}
+        [(tag, turn)] = _fair_turns(job.owner_id, params, 1)
         retried = _transition(
             job.pk,
             "retry",
             fields={
                 "sequence": QueueTicket.objects.create().pk,
+                "fair_tag": tag,
+                "fair_cost": turn,
+                "priority": 0,
                 "attempts": 0,
                 "progress": 0,
                 "error": "",
@@ -778,15 +816,29 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
 
 
 def job_requeue_at_end(*, job: ImageJob) -> ImageJob:
-    """Send a queued job to the back of the queue (a new ticket)."""
+    """Send a queued job to the back of the queue (a new ticket, and under the fair
+    policy a tag behind every queued job's)."""
     with transaction.atomic():
         moved = _transition(
             job.pk,
             "move_to_end",
-            fields={"sequence": QueueTicket.objects.create().pk},
+            fields={"sequence": QueueTicket.objects.create().pk, "fair_tag": fairness.back_of_queue(), "priority": 0},
         )
         if moved is None:
             raise JobError(texts.ONLY_QUEUED_MOVES)
+    return moved
+
+
+def job_run_next(*, job: ImageJob) -> ImageJob:
+    """Put a queued job ahead of every other (an admin's choice), under either policy.
+
+    Jobs asked to run next keep their own order among themselves. The queue's virtual
+    time does not move for them: nobody's turn is spent.
+    """
+    with transaction.atomic():
+        moved = _transition(job.pk, "run_next", fields={"priority": 1})
+        if moved is None:
+            raise JobError(texts.ONLY_QUEUED_RUNS_NEXT)
     return moved
 
 

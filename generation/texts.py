@@ -85,6 +85,7 @@ def cannot_retry(status: str) -> str:
 
 
 ONLY_QUEUED_MOVES = "Only queued jobs can be moved to the end of the queue."
+ONLY_QUEUED_RUNS_NEXT = "Only queued jobs can be run next."
 ONLY_PENDING_FAILS = "Only queued or processing jobs can be marked as error."
 NOT_YOURS = "Not your conversation."
 
@@ -110,3 +111,13 @@ def mask_size(width: int, height: int) -> str:
 
 def upscale_too_large(width: int, height: int) -> str:
     return f"Upscale: this image ({width}x{height}) is already as large as this model makes images."
+
+
+def images_ahead(position: int | None) -> str:
+    """What a queued card says of the jobs before it (the queue is everyone's)."""
+    if not position:
+        return ""
+    if position == 1:
+        return "Next in the shared queue."
+    ahead = position - 1
+    return f"{ahead} image{'s' if ahead != 1 else ''} ahead of yours in the shared queue."

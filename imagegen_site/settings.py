@@ -343,6 +343,12 @@ IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minim
 IMAGEGEN_STUCK_AFTER_SECONDS = env_int("IMAGEGEN_STUCK_AFTER_SECONDS", 300, minimum=1)
 # ETA before there is any history: seconds per step of a 512x512 image.
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
+# The order the worker takes queued jobs in: "fifo" (first come, first served) or
+# "fair" (each user's share of GPU time, by the jobs' estimated seconds and the users'
+# weights: generation/fairness.py).
+IMAGEGEN_QUEUE_POLICY = (env_str("IMAGEGEN_QUEUE_POLICY", "fifo") or "fifo").strip().lower()
+if IMAGEGEN_QUEUE_POLICY not in ("fifo", "fair"):
+    raise ImproperlyConfigured(f"IMAGEGEN_QUEUE_POLICY must be fifo or fair, got {IMAGEGEN_QUEUE_POLICY!r}")
 IMAGEGEN_MAX_PENDING_PER_USER = env_int("IMAGEGEN_MAX_PENDING_PER_USER", 10, minimum=1)
 # New prompts are refused (503) while the images' disk has less free space than this
 # (MB): no image could be stored. 0: never.

@@ -81,6 +81,11 @@ def text(name: str) -> str:
 
 
 @register.filter
+def images_ahead(position) -> str:
+    return texts.images_ahead(position)
+
+
+@register.filter
 def guidance_label(job) -> str:
     """ "CFG" for classifier-free guidance; "Guidance" where the model takes it as an input (Flux)."""
     return "Guidance" if model_family(job.model).guidance == "distilled" else "CFG"

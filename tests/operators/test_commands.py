@@ -115,6 +115,8 @@ def test_queue_prints_positions_and_etas_in_order(submit, bob_chat, runner_for):
     submit("bob waits", conversation=bob_chat)
     workers, *lines = _run("queue").splitlines()
     assert workers == "Live workers: 0"
+    assert "Queue policy: fifo (first come, first served)" in lines
+    lines = lines[lines.index("Queue policy: fifo (first come, first served)") + 1 :]
     assert lines[0].split()[:3] == ["POS", "JOB", "USER"]
     assert lines[1].split()[0:3][0] == "1" and "alice" in lines[1] and "alice waits" in lines[1]
     assert lines[2].split()[0] == "2" and "bob" in lines[2]

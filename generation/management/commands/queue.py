@@ -1,12 +1,13 @@
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 
-from generation import selectors
+from generation import fairness, selectors
 from generation.models import ImageJob
 from generation.templatetags.jobs import duration
 
 
 class Command(BaseCommand):
-    help = "Print what is running and the queue, in order, with positions and ETAs."
+    help = "Print what is running and the queue, in the order the worker will take it, with positions and ETAs."
 
     def handle(self, *args, **options):
         service = selectors.service_status()
@@ -29,6 +30,14 @@ class Command(BaseCommand):
             self.stdout.write(f"Running: job {job.pk} for {job.owner}, {job.progress}% ({job.worker}{together})")
         for batch, job_ids in selectors.recent_passes():
             self.stdout.write(f"Ran together: jobs {', '.join(map(str, job_ids))} (pass {batch})")
+        shares = fairness.gpu_shares(now=timezone.now())
+        if shares:
+            spent = ", ".join(
+                f"{share['username']} {share['share']:.0%} ({share['seconds']:.0f} s, weight {share['weight']:g})"
+                for share in shares
+            )
+            self.stdout.write(f"GPU time over the last hour: {spent}")
+        self.stdout.write(f"Queue policy: {fairness.describe()}")
         entries = selectors.queue_eta()
         if not entries:
             self.stdout.write("The queue is empty.")

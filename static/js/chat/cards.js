@@ -167,8 +167,18 @@ export async function refreshCard(jobId) {
   }
 }
 
+// As generation.texts.images_ahead says it: the queue is everyone's.
+function imagesAhead(position) {
+  if (position === 1) return "Next in the shared queue.";
+  const ahead = position - 1;
+  return `${ahead} image${ahead === 1 ? "" : "s"} ahead of yours in the shared queue.`;
+}
+
 export function showPosition(el, position, startSeconds, doneSeconds) {
-  if (known(position)) setText(el, "position", `Position: ${position}`);
+  if (known(position)) {
+    setText(el, "position", `Position: ${position}`);
+    setText(el, "ahead", imagesAhead(position));
+  }
   setEta(el.dataset.jobId, startSeconds, doneSeconds);
   tickCard(el, Date.now());
 }
