@@ -7,7 +7,8 @@ start-time fair queuing, with jobs as packets and their estimated GPU seconds as
 sizes:
 
 - A job queued by a user starts its turn (its `fair_tag`) at the later of the queue's
-  virtual time and the end of the user's last pending job's turn, and its turn lasts
+  virtual time and the end of the turn of the user's latest job, waiting or run (one
+  cancelled before it ran gives its turn back), and its turn lasts
   its estimated GPU seconds divided by the user's weight (`fair_cost`). A prompt's
   images take consecutive turns.
 - The worker takes the lowest tag first (ties in submission order), and the queue's
@@ -92,10 +93,12 @@ def tags(owner_id: int, costs: Sequence[float]) -> list[tuple[float, float]]:
     The caller holds the user's row lock (`services._lock_user`), so one user's tags
     are handed out one submission at a time and never repeat.
     """
-    weight = weight_of(owner_id)
+    weight, ran_until = (
+        QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", "ran_until").first() or (1.0, 0.0)
+    )
     pending = ImageJob.objects.filter(owner_id=owner_id, status__in=ImageJob.PENDING)
     last_end = pending.aggregate(end=Max(F("fair_tag") + F("fair_cost")))["end"]
-    start = max(virtual_time(), last_end or 0.0)
+    start = max(virtual_time(), ran_until, last_end or 0.0)
     found = []
     for cost in costs:
         turn = max(cost / weight, MIN_COST)
@@ -108,6 +111,14 @@ def advance(tag: float) -> None:
     """The worker took a job with this tag in its turn: the virtual time moves up to it."""
     if not QueueClock.objects.filter(pk=1, virtual_time__lt=tag).update(virtual_time=tag):
         QueueClock.objects.get_or_create(pk=1, defaults={"virtual_time": tag})
+
+
+def ran(job: ImageJob) -> None:
+    """The worker took `job`: its owner's next turn starts after its turn, even once it
+    has ended (a queued job cancelled before it ran gives its turn back)."""
+    end = job.fair_tag + job.fair_cost
+    if not QueueWeight.objects.filter(owner_id=job.owner_id, ran_until__lt=end).update(ran_until=end):
+        QueueWeight.objects.get_or_create(owner_id=job.owner_id, defaults={"ran_until": end})
 
 
 def back_of_queue() -> float:

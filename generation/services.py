@@ -499,7 +499,7 @@ def jobs_claim(
         order = fairness.policy()
         candidates = list(
             runnable.order_by(*fairness.queue_order(order)).only(
-                "pk", "owner_id", "priority", "fair_tag", *ImageJob.PASS_FIELDS
+                "pk", "owner_id", "priority", "fair_tag", "fair_cost", *ImageJob.PASS_FIELDS
             )[: 1 + max(window, 4) if max_batch > 1 else 5]
         )
         batch = f"{timezone.now():%H%M%S}-{secrets.token_hex(3)}"
@@ -529,6 +529,9 @@ def jobs_claim(
             break
         if not claimed:
             return []
+        if order == fairness.FAIR:
+            for job in claimed:
+                fairness.ran(job)
         ImageJob.objects.filter(pk__in=[job.pk for job in claimed]).update(batch_size=len(claimed))
         for job in claimed:
             job.batch_size = len(claimed)
