@@ -365,7 +365,7 @@ class QueueWeightAdmin(admin.ModelAdmin):
 class QueueWeightInline(admin.StackedInline):
     model = QueueWeight
     can_delete = False
-    verbose_name_plural = "Queue weight (fair policy)"
+    verbose_name = verbose_name_plural = "Queue weight (fair policy)"
 
 
 class ImagegenUserAdmin(UserAdmin):

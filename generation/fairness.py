@@ -93,8 +93,9 @@ def tags(owner_id: int, costs: Sequence[float]) -> list[tuple[float, float]]:
     The caller holds the user's row lock (`services._lock_user`), so one user's tags
     are handed out one submission at a time and never repeat.
     """
-    weight, ran_until = (
-        QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", "ran_until").first() or (1.0, 0.0)
+    weight, ran_until = QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", "ran_until").first() or (
+        1.0,
+        0.0,
     )
     pending = ImageJob.objects.filter(owner_id=owner_id, status__in=ImageJob.PENDING)
     last_end = pending.aggregate(end=Max(F("fair_tag") + F("fair_cost")))["end"]

@@ -37,14 +37,18 @@ class QueueWeight(models.Model):
     """A user's weight under the fair policy (their share of GPU time is proportional to
     it), and where their turns have got to. A user without a row has weight 1."""
 
-    owner = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="+")
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="queue_weight"
+    )
     weight = models.FloatField(
         default=1.0,
         validators=[MinValueValidator(0.1), MaxValueValidator(100)],
         help_text="1 is everyone's default; 2 gets twice the GPU time of a user at 1 when both are waiting.",
     )
     ran_until = models.FloatField(
-        default=0, help_text="Fair order: the end of the turn of the user's latest job that ran (virtual GPU time)."
+        default=0,
+        editable=False,
+        help_text="Fair order: the end of the turn of the user's latest job that ran (virtual GPU time).",
     )
 
     class Meta:

@@ -1,3 +1,4 @@
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -5,6 +6,7 @@ from django.contrib.admin.models import LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from chat.models import Conversation, Message
 from generation import selectors
@@ -258,3 +260,63 @@ def test_deleting_a_user_in_admin_stops_their_jobs_and_removes_their_images(
     assert _media_files(settings) == set(), "alice's image went with her"
     # Bob's job keeps its place, now first in the queue.
     assert selectors.queue_position(job=ImageJob.objects.get(pk=bobs.pk)) == 1
+
+
+def test_under_the_fair_policy_the_queue_page_shows_the_workers_order_the_policy_and_gpu_shares(
+    settings, admin_client, submit, bob_chat, runner_for
+):
+    settings.IMAGEGEN_QUEUE_POLICY = "fair"
+    done = submit("done", steps=8)
+    run_pass(runner_for(FakeGenerator()))
+    now = timezone.now()  # the fake clock's run, as if it had just happened
+    ImageJob.objects.filter(pk=done.pk).update(started_at=now - timedelta(seconds=3), finished_at=now)
+    alices = [submit(f"alice {n}", steps=20) for n in range(3)]
+    bobs = submit("bob", steps=20, conversation=bob_chat)
+    body = admin_client.get(reverse("admin:generation_imagejob_queue")).content.decode()
+    assert "Queue policy: <strong>fair (fair shares of GPU time)</strong>" in body
+    # Alice has had her turn (the finished job): bob's one job goes first.
+    order = [body.index(f"#{job.pk}<") for job in (bobs, *alices)]
+    assert order == sorted(order)
+    assert 'id="shares"' in body and "<td>alice</td><td>1</td>" in body and "100 %" in body
+    assert ImageJob.objects.get(pk=done.pk).status == "complete"
+
+
+def test_run_next_action_puts_a_job_first_and_cards_follow(admin_client, submit):
+    first, second, third = submit("first"), submit("second"), submit("third")
+    response = _action(admin_client, "run_jobs_next", [third])
+    assert "To run next: 1 job(s)." in response.content.decode()
+    assert [entry["job_id"] for entry in selectors.queue_eta()] == [third.pk, first.pk, second.pk]
+    _action(admin_client, "run_jobs_next", [first, third])
+    # Jobs to run next keep their own order among themselves.
+    assert [entry["job_id"] for entry in selectors.queue_eta()] == [first.pk, third.pk, second.pk]
+    _action(admin_client, "cancel_jobs", [second])
+    refused = _action(admin_client, "run_jobs_next", [second]).content.decode()
+    assert "Only queued jobs can be run next." in refused
+
+
+def test_an_admin_sets_a_users_weight_on_their_page_and_a_bad_weight_is_refused(admin_client, alice):
+    from generation.models import QueueWeight
+
+    url = reverse("admin:auth_user_change", args=[alice.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Queue weight (fair policy)" in page
+    form = {
+        "username": "alice",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "queue_weight-TOTAL_FORMS": "1",
+        "queue_weight-INITIAL_FORMS": "0",
+        "queue_weight-MIN_NUM_FORMS": "0",
+        "queue_weight-MAX_NUM_FORMS": "1",
+        "queue_weight-0-owner": str(alice.pk),
+    }
+    refused = admin_client.post(url, {**form, "queue_weight-0-weight": "0"})
+    assert (
+        refused.status_code == 200 and "Ensure this value is greater than or equal to 0.1." in refused.content.decode()
+    )
+    assert not QueueWeight.objects.exists()
+    saved = admin_client.post(url, {**form, "queue_weight-0-weight": "2.5"})
+    assert saved.status_code == 302
+    assert QueueWeight.objects.get(owner=alice).weight == 2.5
+    listing = admin_client.get(reverse("admin:generation_queueweight_changelist")).content.decode()
+    assert "alice" in listing and 'value="2.5"' in listing

@@ -1,10 +1,12 @@
 import io
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
+from django.utils import timezone
 from PIL import Image
 
 from generation.models import ImageJob
@@ -142,3 +144,19 @@ def test_build_demo_model_reports_where_it_is(settings, tmp_path):
     out = _run("build_demo_model")
     assert "demo model ready in" in out
     assert (tmp_path / "demo-v1" / "model_index.json").exists()
+
+
+def test_queue_shows_the_fair_order_the_policy_and_each_users_gpu_time(settings, submit, bob_chat):
+    settings.IMAGEGEN_QUEUE_POLICY = "fair"
+    alices = [submit(f"alice {n}", steps=20) for n in range(3)]
+    ImageJob.objects.filter(pk=alices[0].pk).update(
+        status="complete", started_at=timezone.now() - timedelta(seconds=6), finished_at=timezone.now()
+    )
+    submit("bob waits", conversation=bob_chat)
+    output = _run("queue")
+    assert "GPU time over the last hour: alice 100% (6 s, weight 1)" in output
+    assert "Queue policy: fair (fair shares of GPU time)" in output
+    rows = output.split("Queue policy: fair (fair shares of GPU time)\n", 1)[1].splitlines()[1:]
+    # Alice's first had its turn: bob's one job comes before her second.
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert "bob waits" in rows[0] and "alice 1" in rows[1] and "alice 2" in rows[2]
