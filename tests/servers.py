@@ -28,6 +28,10 @@ in_postgres_pass = pytest.mark.skipif(
 in_sqlite_pass = pytest.mark.skipif(
     connection.vendor != "sqlite", reason="about the embedded defaults, run once: in the SQLite pass"
 )
+# What a model computes does not depend on the database: such slow tests run once too.
+model_only = pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="what the model computes, whatever the database: run once, in the SQLite pass"
+)
 
 
 def free_port() -> int:

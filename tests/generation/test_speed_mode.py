@@ -19,6 +19,7 @@ from generation.pipeline import DiffusersGenerator
 from generation.registry import get_generator
 from generation.sources import parse_spec
 from tests.helpers import run_pass
+from tests.servers import model_only
 
 FAMILIES = ["demo", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-kontext"]
 
@@ -30,6 +31,7 @@ def _pixels(job: ImageJob) -> np.ndarray:
         return np.asarray(png.convert("RGB"), dtype=int)
 
 
+@model_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_speed_mode_makes_the_eager_images_and_compiles_only_while_loading(
