@@ -227,13 +227,16 @@ def eta_report(records: list[dict]) -> dict:
     kept = [r for r in records if not overtaken(r)]
     waits = [r["started"] - r["submitted"] for r in records]
     start_errors = [abs(r["promised_start"] - (r["started"] - r["submitted"])) for r in records]
+
     def signed(r):  # > 0: ready later than promised
         return ((r["finished"] - r["submitted"]) - r["promised"]) / (r["finished"] - r["submitted"])
 
     return {
         **errors_summary([error(r) for r in records]),
         "later_than_promised_share": round(sum(signed(r) > 0 for r in records) / len(records), 3),
-        "signed_error_p10_p50_p90_pct": [round(percentile([signed(r) for r in records], q) * 100, 1) for q in (10, 50, 90)],
+        "signed_error_p10_p50_p90_pct": [
+            round(percentile([signed(r) for r in records], q) * 100, 1) for q in (10, 50, 90)
+        ],
         "overtaken_share": round(1 - len(kept) / len(records), 3),
         "not_overtaken": errors_summary([error(r) for r in kept]),
         "behind_others": errors_summary([error(r) for r in records if r["promised_start"] > 0]),
