@@ -99,7 +99,21 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
         ),
         (
             "Queue",
-            {"fields": ("position", "sequence", "progress", "attempts", "not_before", "worker", "batch", "batch_size")},
+            {
+                "fields": (
+                    "position",
+                    "sequence",
+                    "priority",
+                    "fair_tag",
+                    "fair_cost",
+                    "progress",
+                    "attempts",
+                    "not_before",
+                    "worker",
+                    "batch",
+                    "batch_size",
+                )
+            },
         ),
         ("Prompt's images", {"fields": ("image_index", "image_count")}),
         ("Outcome", {"fields": ("error", "error_detail", "image")}),
