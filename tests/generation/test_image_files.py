@@ -51,7 +51,7 @@ def test_a_crash_before_the_completion_commits_leaves_no_final_file_and_the_reru
 
     job.refresh_from_db()
     assert job.status == "complete"
-    assert job.image.name == files.final_name(job.pk) == f"images/jobs/00000/job-{job.pk}.png"
+    assert job.image.name == files.final_name(job.pk) == f"images/jobs/{job.pk // 1000:05d}/job-{job.pk}.png"
     assert _files(settings) == {job.image.name}
     assert job.image.open("rb").read() == PNG
 
