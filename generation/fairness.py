@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from django.conf import settings
 from django.db.models import F, Max, Q
@@ -60,14 +60,6 @@ def queue_order(name: str | None = None) -> tuple[str, ...]:
     return ("-priority", "sequence")
 
 
-def order_key(job: Any, name: str | None = None) -> tuple:
-    """`queue_order` as a sort key of a job or a row read with its fields."""
-    get = job.get if isinstance(job, dict) else lambda field: getattr(job, field)
-    if (name or policy()) == FAIR:
-        return (-get("priority"), get("fair_tag"), get("sequence"))
-    return (-get("priority"), get("sequence"))
-
-
 def ahead_of(job: ImageJob, name: str | None = None) -> Q:
     """Jobs that come before `job` in the queue's order (to count them)."""
     same = Q(priority=job.priority)
@@ -76,11 +68,6 @@ def ahead_of(job: ImageJob, name: str | None = None) -> Q:
     else:
         later = Q(sequence__lt=job.sequence)
     return Q(priority__gt=job.priority) | (same & later)
-
-
-def weight_of(owner_id: int) -> float:
-    found = QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", flat=True).first()
-    return found or 1.0
 
 
 def virtual_time() -> float:
@@ -93,10 +80,8 @@ def tags(owner_id: int, costs: Sequence[float]) -> list[tuple[float, float]]:
     The caller holds the user's row lock (`services._lock_user`), so one user's tags
     are handed out one submission at a time and never repeat.
     """
-    weight, ran_until = QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", "ran_until").first() or (
-        1.0,
-        0.0,
-    )
+    share = QueueWeight.objects.filter(owner_id=owner_id).values_list("weight", "ran_until").first()
+    weight, ran_until = share or (1.0, 0.0)
     pending = ImageJob.objects.filter(owner_id=owner_id, status__in=ImageJob.PENDING)
     last_end = pending.aggregate(end=Max(F("fair_tag") + F("fair_cost")))["end"]
     start = max(virtual_time(), ran_until, last_end or 0.0)

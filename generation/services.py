@@ -390,8 +390,8 @@ def job_submit(
     return Submission(jobs=jobs, reply=assistant, conversation=conversation, prompt_message=asked)
 
 
-def _fair_turns(owner_id: int, params: dict[str, Any], count: int) -> list[tuple[float, float]]:
-    """(fair_tag, fair_cost) of each of `count` new jobs with these parameters.
+def _fair_turns(owner_id: int, params: dict[str, Any] | ImageJob, count: int) -> list[tuple[float, float]]:
+    """(fair_tag, fair_cost) of each of `count` new jobs with these parameters (or a job's).
 
     Only the fair policy orders by them; under `fifo` they stay 0 and cost nothing.
     The caller holds the user's row lock.
@@ -787,8 +787,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
         refusal = _caps_refusal(job.owner_id, now=now, asked=None)
         if refusal:
             raise JobRefused(refusal)
-        params = {field: getattr(job, field) for field in ("model", "width", "height", "steps", "kind", "strength")}
-        [(tag, turn)] = _fair_turns(job.owner_id, params, 1)
+        [(tag, turn)] = _fair_turns(job.owner_id, job, 1)
         retried = _transition(
             job.pk,
             "retry",
