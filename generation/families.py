@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 # scheduler key -> AUTOMATIC1111's sampler name (what the infotext and the form show)
 SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M", "pndm": "PLMS"}
 
+# A1111's noise schedules (its `scheduler` field): key -> (label, the diffusers scheduler
+# config that gives it). "automatic" is the sampler's own.
+SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "automatic": ("Automatic", {}),
+    "karras": ("Karras", {"use_karras_sigmas": True}),
+    "exponential": ("Exponential", {"use_exponential_sigmas": True}),
+    "sgm_uniform": ("SGM Uniform", {"timestep_spacing": "trailing"}),
+}
+
 # scheduler key -> (diffusers class name, extra config), for the UNet families
 # (noise prediction on a discrete schedule).
 DISCRETE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -6,10 +6,19 @@ import secrets
 from django import forms
 from django.conf import settings
 
-from generation.families import SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
+from generation.families import SCHEDULES, SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
 from generation.pipeline import SCHEDULERS
 from generation.registry import get_registry, model_limits
-from generation.request import DEFAULT_SCHEDULER, EDIT_KINDS, IMG2IMG, INPAINT, KINDS, TXT2IMG, UPSCALE
+from generation.request import (
+    DEFAULT_SCHEDULE,
+    DEFAULT_SCHEDULER,
+    EDIT_KINDS,
+    IMG2IMG,
+    INPAINT,
+    KINDS,
+    TXT2IMG,
+    UPSCALE,
+)
 
 PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
@@ -130,6 +139,17 @@ class JobForm(forms.Form):
         required=False,
         error_messages={"invalid_choice": "Scheduler: choose one from the list."},
     )
+    schedule = forms.ChoiceField(
+        choices=[(key, label) for key, (label, _) in SCHEDULES.items()],
+        required=False,
+        label="Schedule",
+        error_messages={
+            "invalid_choice": "Schedule: one of " + ", ".join(label for label, _ in SCHEDULES.values()) + "."
+        },
+        help_text="How the noise steps are spaced (Automatic: the sampler's own).",
+    )
+    # "name:weight" pairs, as `generation.loras.clean_loras` reads them.
+    loras = forms.CharField(required=False, strip=True, label="LoRAs", widget=forms.HiddenInput)
 
     count = forms.IntegerField(
         min_value=COUNT_MIN,
@@ -175,7 +195,7 @@ class JobForm(forms.Form):
     source_job = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     # Every other default is the model's family's (`model_defaults`): one home for them.
-    DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER}
+    DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER, "schedule": DEFAULT_SCHEDULE, "loras": ""}
     # Shown apart from the settings grid (the composer's image box), or not at all.
     EDIT_FIELDS = ("kind", "strength", "mask_blur", "image", "mask", "source_job")
     # For the template: the counter's limit and the size presets.

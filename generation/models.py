@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from generation.request import IMG2IMG, INPAINT, TXT2IMG, UPSCALE, GenerationRequest, denoise_steps
+from generation.request import IMG2IMG, INPAINT, TXT2IMG, UPSCALE, GenerationRequest, denoise_steps, parse_loras
 
 
 class QueueTicket(models.Model):
@@ -119,6 +119,12 @@ class ImageJob(models.Model):
     guidance = models.FloatField()
     seed = models.BigIntegerField()
     scheduler = models.CharField(max_length=32)
+    # A1111's noise schedule for the sampler: automatic (the sampler's own), karras,
+    # exponential or sgm_uniform (generation/families.py).
+    schedule = models.CharField(max_length=16, default="automatic")
+    # The LoRAs applied, as "name:weight" pairs sorted by name and joined by spaces
+    # (generation/loras.py), so that jobs with the same set compare equal.
+    loras = models.CharField(max_length=600, blank=True, default="")
     kind = models.CharField(max_length=16, choices=KINDS, default=TXT2IMG)
     strength = models.FloatField(null=True, blank=True, help_text="An edit's denoising strength (0-1).")
     mask_blur = models.PositiveSmallIntegerField(default=4, help_text="An inpainting's soft edge, in pixels.")
@@ -203,6 +209,8 @@ class ImageJob(models.Model):
             guidance=self.guidance,
             seed=self.seed,
             scheduler=self.scheduler,
+            schedule=self.schedule,
+            loras=parse_loras(self.loras),
             kind=self.kind,
             strength=self.strength,
             mask_blur=self.mask_blur,
@@ -212,7 +220,18 @@ class ImageJob(models.Model):
 
     # What jobs must share to be made in one pass of the pipeline: the claim, the ETA
     # and the admin's queue page all group by these.
-    PASS_FIELDS = ("model", "width", "height", "steps", "guidance", "scheduler", "kind", "strength")
+    PASS_FIELDS = (
+        "model",
+        "width",
+        "height",
+        "steps",
+        "guidance",
+        "scheduler",
+        "schedule",
+        "loras",
+        "kind",
+        "strength",
+    )
 
     def pass_key(self) -> tuple:
         """Jobs with equal keys can be made in one pass of the pipeline."""
@@ -366,10 +385,12 @@ class ApiRequest(models.Model):
 
 
 class ApiOptions(models.Model):
-    """What a user set through the A1111 API's options: their own default model."""
+    """What a user set through the A1111 API's options: their own default model, and
+    every other key they wrote, kept as a whole and returned as written."""
 
     owner = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="+")
     sd_model_checkpoint = models.CharField(max_length=100, blank=True)
+    options = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return f"A1111 options of user {self.owner_id}"

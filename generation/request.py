@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_SCHEDULER = "euler"
+DEFAULT_SCHEDULE = "automatic"
 
 # What a job does with the model: make an image from its prompt, or continue from one.
 TXT2IMG = "txt2img"  # a new image from the prompt
@@ -71,6 +72,9 @@ class GenerationRequest:
     guidance: float
     seed: int
     scheduler: str = DEFAULT_SCHEDULER
+    schedule: str = DEFAULT_SCHEDULE  # A1111's noise schedule: automatic, karras, exponential, sgm_uniform
+    # LoRAs applied, as (name, weight) pairs sorted by name; a pass shares one set.
+    loras: tuple[tuple[str, float], ...] = ()
     kind: str = TXT2IMG
     strength: float | None = None  # how far an edit may move from its source (0-1)
     mask_blur: int = 4  # pixels of soft edge where an inpainted area meets the kept source
@@ -92,7 +96,7 @@ class ImageGenerator(Protocol):
     """Keeps a model loaded and makes the images of a pass.
 
     `generate_batch` takes requests that share a pass key (model, size, steps,
-    guidance, scheduler, kind, strength) and returns one image per request, in order; each image is
+    guidance, scheduler, schedule, LoRAs, kind, strength) and returns one image per request, in order; each image is
     the one its request would get alone. `on_step` is called after every step.
     """
 
@@ -110,3 +114,22 @@ class ImageGenerator(Protocol):
     def generate_batch(
         self, requests: list[GenerationRequest], on_step: StepCallback | None = None
     ) -> list[Image.Image]: ...
+
+
+# --- LoRAs as a job stores them --------------------------------------------------------
+
+
+def format_loras(pairs) -> str:
+    """A job's LoRA set as stored: "name:weight" pairs sorted by name, joined by spaces
+    ("" for none), so that jobs with the same set compare equal. Weight 0 is kept: it
+    is what was asked for."""
+    return " ".join(f"{name}:{float(weight):g}" for name, weight in sorted(pairs))
+
+
+def parse_loras(text: str) -> tuple[tuple[str, float], ...]:
+    """The (name, weight) pairs of a stored LoRA set."""
+    pairs = []
+    for item in (text or "").split():
+        name, _, weight = item.rpartition(":")
+        pairs.append((name, float(weight)))
+    return tuple(pairs)

@@ -329,7 +329,19 @@ def job_submit(
             raise JobRefused(refusal)
         job_params = {
             key: data[key]
-            for key in ("model", "width", "height", "steps", "guidance", "seed", "scheduler", "kind", "strength")
+            for key in (
+                "model",
+                "width",
+                "height",
+                "steps",
+                "guidance",
+                "seed",
+                "scheduler",
+                "schedule",
+                "loras",
+                "kind",
+                "strength",
+            )
         }
         seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
         turns = _fair_turns(user.pk, job_params, count)
