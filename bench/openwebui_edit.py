@@ -339,7 +339,7 @@ def main() -> None:
             imagegen,
             key,
             "/v1/images/generations",
-            json={"prompt": "warm up", "size": args.size, "model": MODEL},
+            json={"prompt": "warm up", "size": args.size, "model": MODEL, "response_format": "b64_json"},
         )
         run.data["requests"]["warm_up"]["note"] = "the gpu worker's first job: loads the model"
         run.check("Imagegen's API answers (warm-up generation)", bool(warm), f"{time.perf_counter() - started:.2f} s")
@@ -421,7 +421,12 @@ def main() -> None:
             imagegen,
             key,
             "/v1/images/generations",
-            json={"prompt": prompts["direct_generation"], "size": args.size, "model": MODEL},
+            json={
+                "prompt": prompts["direct_generation"],
+                "size": args.size,
+                "model": MODEL,
+                "response_format": "b64_json",
+            },
         )
         images["generation"] = owui_images(
             run,
@@ -438,7 +443,7 @@ def main() -> None:
             key,
             "/v1/images/edits",
             files={"image": ("source.png", png, "image/png")},
-            data={"prompt": prompts["direct_edit"], "size": args.size, "model": MODEL},
+            data={"prompt": prompts["direct_edit"], "size": args.size, "model": MODEL, "response_format": "b64_json"},
         )
         images["edit"] = owui_images(
             run,

@@ -69,7 +69,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     )
     list_filter = ("status", "kind", "model", "owner", "created_at")
     # Searching a batch name lists the jobs that ran in that pass.
-    search_fields = ("prompt", "owner__username", "=batch")
+    search_fields = ("prompt", "owner__username", "=batch", "loras")
     list_select_related = ("owner",)
     ordering = ("-created_at", "-id")  # newest first; the queue view shows the FIFO order
     date_hierarchy = "created_at"
@@ -82,7 +82,10 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
     ]
     fieldsets = [
         (None, {"fields": ("thumbnail", "status", "owner", "conversation", "message", "prompt", "negative_prompt")}),
-        ("Parameters", {"fields": ("model", "width", "height", "steps", "guidance", "seed", "scheduler")}),
+        (
+            "Parameters",
+            {"fields": ("model", "width", "height", "steps", "guidance", "seed", "scheduler", "schedule", "loras")},
+        ),
         (
             "Edit",
             {
@@ -116,6 +119,7 @@ class ImageJobAdmin(ViewOnlyPagesMixin, admin.ModelAdmin):
             },
         ),
         ("Prompt's images", {"fields": ("image_index", "image_count")}),
+        ("AUTOMATIC1111", {"fields": ("clip_skip", "noise_seed_delta", "interrupt_requested", "stopped_at_step")}),
         ("Outcome", {"fields": ("error", "error_detail", "image")}),
         ("Timings", {"fields": (*TIMINGS, "duration")}),
     ]

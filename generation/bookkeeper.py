@@ -24,7 +24,7 @@ from generation.models import ImageJob
 from generation.outages import DATABASE, DISK, OUTAGES, drop_broken_connections, retry_while_down
 from generation.pipeline import infotext, latents_preview
 from generation.png import encode_png
-from generation.registry import model_family
+from generation.registry import get_loras, model_family
 from generation.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,15 @@ def send_preview(job: ImageJob, step: int, latents) -> None:
     services.job_preview(job=job, step=step, image_data_url=data_url)
 
 
-def record_image(job: ImageJob, image, request: GenerationRequest, *, now: datetime) -> None:
-    """Encode and store the image, complete the job, and tell the breaker."""
-    png = encode_png(image, parameters=infotext(request, model_family(request.model)))
-    if services.job_complete(job_id=job.pk, png=png, now=now) is None:
+def record_image(
+    job: ImageJob, image, request: GenerationRequest, *, now: datetime, stopped_at: int | None = None
+) -> None:
+    """Encode and store the image, complete the job, and tell the breaker. `stopped_at`:
+    the step the job was interrupted at (its image is the one of that step)."""
+    parameters = infotext(request, model_family(request.model), get_loras(), stopped_at=stopped_at)
+    png = encode_png(image, parameters=parameters)
+    stopped = (stopped_at, request.denoise_steps) if stopped_at is not None else None
+    if services.job_complete(job_id=job.pk, png=png, now=now, stopped_at=stopped) is None:
         services.breaker_release_trial()  # cancelled meanwhile: no verdict
     else:
         services.breaker_record_success()
@@ -73,7 +78,8 @@ class Bookkeeper:
     Progress for a job coalesces: when the device is ahead, only the newest state is
     written (a persisted one if any of those it replaces was), and none once the
     job's image is waiting to be recorded. A cancel is noticed from the last progress
-    write (its compare-and-set finds the job no longer processing). Finished images
+    write (its compare-and-set finds the job no longer processing), and so is an
+    interrupt (the job is still processing, asked to stop). Finished images
     wait in a bounded backlog, so a device faster than the bookkeeper waits for it
     instead of holding many images in memory. Leaving the `with` block waits until
     everything is written. A failure to record an image fails that job alone; an
@@ -88,6 +94,7 @@ class Bookkeeper:
         self._finishing = 0
         self._closing = False
         self._cancelled: set[int] = set()
+        self._interrupted: set[int] = set()
         self._backlog = FINISHED_BACKLOG * max_batch  # images of whole passes
         self._thread = threading.Thread(target=self._loop, name="bookkeeper", daemon=True)
 
@@ -113,6 +120,11 @@ class Bookkeeper:
     def cancelled(self, job_id: int) -> bool:
         with self._changed:
             return job_id in self._cancelled
+
+    def interrupted(self, job_id: int) -> bool:
+        """An A1111 client asked the job to stop and keep its image (see `job_interrupt`)."""
+        with self._changed:
+            return job_id in self._interrupted
 
     def progress(self, job: ImageJob, *, step: int, total: int, persist: bool, push: bool, now: datetime) -> None:
         fields = {"step": step, "total": total, "persist": persist, "push": push, "now": now}
@@ -148,14 +160,14 @@ class Bookkeeper:
                 )
                 self._changed.notify_all()
 
-    def finish(self, job: ImageJob, image, request: GenerationRequest) -> None:
+    def finish(self, job: ImageJob, image, request: GenerationRequest, *, stopped_at: int | None = None) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self._finishing < self._backlog)
             self._finishing += 1
             # Its completion says more than any progress still waiting to be written.
             for item in [item for item in self._items if item[0] == "progress" and item[1].pk == job.pk]:
                 self._items.remove(item)
-            self._items.append(("finish", job, {"image": image, "request": request}))
+            self._items.append(("finish", job, {"image": image, "request": request, "stopped_at": stopped_at}))
             self._changed.notify_all()
 
     def _loop(self) -> None:
@@ -189,9 +201,10 @@ class Bookkeeper:
     def _write(self, kind: str, job: ImageJob, fields: dict) -> None:
         try:
             if kind == "progress":
-                if not services.job_progress(job=job, **fields):
+                state = services.job_progress(job=job, **fields)
+                if state != services.RUNNING:
                     with self._changed:
-                        self._cancelled.add(job.pk)
+                        (self._interrupted if state == services.INTERRUPTED else self._cancelled).add(job.pk)
             elif kind == "preview":
                 if fields["copied"] is not None:
                     fields["copied"].synchronize()
@@ -203,7 +216,9 @@ class Bookkeeper:
                 # and its job completed once they answer.
                 with heartbeat.keep_alive([job.pk]):
                     retry_while_down(
-                        lambda: record_image(job, fields["image"], fields["request"], now=self.now()),
+                        lambda: record_image(
+                            job, fields["image"], fields["request"], now=self.now(), stopped_at=fields["stopped_at"]
+                        ),
                         doing=f"recording the image of job {job.pk}",
                         give_up=self._give_up_waiting(),
                     )

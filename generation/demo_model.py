@@ -440,3 +440,50 @@ def random_pipeline_path(cache_dir: Path, shape: str = DEMO) -> Path:
 def demo_pipeline_path(cache_dir: Path) -> Path:
     """Where the demo pipeline lives, building it on first use."""
     return random_pipeline_path(cache_dir, DEMO)
+
+
+# --- Random LoRAs ----------------------------------------------------------------------
+
+
+LORA_ARCHITECTURES = {
+    "StableDiffusionXLPipeline": "stable-diffusion-xl-v1-base/lora",
+    "StableDiffusion3Pipeline": "stable-diffusion-3-medium/lora",
+    "FluxPipeline": "flux-1-dev/lora",
+    "FluxKontextPipeline": "flux-1-dev/lora",
+}
+
+
+def build_random_lora(target: Path, pipeline_folder: Path, *, seed: int = 0, rank: int = 4) -> Path:
+    """A LoRA file with seeded random weights for the pipeline in `pipeline_folder` (its
+    UNet's or transformer's attention projections), in diffusers' LoRA layout, offline.
+
+    Its up-projections are random rather than zero (as training would leave them), so
+    it changes the image at weight 1 and does nothing at weight 0.
+    """
+    import diffusers
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(pipeline_folder, local_files_only=True)
+    component = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    denoiser = getattr(pipe, component)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    denoiser.add_adapter(config)
+    layers = get_peft_model_state_dict(denoiser)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lora-build-", dir=target.parent))
+    try:
+        type(pipe).save_lora_weights(work, **{f"{component}_lora_layers": layers}, weight_name=target.name)
+        # What trainers write in a LoRA's metadata: the architecture it was made for.
+        tensors = load_file(work / target.name)
+        architecture = LORA_ARCHITECTURES.get(type(pipe).__name__, "stable-diffusion-v1/lora")
+        save_file(tensors, target, metadata={"format": "pt", "modelspec.architecture": architecture})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target

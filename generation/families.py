@@ -22,30 +22,108 @@ if TYPE_CHECKING:
     from generation.request import GenerationRequest
 
 
-# scheduler key -> AUTOMATIC1111's sampler name (what the infotext and the form show)
-SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M", "pndm": "PLMS"}
-
 # A1111's noise schedules (its `scheduler` field): key -> (label, the diffusers scheduler
-# config that gives it). "automatic" is the sampler's own.
+# config that gives it), as diffusers' scheduler overview maps them. A schedule turns the
+# others off (a scheduler takes one of the sigma options at a time); "automatic" is the
+# sampler's own (see `Sampler.automatic`).
+_NO_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
     "automatic": ("Automatic", {}),
-    "karras": ("Karras", {"use_karras_sigmas": True}),
-    "exponential": ("Exponential", {"use_exponential_sigmas": True}),
-    "sgm_uniform": ("SGM Uniform", {"timestep_spacing": "trailing"}),
+    "karras": ("Karras", {**_NO_SIGMAS, "use_karras_sigmas": True}),
+    "exponential": ("Exponential", {**_NO_SIGMAS, "use_exponential_sigmas": True}),
+    "sgm_uniform": ("SGM Uniform", {**_NO_SIGMAS, "timestep_spacing": "trailing"}),
+}
+# Which schedules a scheduler class can give: those whose option its constructor takes.
+EVERY_SCHEDULE = tuple(SCHEDULES)
+SPACING_ONLY = ("automatic", "sgm_uniform")  # `timestep_spacing`, no sigma options
+SIGMAS_ONLY = ("automatic", "karras", "exponential")  # sigma options, no `timestep_spacing`
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler as AUTOMATIC1111 names it, and the diffusers scheduler that runs it."""
+
+    label: str  # A1111's name: what the form, the infotext and the API show
+    scheduler: str  # the diffusers class
+    config: dict[str, Any] = field(default_factory=dict)
+    schedules: tuple[str, ...] = ("automatic",)
+    aliases: tuple[str, ...] = ()  # A1111's other names for it ("k_euler_a")
+    # The schedule "automatic" gives, as in A1111 1.9+ (DPM++ 2M is Karras unless told);
+    # "automatic" here: the model's own schedule.
+    automatic: str = "automatic"
+    # Its noise comes from a Brownian tree (DPMSolverSDEScheduler), seeded with each
+    # image's seed so that an image does not depend on the others in its pass.
+    brownian: bool = False
+
+
+# The UNet families' samplers (noise prediction on a discrete schedule), as the common
+# A1111 -> diffusers table maps them. Keys are what a job stores; the first is the default.
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
+DISCRETE_SCHEDULERS: dict[str, Sampler] = {
+    "euler": Sampler("Euler", "EulerDiscreteScheduler", schedules=EVERY_SCHEDULE, aliases=("k_euler",)),
+    "euler_a": Sampler(
+        "Euler a", "EulerAncestralDiscreteScheduler", schedules=SPACING_ONLY, aliases=("k_euler_a", "k_euler_ancestral")
+    ),
+    "heun": Sampler("Heun", "HeunDiscreteScheduler", schedules=EVERY_SCHEDULE, aliases=("k_heun",)),
+    "lms": Sampler("LMS", "LMSDiscreteScheduler", schedules=EVERY_SCHEDULE, aliases=("k_lms",)),
+    "dpm2": Sampler(
+        "DPM2", "KDPM2DiscreteScheduler", schedules=EVERY_SCHEDULE, aliases=("k_dpm_2",), automatic="karras"
+    ),
+    "dpm2_a": Sampler(
+        "DPM2 a",
+        "KDPM2AncestralDiscreteScheduler",
+        schedules=EVERY_SCHEDULE,
+        aliases=("k_dpm_2_a",),
+        automatic="karras",
+    ),
+    "dpmpp_2m": Sampler(
+        "DPM++ 2M", "DPMSolverMultistepScheduler", schedules=EVERY_SCHEDULE, aliases=("k_dpmpp_2m",), automatic="karras"
+    ),
+    "dpmpp_sde": Sampler(
+        "DPM++ SDE",
+        "DPMSolverSDEScheduler",
+        schedules=EVERY_SCHEDULE,
+        aliases=("k_dpmpp_sde",),
+        automatic="karras",
+        brownian=True,
+    ),
+    "dpmpp_2m_sde": Sampler(
+        "DPM++ 2M SDE",
+        "DPMSolverMultistepScheduler",
+        _SDE,
+        schedules=EVERY_SCHEDULE,
+        aliases=("k_dpmpp_2m_sde",),
+        automatic="exponential",
+    ),
+    "dpmpp_3m_sde": Sampler(
+        "DPM++ 3M SDE",
+        "DPMSolverMultistepScheduler",
+        {**_SDE, "solver_order": 3},
+        schedules=EVERY_SCHEDULE,
+        aliases=("k_dpmpp_3m_sde",),
+        automatic="exponential",
+    ),
+    "unipc": Sampler("UniPC", "UniPCMultistepScheduler", schedules=EVERY_SCHEDULE, aliases=("unipc",)),
+    "ddim": Sampler("DDIM", "DDIMScheduler", schedules=SPACING_ONLY, aliases=("ddim",)),
+    "pndm": Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, schedules=SPACING_ONLY, aliases=("plms",)),
+    "lcm": Sampler("LCM", "LCMScheduler", schedules=SPACING_ONLY, aliases=("k_lcm",)),
+}
+# SD3 and Flux are flow-matching models: their samplers are diffusers' flow-matching
+# ones, which take the model's shift from its own config. Heun runs with SD3 only (Flux's
+# pipelines hand the scheduler their own sigmas, which FlowMatchHeun does not take);
+# DPM++ and UniPC with flow sigmas make an image from text but cannot continue from an
+# image (no `scale_noise`), so they are not offered.
+FLOW_SCHEDULERS: dict[str, Sampler] = {
+    "euler": Sampler("Euler", "FlowMatchEulerDiscreteScheduler", schedules=SIGMAS_ONLY, aliases=("k_euler",)),
+}
+SD3_SCHEDULERS: dict[str, Sampler] = {
+    **FLOW_SCHEDULERS,
+    "heun": Sampler("Heun", "FlowMatchHeunDiscreteScheduler", aliases=("k_heun",)),
 }
 
-# scheduler key -> (diffusers class name, extra config), for the UNet families
-# (noise prediction on a discrete schedule).
-DISCRETE_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-}
-# SD3 and Flux are flow-matching models: Euler on the flow is what they are made for
-# (other samplers would need their flow variants and the model's shift settings).
-FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {"euler": ("FlowMatchEulerDiscreteScheduler", {})}
+# scheduler key -> AUTOMATIC1111's sampler name (what the infotext and the form show). A
+# key names the same sampler in every family; the flow families' keys are among these.
+SAMPLER_NAMES = {key: sampler.label for key, sampler in DISCRETE_SCHEDULERS.items()}
 
 
 @dataclass(frozen=True)
@@ -152,7 +230,7 @@ class Family:
     default_guidance: float = 7.0
     default_steps: int = 20
     negative_prompt: bool = True
-    schedulers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=lambda: DISCRETE_SCHEDULERS)
+    schedulers: dict[str, Sampler] = field(default_factory=lambda: DISCRETE_SCHEDULERS)  # key -> sampler
     # Extra arguments for from_pretrained / from_single_file.
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     # The Hub repository whose configs a single-file checkpoint of this family is read
@@ -183,10 +261,27 @@ class Family:
     # float32 around every decode (SDXL's overflows in float16): the speed mode runs it
     # in bfloat16 instead.
     vae_upcasts: bool = False
+    # The prompt is encoded from an earlier layer of the text encoder when a job asks
+    # (A1111's clip skip: see pipeline.py). AUTOMATIC1111 applies it to SD 1.x/2.x (to
+    # SDXL only behind an option that is off by default), so the other families ignore
+    # it: the form stores 1 for their jobs.
+    clip_skip: bool = False
 
     @property
     def default_scheduler(self) -> str:
         return next(iter(self.schedulers))
+
+    def effective_schedule(self, scheduler: str, schedule: str) -> str:
+        """The schedule sampler `scheduler` runs with: "automatic" is its own preference
+        (A1111's), if it has one."""
+        sampler = self.schedulers.get(scheduler)
+        return sampler.automatic if schedule == "automatic" and sampler is not None else schedule
+
+    def scheduler_config(self, scheduler: str, schedule: str) -> tuple[str, dict[str, Any]]:
+        """The diffusers class of sampler `scheduler` and the config options that give it
+        `schedule` (options its class lacks are left for the caller to drop)."""
+        sampler = self.schedulers[scheduler]
+        return sampler.scheduler, {**sampler.config, **SCHEDULES[self.effective_schedule(scheduler, schedule)][1]}
 
     def torch_dtype(self, device: str) -> torch.dtype:
         import torch
@@ -227,6 +322,11 @@ class Family:
     def infotext_fields(self, request: GenerationRequest) -> list[tuple[str, str]]:
         """AUTOMATIC1111's generation fields, as Forge writes them for this family."""
         fields = [("Steps", str(request.steps)), ("Sampler", SAMPLER_NAMES.get(request.scheduler, request.scheduler))]
+        # A1111 writes the schedule a sampler ran with ("DPM++ 2M" with Automatic: Karras)
+        # and reads a missing one as Automatic, as older versions wrote it.
+        schedule = self.effective_schedule(request.scheduler, request.schedule)
+        if schedule != "automatic":
+            fields.append(("Schedule type", SCHEDULES[schedule][0] if schedule in SCHEDULES else schedule))
         if self.guidance == "distilled":
             fields += [("CFG scale", "1"), ("Distilled CFG Scale", f"{request.guidance:g}")]
         else:
@@ -238,6 +338,10 @@ class Family:
             fields += [("Mask blur", str(request.mask_blur)), ("Inpaint area", "Whole picture")]
         if request.kind == UPSCALE and request.image is not None:
             fields += [("Hires upscale", f"{request.width / request.image.width:g}"), ("Hires upscaler", "Lanczos")]
+        if request.clip_skip > 1:
+            fields.append(("Clip skip", str(request.clip_skip)))
+        if request.noise_seed_delta:
+            fields.append(("ENSD", str(request.noise_seed_delta)))
         return fields
 
     def preview(
@@ -293,6 +397,7 @@ SD15 = Family(
     single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
     edit_pipelines=_edits("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
     speed_default=True,
+    clip_skip=True,
 )
 SDXL = Family(
     name="sdxl",
@@ -320,7 +425,7 @@ SD3 = Family(
     dtype="bfloat16",
     default_guidance=5.0,
     default_steps=28,
-    schedulers=FLOW_SCHEDULERS,
+    schedulers=SD3_SCHEDULERS,
     single_file_config="stabilityai/stable-diffusion-3.5-medium",
     transformer="SD3Transformer2DModel",
     edit_pipelines=_edits("StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
@@ -442,6 +547,11 @@ class ModelLimits:
         return tuple(self.family.schedulers)
 
     @property
+    def schedules(self) -> dict[str, tuple[str, ...]]:
+        """The schedules each of the model's samplers takes."""
+        return {key: sampler.schedules for key, sampler in self.family.schedulers.items()}
+
+    @property
     def negative_prompt(self) -> bool:
         return self.family.negative_prompt
 
@@ -472,6 +582,7 @@ class ModelLimits:
             "default_guidance": self.default_guidance,
             "default_scheduler": self.default_scheduler,
             "schedulers": list(self.schedulers),
+            "schedules": {key: list(schedules) for key, schedules in self.schedules.items()},
             "negative_prompt": self.negative_prompt,
             "guidance": self.family.guidance,
             "edits": list(self.family.edit_pipelines),

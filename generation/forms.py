@@ -6,9 +6,9 @@ import secrets
 from django import forms
 from django.conf import settings
 
-from generation.families import SCHEDULES, SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
-from generation.pipeline import SCHEDULERS
-from generation.registry import get_registry, model_limits
+from generation.families import SAMPLER_NAMES, SCHEDULES, SIZE_MAX, SIZE_MIN, SIZE_STEP, ModelLimits
+from generation.loras import LoraError, clean_loras
+from generation.registry import get_loras, get_registry, model_limits
 from generation.request import (
     DEFAULT_SCHEDULE,
     DEFAULT_SCHEDULER,
@@ -24,9 +24,10 @@ PROMPT_MAX_LENGTH = 2000
 SEED_MAX = 2**32 - 1
 STEPS_MIN, STEPS_MAX = 1, 100
 GUIDANCE_MIN, GUIDANCE_MAX = 0, 30
-COUNT_MIN, COUNT_MAX = 1, 8
+COUNT_MIN, COUNT_MAX = 1, 10
 STRENGTH_MIN, STRENGTH_MAX = 0.05, 1.0
 MASK_BLUR_MAX = 64
+CLIP_SKIP_MIN, CLIP_SKIP_MAX = 1, 12  # AUTOMATIC1111's slider
 # How far each kind of edit moves from its source when the request does not say.
 DEFAULT_STRENGTH = {IMG2IMG: 0.6, INPAINT: 0.75, UPSCALE: 0.3}
 # The chat's two variations of an image (same prompt, new seed).
@@ -134,10 +135,13 @@ class JobForm(forms.Form):
         help_text="Empty for random.",
         widget=_number({"placeholder": "random"}),
     )
+    # The job's sampler, by its key (A1111's names are the labels); the model's family
+    # decides which run (see _check_family, and the page's script).
     scheduler = forms.ChoiceField(
-        choices=[(key, label) for key, (_, label, _) in SCHEDULERS.items()],
+        choices=list(SAMPLER_NAMES.items()),
         required=False,
-        error_messages={"invalid_choice": "Scheduler: choose one from the list."},
+        label="Sampler",
+        error_messages={"invalid_choice": "Sampler: choose one from the list."},
     )
     schedule = forms.ChoiceField(
         choices=[(key, label) for key, (label, _) in SCHEDULES.items()],
@@ -150,6 +154,24 @@ class JobForm(forms.Form):
     )
     # "name:weight" pairs, as `generation.loras.clean_loras` reads them.
     loras = forms.CharField(required=False, strip=True, label="LoRAs", widget=forms.HiddenInput)
+    # AUTOMATIC1111's clip skip and eta noise seed delta: set through the A1111 API's
+    # options, not shown in the chat.
+    clip_skip = forms.IntegerField(
+        min_value=CLIP_SKIP_MIN,
+        max_value=CLIP_SKIP_MAX,
+        required=False,
+        label="Clip skip",
+        error_messages=_range_errors(f"Clip skip: {CLIP_SKIP_MIN}-{CLIP_SKIP_MAX} (1: the text encoder's last layer)."),
+        widget=forms.HiddenInput,
+    )
+    noise_seed_delta = forms.IntegerField(
+        min_value=0,
+        max_value=SEED_MAX,
+        required=False,
+        label="ENSD",
+        error_messages=_range_errors(f"Eta noise seed delta: 0-{SEED_MAX}."),
+        widget=forms.HiddenInput,
+    )
 
     count = forms.IntegerField(
         min_value=COUNT_MIN,
@@ -195,9 +217,26 @@ class JobForm(forms.Form):
     source_job = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     # Every other default is the model's family's (`model_defaults`): one home for them.
-    DEFAULTS = {"count": 1, "scheduler": DEFAULT_SCHEDULER, "schedule": DEFAULT_SCHEDULE, "loras": ""}
-    # Shown apart from the settings grid (the composer's image box), or not at all.
-    EDIT_FIELDS = ("kind", "strength", "mask_blur", "image", "mask", "source_job")
+    DEFAULTS = {
+        "count": 1,
+        "scheduler": DEFAULT_SCHEDULER,
+        "schedule": DEFAULT_SCHEDULE,
+        "loras": "",
+        "clip_skip": 1,
+        "noise_seed_delta": 0,
+    }
+    # Shown apart from the settings grid (the composer's image box, the LoRA picker), or not at all.
+    EDIT_FIELDS = (
+        "kind",
+        "strength",
+        "mask_blur",
+        "image",
+        "mask",
+        "source_job",
+        "loras",
+        "clip_skip",
+        "noise_seed_delta",
+    )
     # For the template: the counter's limit and the size presets.
     prompt_max_length = PROMPT_MAX_LENGTH
     size_presets = SIZE_PRESETS
@@ -217,6 +256,9 @@ class JobForm(forms.Form):
         every = {name: model_limits(name) for name in get_registry().names()}
         for key in ("width", "height"):
             self.fields[key].widget.attrs["max"] = max((limits.max_size for limits in every.values()), default=SIZE_MAX)
+        # The LoRA picker's list (each with the families it fits; the script offers those
+        # of the chosen model's family).
+        self.lora_choices = json.dumps([lora.as_dict() for lora in get_loras().all()])
         # The page's script moves the settings to a model's defaults when another model is chosen.
         self.fields["model"].widget.attrs["data-limits"] = json.dumps(
             {name: {**limits.as_dict(), "defaults": model_defaults(limits)} for name, limits in every.items()}
@@ -259,11 +301,14 @@ class JobForm(forms.Form):
                 self.add_error(field, size_error(label, limits.max_size, limits.size_step, limits.min_size))
         if limits is not None:
             self._check_family(data, limits)
+            self._check_loras(data, model, limits)
         if self.errors:
             return data
         for key, default in defaults.items():
             if data.get(key) in (None, ""):
                 data[key] = default
+        if limits is not None and not limits.family.clip_skip:
+            data["clip_skip"] = 1  # the family ignores it (see `Family.clip_skip`)
         data["model"] = model
         data["kind"] = kind
         if kind in EDIT_KINDS and limits is not None and limits.family.instruction:
@@ -279,16 +324,32 @@ class JobForm(forms.Form):
             data["seed"] = secrets.randbelow(SEED_MAX + 1)
         return data
 
+    def _check_loras(self, data: dict, model: str, limits: ModelLimits) -> None:
+        """The LoRAs asked for: installed, of the model's family, at most 4, weights -2..2."""
+        if "loras" not in data:
+            return
+        try:
+            data["loras"] = clean_loras(data["loras"], family=limits.family.name, model=model, registry=get_loras())
+        except LoraError as exc:
+            self.add_error("loras", str(exc))
+
     def _check_family(self, data: dict, limits: ModelLimits) -> None:
-        """What the model's family cannot do: another sampler, a negative prompt, an edit."""
+        """What the model's family cannot do: another sampler (or a schedule its sampler
+        does not take), a negative prompt, an edit."""
         family = limits.family
         kind = data.get("kind") or TXT2IMG
         if kind != TXT2IMG and kind not in family.edit_pipelines:
             self.add_error("kind", f"{family.label} models cannot {kind} here.")
-        scheduler = data.get("scheduler")
-        if scheduler and scheduler not in limits.schedulers:
-            names = ", ".join(SCHEDULERS[key][1] for key in limits.schedulers)
-            self.add_error("scheduler", f"Scheduler: {family.label} models use {names}.")
+        scheduler = data.get("scheduler") or limits.default_scheduler
+        if scheduler not in limits.schedulers:
+            names = ", ".join(SAMPLER_NAMES[key] for key in limits.schedulers)
+            self.add_error("scheduler", f"Sampler: {family.label} models use {names}.")
+        elif (schedule := data.get("schedule") or DEFAULT_SCHEDULE) not in limits.schedules[scheduler]:
+            sampler = family.schedulers[scheduler]
+            *some, last = [SCHEDULES[key][0] for key in sampler.schedules]
+            names = f"{', '.join(some)} or {last}" if some else last
+            asked = SCHEDULES[schedule][0] if schedule in SCHEDULES else schedule
+            self.add_error("schedule", f"Schedule: {sampler.label} runs with {names}, not {asked}.")
         if data.get("negative_prompt") and not limits.negative_prompt:
             self.add_error(
                 "negative_prompt", f"Negative prompt: {family.label} models do not use one. Please leave it empty."

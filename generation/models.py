@@ -126,6 +126,10 @@ class ImageJob(models.Model):
     # (generation/loras.py), so that jobs with the same set compare equal.
     loras = models.CharField(max_length=600, blank=True, default="")
     kind = models.CharField(max_length=16, choices=KINDS, default=TXT2IMG)
+    # AUTOMATIC1111's clip skip (1: the text encoder's last layer; 2: the one before it)
+    # and eta noise seed delta (the sampler's noise is seeded with seed + delta).
+    clip_skip = models.PositiveSmallIntegerField(default=1, help_text="A1111's clip skip (1: none).")
+    noise_seed_delta = models.BigIntegerField(default=0, help_text="A1111's eta noise seed delta (ENSD).")
     strength = models.FloatField(null=True, blank=True, help_text="An edit's denoising strength (0-1).")
     mask_blur = models.PositiveSmallIntegerField(default=4, help_text="An inpainting's soft edge, in pixels.")
     # An edit's own copies of its source image and mask (the mask: white = repaint), so
@@ -154,6 +158,12 @@ class ImageJob(models.Model):
         max_length=32, blank=True, db_index=True, help_text="The pass it last ran in; jobs that share it ran together."
     )
     batch_size = models.PositiveSmallIntegerField(default=1, help_text="How many images that pass made.")
+    # An A1111 client's interrupt: the job stops at its next step and ends with the image
+    # of that step (a cancel throws the partial image away instead).
+    interrupt_requested = models.BooleanField(default=False, help_text="Asked to stop early and keep its image.")
+    stopped_at_step = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Stopped early after this many steps: its image is the one of that step."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -211,6 +221,8 @@ class ImageJob(models.Model):
             scheduler=self.scheduler,
             schedule=self.schedule,
             loras=parse_loras(self.loras),
+            clip_skip=self.clip_skip,
+            noise_seed_delta=self.noise_seed_delta,
             kind=self.kind,
             strength=self.strength,
             mask_blur=self.mask_blur,
@@ -229,6 +241,8 @@ class ImageJob(models.Model):
         "scheduler",
         "schedule",
         "loras",
+        "clip_skip",
+        "noise_seed_delta",
         "kind",
         "strength",
     )

@@ -9,18 +9,30 @@ preview and its infotext.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter
 
-from generation.families import DEFAULT_FAMILY, DISCRETE_SCHEDULERS, SAMPLER_NAMES, Family, family_for_pipeline
+from generation.families import DEFAULT_FAMILY, Family, family_for_pipeline
 from generation.loading import ModelRegistry, load_pipeline, resolve_device
-from generation.request import INPAINT, TXT2IMG, UPSCALE, GenerationRequest, StepCallback, TransientGenerationError
+from generation.loras import LoraRegistry, LoraUnavailable, infotext_hashes, prompt_tags
+from generation.request import (
+    DEFAULT_SCHEDULE,
+    INPAINT,
+    TXT2IMG,
+    UPSCALE,
+    GenerationRequest,
+    StepCallback,
+    TransientGenerationError,
+)
 from generation.sources import ModelUnavailable, hub_cached_file
 from generation.speed import WARM_UP_STEPS, SpeedReport, compiled_graphs, fast_pass, make_fast, warm_up
 
@@ -28,13 +40,6 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-# scheduler key -> (diffusers class name, AUTOMATIC1111 sampler name, extra config), as SD
-# 1.x and SDXL run them. Which class a key means for a model is its family's
-# (`Family.schedulers`): "euler" is Euler on the flow for SD3 and Flux, their only one.
-SCHEDULERS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    key: (class_name, SAMPLER_NAMES[key], extra) for key, (class_name, extra) in DISCRETE_SCHEDULERS.items()
-}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -57,12 +62,48 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-def set_scheduler(pipe, name: str, family: Family = DEFAULT_FAMILY) -> None:
+# scheduler -> (the model's own scheduler config, the sampler and options it was built
+# with): a sampler or schedule that differs from the last pass's rebuilds it, always
+# from the model's own config, so no option of an earlier one lingers.
+_BUILT_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def set_scheduler(
+    pipe,
+    name: str,
+    family: Family = DEFAULT_FAMILY,
+    schedule: str = DEFAULT_SCHEDULE,
+    *,
+    seeds: list[int] | None = None,
+) -> None:
+    """Give `pipe` sampler `name` with noise schedule `schedule`, as `family` runs them.
+
+    A scheduler is rebuilt only when the sampler or its options change (building some,
+    KDPM2's, takes a quarter of a second). `seeds`: the pass's, one per image, for a
+    sampler whose noise comes from a Brownian tree.
+    """
+    import inspect
+
     import diffusers
 
-    class_name, extra = family.schedulers[name]
-    if type(pipe.scheduler).__name__ != class_name:
-        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
+    current = pipe.scheduler
+    own, built = _BUILT_SCHEDULERS.get(current, (dict(current.config), None))
+    class_name, options = family.scheduler_config(name, schedule)
+    scheduler_class = getattr(diffusers, class_name)
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    options = {key: value for key, value in options.items() if key in accepted}
+    recipe = (class_name, sorted(options.items()))
+    if built is None and type(current).__name__ == class_name:
+        # The model's own scheduler: kept if it already is the one asked for.
+        if all(current.config.get(key) == value for key, value in options.items()):
+            built = recipe
+            _BUILT_SCHEDULERS[current] = (own, recipe)
+    if built != recipe:
+        current = scheduler_class.from_config(own, **options)
+        _BUILT_SCHEDULERS[current] = (own, recipe)
+        pipe.scheduler = current
+    if family.schedulers[name].brownian and seeds is not None:
+        current.noise_sampler_seed = list(seeds)
 
 
 def default_max_batch(configured: int, device: str) -> int:
@@ -78,8 +119,24 @@ class DiffusersGenerator:
     its `speed=` option names).
     """
 
-    def __init__(self, registry: ModelRegistry, *, cache_dir: Path, device: str = "auto", max_batch: int = 0):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        cache_dir: Path,
+        device: str = "auto",
+        max_batch: int = 0,
+        loras: LoraRegistry | None = None,
+        lora_cache: int = 8,
+    ):
         self.registry = registry
+        self.lora_registry = loras or LoraRegistry()
+        self.lora_cache = max(1, lora_cache)
+        # LoRAs loaded into the model as adapters, least recently used first: name -> adapter.
+        self._adapters: OrderedDict[str, str] = OrderedDict()
+        self._active_loras: tuple = ()
+        self.lora_loads = 0  # LoRA files loaded (each once while it stays in the cache)
+        self.lora_switches = 0  # passes that changed the set of active LoRAs
         self.cache_dir = Path(cache_dir)
         self._device_preference = device
         self._device: str | None = None
@@ -176,6 +233,8 @@ class DiffusersGenerator:
         compiled = self.speed is not None
         self._pipe = None
         self._edit_pipes = {}
+        self._adapters.clear()
+        self._active_loras = ()
         self._loaded_name = None
         self.speed = None
         import gc
@@ -222,6 +281,40 @@ class DiffusersGenerator:
             self._edit_pipes[class_name] = getattr(diffusers, class_name).from_pipe(self._pipe)
         return self._edit_pipes[class_name]
 
+    def _use_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+        """Make `loras` (name, weight pairs) the loaded model's active adapters, loading
+        those not loaded yet and dropping the least recently used beyond the cache;
+        the model itself is not reloaded. The edit pipelines share its modules, so they
+        get the same adapters."""
+        if loras == self._active_loras:
+            return
+        pipe = self._pipe
+        for name, _ in loras:
+            if name in self._adapters:
+                self._adapters.move_to_end(name)
+                continue
+            try:
+                info = self.lora_registry.get(name)
+            except KeyError:
+                raise LoraUnavailable(f"LoRA {name} is no longer installed.") from None
+            adapter = f"lora_{len(self._adapters)}_{self.lora_loads}"
+            try:
+                pipe.load_lora_weights(str(info.path), adapter_name=adapter)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise LoraUnavailable(f"LoRA {name} does not fit model {self._loaded_name}: {exc}") from exc
+            self._adapters[name] = adapter
+            self.lora_loads += 1
+        wanted = {name for name, _ in loras}
+        while len(self._adapters) > max(self.lora_cache, len(wanted)):
+            old = next(name for name in self._adapters if name not in wanted)
+            pipe.delete_adapters(self._adapters.pop(old))
+        if loras:
+            pipe.set_adapters([self._adapters[name] for name, _ in loras], [weight for _, weight in loras])
+        elif self._adapters:
+            pipe.disable_lora()
+        self._active_loras = loras
+        self.lora_switches += 1
+
     def needs_download(self, name: str) -> bool:
         """Whether loading model `name` would download it first (a Hub model not in the cache)."""
         if name == self._loaded_name or name not in self.registry:
@@ -244,7 +337,8 @@ class DiffusersGenerator:
         The requests share a pass key (model, size, steps, guidance, scheduler); each
         keeps its own prompt, negative prompt and seed, with a `torch.Generator` of its
         own, so each image is the one its request would get alone. `on_step` gets the
-        whole batch's latents, one row per request, and may raise to abort the pass.
+        whole batch's latents, one row per request, and may raise to abort the pass;
+        the rows it returns stop at that step (see `StepCallback`).
         """
         with self._lock:
             self.load(requests[0].model)
@@ -266,17 +360,32 @@ class DiffusersGenerator:
         first = requests[0]
         family = self._family
         pipe = self.pipeline_for(first.kind)
-        set_scheduler(pipe, first.scheduler, family)
+        self._use_loras(first.loras)
+        set_scheduler(pipe, first.scheduler, family, first.schedule, seeds=[request.seed for request in requests])
         generators = [torch.Generator(device="cpu").manual_seed(request.seed) for request in requests]
+        stopped: dict[int, Any] = {}  # row -> its latents at the step it stopped at
 
         def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+            latents = callback_kwargs["latents"]
             if on_step is not None:
-                on_step(step_index + 1, pipeline.num_timesteps, callback_kwargs["latents"])
+                for row in on_step(step_index + 1, pipeline.num_timesteps, latents) or ():
+                    if row not in stopped:
+                        stopped[row] = latents[row].clone()
+            if stopped:
+                # A stopped row keeps its latents of that step while the others go on;
+                # once every row has stopped, the pipeline skips the steps left and
+                # decodes them (diffusers' own early stop).
+                for row, kept in stopped.items():
+                    latents[row] = kept
+                if len(stopped) == len(requests):
+                    pipeline._interrupt = True
             return callback_kwargs
 
         edits = _edit_inputs(requests) if first.kind != TXT2IMG else {}
-        with torch.inference_mode(), _vae_tiled(pipe, first, family):
+        with torch.inference_mode(), _vae_tiled(pipe, first, family), _noise_seed_delta(pipe, generators, requests):
             kwargs = family.call_kwargs(requests)
+            if family.clip_skip and first.clip_skip > 1:
+                kwargs = _clip_skipped(pipe, kwargs, first.clip_skip)
             if edits:
                 kwargs = _without_size(pipe, {**kwargs, **edits})
             if family.zeros_for_no_negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
@@ -355,6 +464,65 @@ class _vae_tiled:
             self.vae.disable_tiling()
 
 
+def _clip_skipped(pipe, kwargs: dict[str, Any], clip_skip: int) -> dict[str, Any]:
+    """The pass's prompts and negative prompts encoded as A1111 does with clip skip
+    `clip_skip`: the text encoder's hidden state that many layers from its end, through
+    its final layer norm; handed to the pipeline as embeddings.
+
+    diffusers' own `clip_skip` argument reaches for `text_encoder.text_model`, which
+    transformers 5's CLIPTextModel no longer has, and skips for the prompt only.
+    """
+    encoder = pipe.text_encoder
+    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+    # A text encoder shallower than A1111's twelve layers (the demo model's) keeps its first.
+    back = min(clip_skip, encoder.config.num_hidden_layers)
+
+    def encode(texts: list[str]):
+        tokens = pipe.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        hidden = encoder(tokens.input_ids.to(pipe._execution_device), output_hidden_states=True).hidden_states
+        return final_norm(hidden[-back])
+
+    prompts = kwargs["prompt"]
+    negatives = kwargs.get("negative_prompt") or [""] * len(prompts)  # "" is what the pipeline uses for none
+    rest = {key: value for key, value in kwargs.items() if key not in ("prompt", "negative_prompt")}
+    return {**rest, "prompt_embeds": encode(prompts), "negative_prompt_embeds": encode(negatives)}
+
+
+class _noise_seed_delta:
+    """A1111's eta noise seed delta: the initial noise comes from each request's seed;
+    once the pipeline has drawn it (in its `prepare_latents`), the request's generator
+    is seeded with seed + delta, so the sampler's own noise (ancestral samplers) comes
+    from that. Without a delta the pipeline runs as it is."""
+
+    def __init__(self, pipe, generators: list, requests: list[GenerationRequest]):
+        self.pipe = pipe if requests[0].noise_seed_delta else None
+        self.generators = generators
+        self.requests = requests
+
+    def __enter__(self):
+        if self.pipe is None:
+            return
+        prepare = self.pipe.prepare_latents
+
+        def prepare_then_reseed(*args, **kwargs):
+            latents = prepare(*args, **kwargs)
+            for generator, request in zip(self.generators, self.requests, strict=True):
+                generator.manual_seed(request.seed + request.noise_seed_delta)
+            return latents
+
+        self.pipe.prepare_latents = prepare_then_reseed  # this pass only: see __exit__
+
+    def __exit__(self, *exc_info):
+        if self.pipe is not None:
+            del self.pipe.prepare_latents  # the pipeline's own method again
+
+
 def _zeros_for_no_negative(pipe, requests: list[GenerationRequest], kwargs: dict) -> dict:
     """SDXL's text embeddings for a pass mixing requests with and without a negative prompt.
 
@@ -390,12 +558,27 @@ def _zeros_for_no_negative(pipe, requests: list[GenerationRequest], kwargs: dict
 # --- Output -------------------------------------------------------------------------
 
 
-def infotext(request: GenerationRequest, family: Family = DEFAULT_FAMILY) -> str:
-    """Parameters in AUTOMATIC1111's format, which other tools read from a PNG."""
-    lines = [request.prompt]
+def infotext(
+    request: GenerationRequest,
+    family: Family = DEFAULT_FAMILY,
+    loras: LoraRegistry | None = None,
+    *,
+    stopped_at: int | None = None,
+) -> str:
+    """Parameters in AUTOMATIC1111's format, which other tools read from a PNG: a job's
+    LoRAs as `<lora:name:weight>` in its prompt and their "Lora hashes", as A1111 writes
+    them (hashes where `loras`, the registry, is given). An image interrupted at step
+    `stopped_at` says so ("Interrupted: step 3 of 10"); its Steps stay those asked for,
+    as A1111 writes them."""
+    lines = [" ".join(filter(None, [request.prompt, prompt_tags(request.loras)]))]
     if request.negative_prompt and family.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     fields = [*family.infotext_fields(request), ("Model", request.model)]
+    hashes = infotext_hashes(request.loras, loras) if request.loras and loras is not None else ""
+    if hashes:
+        fields.append(("Lora hashes", json.dumps(hashes)))  # quoted: the value holds ": " and ", "
+    if stopped_at is not None:
+        fields.append(("Interrupted", f"step {stopped_at} of {request.denoise_steps}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 

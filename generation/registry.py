@@ -7,6 +7,7 @@ from django.utils.module_loading import import_string
 
 from generation.families import DEFAULT_FAMILY, Family, ModelLimits
 from generation.loading import ModelRegistry
+from generation.loras import LoraRegistry
 from generation.pipeline import DiffusersGenerator
 from generation.request import ImageGenerator
 
@@ -14,6 +15,11 @@ from generation.request import ImageGenerator
 @cache
 def get_registry() -> ModelRegistry:
     return ModelRegistry(settings.IMAGEGEN_MODELS)
+
+
+@cache
+def get_loras() -> LoraRegistry:
+    return LoraRegistry(settings.IMAGEGEN_LORA_DIR, settings.IMAGEGEN_LORAS)
 
 
 @cache
@@ -25,6 +31,8 @@ def get_generator() -> ImageGenerator:
         cache_dir=settings.IMAGEGEN_MODEL_CACHE,
         device=settings.IMAGEGEN_DEVICE,
         max_batch=settings.IMAGEGEN_MAX_BATCH,
+        loras=get_loras(),
+        lora_cache=settings.IMAGEGEN_LORA_CACHE,
     )
 
 

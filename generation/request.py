@@ -9,7 +9,7 @@ families, the pipeline and the worker can all import it without a circle.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,6 +75,12 @@ class GenerationRequest:
     schedule: str = DEFAULT_SCHEDULE  # A1111's noise schedule: automatic, karras, exponential, sgm_uniform
     # LoRAs applied, as (name, weight) pairs sorted by name; a pass shares one set.
     loras: tuple[tuple[str, float], ...] = ()
+    # AUTOMATIC1111's clip skip: 1 encodes the prompt with the text encoder's last layer,
+    # 2 with the one before it... (families without it ignore it: `Family.clip_skip`).
+    clip_skip: int = 1
+    # A1111's eta noise seed delta: the initial noise comes from the seed, the sampler's
+    # own noise (ancestral samplers) from seed + delta.
+    noise_seed_delta: int = 0
     kind: str = TXT2IMG
     strength: float | None = None  # how far an edit may move from its source (0-1)
     mask_blur: int = 4  # pixels of soft edge where an inpainted area meets the kept source
@@ -89,15 +95,21 @@ class GenerationRequest:
 
 # (step done, 1-based; total steps; the pass's current latents, one row per request).
 # It may raise to stop the pass: GenerationCancelled, GenerationTimeout, or the worker's own.
-StepCallback = Callable[[int, int, Any], None]
+# It returns the rows that stop here (or stopped before), or None: a stopped row's image
+# is made from its latents as they are at the step that first names it (A1111's
+# interrupt), while the other rows go on; once every row has stopped, the pass ends
+# (and decodes).
+StepCallback = Callable[[int, int, Any], Collection[int] | None]
 
 
 class ImageGenerator(Protocol):
     """Keeps a model loaded and makes the images of a pass.
 
     `generate_batch` takes requests that share a pass key (model, size, steps,
-    guidance, scheduler, schedule, LoRAs, kind, strength) and returns one image per request, in order; each image is
-    the one its request would get alone. `on_step` is called after every step.
+    guidance, scheduler, schedule, LoRAs, clip skip, noise seed delta, kind, strength)
+    and returns one image per request, in order; each image is the one its request
+    would get alone. `on_step` is called after every step; the rows
+    it returns stop there (see `StepCallback`).
     """
 
     @property

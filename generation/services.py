@@ -29,6 +29,7 @@ from chat.models import Conversation, Message
 from chat.services import exchange_post, message_update
 from generation import broadcasts, doorbells, events, fairness, files, selectors, texts
 from generation.forms import SEED_MAX, JobForm
+from generation.loras import LoraUnavailable
 from generation.models import ApiRequest, CircuitBreaker, ImageJob, JobPreview, QueueTicket
 from generation.outages import OUTAGES
 from generation.pipeline import is_transient
@@ -288,7 +289,7 @@ def job_submit(
     source's size) for inpainting; see `_edit_params` for its defaults. Each of its
     jobs keeps its own copy of the source and mask.
 
-    `count` images (1-8) of one prompt are `count` jobs that share the assistant's
+    `count` images (1-10) of one prompt are `count` jobs that share the assistant's
     message, with seeds seed, seed+1, ... (as AUTOMATIC1111 numbers a batch), next to
     each other in the queue. With `idempotency_key` (an API request's digest) the
     request is remembered, and when `attach` a retry of it gets the jobs its first
@@ -339,6 +340,8 @@ def job_submit(
                 "scheduler",
                 "schedule",
                 "loras",
+                "clip_skip",
+                "noise_seed_delta",
                 "kind",
                 "strength",
             )
@@ -574,14 +577,21 @@ def _claim_one(job: ImageJob, *, worker: str, now: datetime, batch: str) -> Imag
     )
 
 
+# What `job_progress` finds: the job runs on, was interrupted (an A1111 client asked it
+# to stop and keep its image), or is no longer processing (cancelled): None.
+RUNNING, INTERRUPTED = "running", "interrupted"
+
+
 def job_progress(
     *, job: ImageJob, step: int, total: int, persist: bool, push: bool = True, now: datetime | None = None
-) -> bool:
-    """Record progress; returns False when the job is no longer processing (cancelled).
+) -> str | None:
+    """Record progress; returns RUNNING, INTERRUPTED, or None when the job is no longer
+    processing (cancelled).
 
     With `persist` the row and the message are written (every 10 % and as a
     heartbeat); with `push` the live event goes out (after the commit, if any). The
-    status check is the worker's way of noticing a cancel, so it runs either way.
+    status check is the worker's way of noticing a cancel or an interrupt, so it runs
+    either way; an interrupted job's progress is not written (it stops at this step).
     """
     progress = min(100, int(step * 100 / max(total, 1)))
     processing = ImageJob.objects.filter(pk=job.pk, status=Status.PROCESSING)
@@ -592,11 +602,16 @@ def job_progress(
                 # crash costs nothing, so its commit need not wait for the disk.
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            if not processing.update(progress=progress, heartbeat_at=now or timezone.now()):
-                return False
+            running = processing.filter(interrupt_requested=False)
+            if not running.update(progress=progress, heartbeat_at=now or timezone.now()):
+                return INTERRUPTED if processing.exists() else None
             _message_update(job, metadata={"progress": progress})
-        elif not processing.exists():
-            return False
+        else:
+            interrupted = processing.values_list("interrupt_requested", flat=True).first()
+            if interrupted is None:
+                return None
+            if interrupted:
+                return INTERRUPTED
         if push:
             events.send_to_user(
                 job.owner_id,
@@ -607,7 +622,7 @@ def job_progress(
                 total=total,
                 progress=progress,
             )
-    return True
+    return RUNNING
 
 
 def jobs_preparing(*, jobs: list[ImageJob], state: str, on: bool) -> None:
@@ -641,14 +656,19 @@ def job_preview(*, job: ImageJob, step: int, image_data_url: str, now: datetime 
     events.send_to_user(job.owner_id, "job.preview", job_id=job.pk, step=step, image=image_data_url)
 
 
-def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> ImageJob | None:
+def job_complete(
+    *, job_id: int, png: bytes, now: datetime | None = None, stopped_at: tuple[int, int] | None = None
+) -> ImageJob | None:
     """Store the image and finish the job; None if it was cancelled meanwhile.
 
+    `stopped_at` (step, of steps): the job was interrupted and its image is the one of
+    that step; it is complete all the same, and its reply says where it stopped.
     The PNG is written under a temporary name first and takes the job's own name in
     the transaction that completes the job (see generation.files).
     """
     now = now or timezone.now()
     incoming = files.write_incoming(job_id, png)
+    step = stopped_at[0] if stopped_at else None
     try:
         with transaction.atomic():
             image_url = reverse("generation:job_image", args=[job_id])
@@ -661,9 +681,16 @@ def job_complete(*, job_id: int, png: bytes, now: datetime | None = None) -> Ima
                     "finished_at": now,
                     "heartbeat_at": now,
                     "error": "",
+                    "stopped_at_step": step,
                 },
-                metadata={"progress": 100, "image_url": image_url, "finished_at": now.isoformat(), "error": None},
-                content=texts.READY,
+                metadata={
+                    "progress": 100,
+                    "image_url": image_url,
+                    "finished_at": now.isoformat(),
+                    "error": None,
+                    "stopped_at_step": step,
+                },
+                content=texts.interrupted(*stopped_at) if stopped_at else texts.READY,
             )
             if job is None:
                 return None
@@ -732,7 +759,8 @@ def job_record_failure(
     if isinstance(exc, ModelUnavailable):
         # A model that is not here is the operator's to fix (the detail says how), not a
         # failing backend: other models' jobs must not be paused for it.
-        job = job_fail(job_id=job_id, error=error or texts.MODEL_UNAVAILABLE, detail=detail, now=now)
+        shown = str(exc) if isinstance(exc, LoraUnavailable) else texts.MODEL_UNAVAILABLE
+        job = job_fail(job_id=job_id, error=error or shown, detail=detail, now=now)
         breaker_release_trial()
         return job
     transient = error is None and is_transient(exc)
@@ -788,6 +816,16 @@ def job_cancel(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     return cancelled
 
 
+def job_interrupt(*, job: ImageJob) -> bool:
+    """Ask a running job to stop at its next step and end with the image of that step
+    (A1111's interrupt); False when it is not running (any more).
+
+    Not a change of status: the worker notices it from its next progress write (as it
+    notices a cancel) and completes the job with the latents it has then.
+    """
+    return bool(ImageJob.objects.filter(pk=job.pk, status=Status.PROCESSING).update(interrupt_requested=True))
+
+
 def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
     """Give a failed or cancelled job a new attempt, at the back of the queue.
 
@@ -817,6 +855,7 @@ def job_retry(*, job: ImageJob, now: datetime | None = None) -> ImageJob:
                 "started_at": None,
                 "heartbeat_at": None,
                 "finished_at": None,
+                "interrupt_requested": False,
             },
             metadata={"progress": 0, "error": None, "finished_at": None, "started_at": None, "retrying": False},
             content=texts.QUEUED,

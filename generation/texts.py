@@ -14,6 +14,11 @@ CANCELLED = "Cancelled."
 FAILED = "Sorry, the image could not be made."
 
 
+def interrupted(step: int, steps: int) -> str:
+    """An image stopped early (A1111's interrupt): it is the one of the step it reached."""
+    return f"Stopped at step {step} of {steps}: your image as it was then."
+
+
 def prompt_content(status: str, count: int, ready: int, said: str | None = None) -> str:
     """The content of the reply to a prompt of `count` images, `ready` of them made.
 

@@ -224,7 +224,7 @@ class JobRunner:
             if not kept:
                 services.breaker_release_trial()
             for job, image, request in kept:
-                bookkeeper.finish(job, image, request)
+                bookkeeper.finish(job, image, request, stopped_at=on_step.stopped.get(job.pk))
 
     def _load(self, jobs: list[ImageJob], model: str) -> None:
         """Load the jobs' model; their cards say "Downloading model…" while its files
@@ -253,12 +253,15 @@ def _pass_size(job: ImageJob) -> tuple[str, int, int]:
 
 
 class _StepReporter:
-    """The per-step callback of a pass: time limit, stop and cancel checks, and the
-    pass's progress and previews, posted to the bookkeeper.
+    """The per-step callback of a pass: time limit, stop, cancel and interrupt checks,
+    and the pass's progress and previews, posted to the bookkeeper.
 
-    A cancel is noticed from the bookkeeper's last write. A cancelled job is dropped
-    from the pass (its image will be thrown away) while the others go on; when every
-    job is cancelled the pass stops.
+    A cancel or an interrupt is noticed from the bookkeeper's last write. A cancelled
+    job is dropped from the pass (its image will be thrown away) while the others go
+    on; when every job is cancelled the pass stops. An interrupted job's row stops at
+    the step it is noticed at (`stopped`: job id -> step), and the job ends with the
+    image of that step; the other jobs of the pass go on, and the pass ends as soon
+    as every row has stopped. The rows returned to the generator are those of both.
     """
 
     def __init__(
@@ -273,6 +276,7 @@ class _StepReporter:
         self.runner = runner
         self.jobs = jobs
         self.dropped: set[int] = set()
+        self.stopped: dict[int, int] = {}
         self.started = started
         self.timeout = timeout
         self.bookkeeper = bookkeeper
@@ -285,7 +289,12 @@ class _StepReporter:
     def live(self) -> list[ImageJob]:
         return [job for job in self.jobs if job.pk not in self.dropped]
 
-    def __call__(self, step: int, total: int, latents) -> None:
+    @property
+    def running(self) -> list[ImageJob]:
+        """The live jobs that have not stopped: their progress moves on."""
+        return [job for job in self.live if job.pk not in self.stopped]
+
+    def __call__(self, step: int, total: int, latents) -> list[int]:
         now = self.runner.clock()
         if now - self.started > self.timeout:
             raise GenerationTimeout()
@@ -297,6 +306,9 @@ class _StepReporter:
         self.dropped.update(job.pk for job in self.live if self.bookkeeper.cancelled(job.pk))
         if not self.live:
             raise GenerationCancelled()
+        for job in self.running:
+            if self.bookkeeper.interrupted(job.pk):
+                self.stopped[job.pk] = step
         decile = step * 100 // max(total, 1) // PROGRESS_PERSIST_EVERY
         persist = (
             decile > self.persisted_decile
@@ -306,12 +318,15 @@ class _StepReporter:
         push = now - self.pushed_at >= PUSH_INTERVAL or step == total
         if persist or push:
             progress = {"step": step, "total": total, "persist": persist, "push": push, "now": self.runner.now()}
-            for job in self.live:
+            for job in self.running:
                 self.bookkeeper.progress(job, **progress)
             if push:
                 self.pushed_at = now
             if persist:
                 self.persisted_decile, self.persisted_at = decile, now
-        if step < total and now - self.previewed_at >= PREVIEW_INTERVAL:
+        running = self.running
+        if running and step < total and now - self.previewed_at >= PREVIEW_INTERVAL:
             self.previewed_at = now
-            self.bookkeeper.preview([(job, self.jobs.index(job)) for job in self.live], step, latents)
+            self.bookkeeper.preview([(job, self.jobs.index(job)) for job in running], step, latents)
+        settled = self.dropped.union(self.stopped)
+        return [row for row, job in enumerate(self.jobs) if job.pk in settled]

@@ -72,6 +72,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_loras(name: str) -> dict[str, str]:
+    """Parse `name=/path/file.safetensors[;family=...],...` into a dict of registered LoRAs."""
+    from generation.loras import NAME, parse_source
+
+    loras: dict[str, str] = {}
+    for item in env_list(name, []):
+        key, sep, spec = (part.strip() for part in item.partition("="))
+        if not sep or not NAME.match(key) or not spec:
+            raise ImproperlyConfigured(f"{name} entries must look like name=/path/to/lora.safetensors, got {item!r}")
+        try:
+            parse_source(spec)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: LoRA {key!r}: {exc}") from None
+        loras[key] = spec
+    return loras
+
+
 def env_models(name: str) -> dict[str, str]:
     """Parse `name=source[;option...],name2=source2` into a dict of extra models.
 
@@ -330,6 +347,12 @@ IMAGEGEN_DEFAULT_MODEL = env_str("IMAGEGEN_DEFAULT_MODEL", "demo")
 if IMAGEGEN_DEFAULT_MODEL != "demo" and IMAGEGEN_DEFAULT_MODEL not in IMAGEGEN_MODELS:
     raise ImproperlyConfigured(f"IMAGEGEN_DEFAULT_MODEL {IMAGEGEN_DEFAULT_MODEL!r} is not in IMAGEGEN_MODELS")
 IMAGEGEN_MODEL_CACHE = Path(env_str("IMAGEGEN_MODEL_CACHE", str(DATA_DIR / "models")))
+# LoRAs (generation/loras.py): every .safetensors file in this folder, and registered ones
+# ("name=/path/file.safetensors[;family=sdxl]", comma-separated).
+IMAGEGEN_LORA_DIR = Path(env_str("IMAGEGEN_LORA_DIR", str(DATA_DIR / "loras")))
+IMAGEGEN_LORAS = env_loras("IMAGEGEN_LORAS")
+# How many LoRAs the worker keeps loaded as adapters (the least recently used goes first).
+IMAGEGEN_LORA_CACHE = env_int("IMAGEGEN_LORA_CACHE", 8, minimum=1)
 IMAGEGEN_DEVICE = env_str("IMAGEGEN_DEVICE", "auto")
 IMAGEGEN_TIMEOUT_SECONDS = env_int("IMAGEGEN_TIMEOUT_SECONDS", 180, minimum=1)
 IMAGEGEN_MAX_ATTEMPTS = env_int("IMAGEGEN_MAX_ATTEMPTS", 3, minimum=1)

@@ -143,6 +143,38 @@ def tiny_models():
     return {"demo": demo_pipeline_path(cache)} | {shape: random_pipeline_path(cache, shape) for shape in TINY_FAMILIES}
 
 
+# The LoRAs the tests install: name -> (the tiny model they are made for, seed).
+TINY_LORAS = {"style": ("demo", 1), "grain": ("demo", 2), "ink": ("demo", 3), "xl-style": ("tiny-sdxl", 4)}
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_models):
+    """A folder of random LoRAs (TINY_LORAS) for the tiny models, built once in the model cache."""
+    from django.conf import settings as django_settings
+
+    from generation.demo_model import build_random_lora
+
+    folder = django_settings.IMAGEGEN_MODEL_CACHE / "test-loras-v1"
+    for name, (model, seed) in TINY_LORAS.items():
+        path = folder / f"{name}.safetensors"
+        if not path.exists():
+            build_random_lora(path, tiny_models[model], seed=seed)
+    return folder
+
+
+@pytest.fixture
+def loras_installed(settings, tiny_loras):
+    """IMAGEGEN_LORA_DIR is the tiny LoRAs' folder for this test; the registries are rebuilt."""
+    from generation import registry
+
+    settings.IMAGEGEN_LORA_DIR = tiny_loras
+    registry.get_loras.cache_clear()
+    registry.get_generator.cache_clear()
+    yield registry.get_loras()
+    registry.get_loras.cache_clear()
+    registry.get_generator.cache_clear()
+
+
 @pytest.fixture
 def registered(settings, tiny_models):
     """Register models (name -> IMAGEGEN_MODELS source) for this test; the registry and generator are rebuilt."""

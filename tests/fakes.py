@@ -36,7 +36,8 @@ class FakeGenerator:
     requests runs its steps once, with latents of n rows, and returns n images.
     `failures` are raised by the next passes, one each; `on_each_step` runs inside
     every step (to move a clock, or to act like a user mid-job); `passes` records the
-    size of every pass.
+    size of every pass. The rows `on_step` stops stop there, and the pass ends when
+    all have: the image of a row stopped at step k is grey (k, k, k).
     """
 
     device = "cpu"
@@ -60,9 +61,16 @@ class FakeGenerator:
             raise self.failures.pop(0)
         first = requests[0]
         latents = torch.zeros(len(requests), 4, first.height // 8, first.width // 8)
+        stopped: dict[int, int] = {}  # row -> the step it stopped at
         for step in range(1, first.steps + 1):
             if self.on_each_step:
                 self.on_each_step(step)
             if on_step:
-                on_step(step, first.steps, latents)
-        return [Image.new("RGB", (request.width, request.height), (10, 20, 30)) for request in requests]
+                for row in on_step(step, first.steps, latents) or ():
+                    stopped.setdefault(row, step)
+            if len(stopped) == len(requests):
+                break
+        return [
+            Image.new("RGB", (request.width, request.height), (stopped[row],) * 3 if row in stopped else (10, 20, 30))
+            for row, request in enumerate(requests)
+        ]

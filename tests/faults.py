@@ -32,7 +32,7 @@ class FaultyGenerator(DiffusersGenerator):
 
             def on_step(step, total, latents):
                 time.sleep(SLOW_STEP_SECONDS)
-                inner(step, total, latents)
+                return inner(step, total, latents)
 
         return super().generate_batch(requests, on_step)
 

@@ -13,7 +13,7 @@ from generation import services
 from generation.api.auth import api_key_conversation
 from generation.models import ApiKey, ImageJob
 from generation.pipeline import infotext
-from generation.registry import model_family
+from generation.registry import get_loras, model_family
 
 
 def request_key(*, endpoint: str, idempotency_key: str = "", body: bytes = b"") -> str:
@@ -77,6 +77,8 @@ def job_infotext(job: ImageJob) -> str:
     return infotext(
         job.generation_request(),
         model_family(job.model),
+        get_loras(),
+        stopped_at=job.stopped_at_step,
     )
 
 

@@ -2,36 +2,57 @@
 "openai" image engine send, answered from the one global queue.
 
 Authentication is `Authorization: Bearer <key>`. Errors have OpenAI's shape:
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. With `stream: true`, generations and
+edits answer with Server-Sent Events: partial images from the job's live previews, then
+one completed event per image.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import io
 import json
+import logging
+import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpRequest, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
+from PIL import Image
 
-from generation.api import ApiFailure, api_view
+from generation.api import DATABASE_AWAY, OUTAGE_RETRY_AFTER, ApiFailure, api_view
 from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, bearer_key
-from generation.api.waiting import run_db, wait_for_jobs
-from generation.forms import VARY_STRONG
+from generation.api.waiting import run_db, wait_for_jobs, wait_for_start
+from generation.forms import COUNT_MAX, VARY_STRONG
 from generation.models import ApiKey, ImageJob
+from generation.outages import DATABASE, OUTAGES, kind_of
 from generation.registry import get_registry
-from generation.request import IMG2IMG, INPAINT
+from generation.request import IMG2IMG, INPAINT, format_loras
 from generation.services import JobRefused
 from generation.uploads import MAX_UPLOAD_BYTES, TRANSPARENT, mask_from, read_image
 
-N_MAX = 8
+logger = logging.getLogger(__name__)
+
+N_MAX = COUNT_MAX
+PARTIAL_IMAGES_MAX = 3
 RESPONSE_FORMATS = ("b64_json", "url")
+# Names that answer as DALL-E does: a link unless b64_json is asked for. GPT image
+# models (gpt-image-1, ...) always answer b64_json; so does any other name.
+DALL_E_MODELS = ("dall-e-2", "dall-e-3")
+# Fields only GPT image models take: without a model, OpenAI's default is dall-e-2
+# unless one of them is set.
+GPT_IMAGE_FIELDS = ("background", "moderation", "output_compression", "output_format", "partial_images", "stream")
+# A stream that has nothing to say for this long sends an SSE comment, so that proxies
+# do not close it while its job waits in the queue.
+KEEP_ALIVE_SECONDS = 15
 URL_SALT = "generation.api.openai.image"
 # Our form's fields, by the name the OpenAI request calls them.
 PARAM_NAMES = {"width": "size", "height": "size", "model": "model", "prompt": "prompt", "source_job": "image"}
@@ -96,19 +117,87 @@ def model_name(value: Any) -> str:
     return settings.IMAGEGEN_DEFAULT_MODEL
 
 
+def default_response_format(body: dict[str, Any]) -> str:
+    """`url` for DALL-E names and our registry's, as DALL-E answers; `b64_json` for GPT
+    image models and any other name. Without a model, OpenAI's default (dall-e-2) unless
+    a field only GPT image models take is set."""
+    model = body.get("model")
+    if model in (None, ""):
+        gpt_image = any(body.get(field) not in (None, "", False, "false") for field in GPT_IMAGE_FIELDS)
+        return "b64_json" if gpt_image else "url"
+    if isinstance(model, str) and (model in DALL_E_MODELS or model in get_registry()):
+        return "url"
+    return "b64_json"
+
+
+def _whole_number(body: dict[str, Any], field: str, *, default: int, low: int, high: int) -> int:
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"{field}: a whole number from {low} to {high}.", param=field)
+    return value
+
+
+def _flag(body: dict[str, Any], field: str) -> bool:
+    """A boolean; a multipart form sends it as "true" or "false"."""
+    value = body.get(field)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise ApiError(400, f"{field}: true or false.", param=field)
+
+
+def lora_pairs(value: Any) -> list[tuple[str, float]]:
+    """The `loras` field (our extension) as (name, weight) pairs: a list of
+    {"name": ..., "weight": ...} objects (weight 1 when left out) or of "name" and
+    "name:weight" strings. Only the shape is checked here; the job form checks the
+    names and weights."""
+    bad = ApiError(
+        400,
+        'loras: a list of {"name": ..., "weight": ...} objects, or of "name" or "name:weight" strings.',
+        param="loras",
+    )
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad
+    pairs = []
+    for item in value:
+        if isinstance(item, str):
+            name, sep, weight = item.strip().rpartition(":")
+            if not sep:
+                name, weight = weight, 1.0
+            else:
+                try:
+                    weight = float(weight)
+                except ValueError:
+                    raise bad from None
+        elif isinstance(item, dict) and set(item) <= {"name", "weight"}:
+            name, weight = item.get("name"), item.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise bad
+        else:
+            raise bad
+        # The job keeps its LoRAs as "name:weight" words: a name cannot hold a space.
+        if not isinstance(name, str) or not name or name.split() != [name] or not math.isfinite(weight):
+            raise bad
+        pairs.append((name, float(weight)))
+    return pairs
+
+
 def parse_generation(body: dict[str, Any]) -> dict[str, Any]:
     """The request's fields we honour, checked; the rest is ignored."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "prompt: a non-empty string is required.", param="prompt")
-    n = body.get("n", 1)
-    if n is None:
-        n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= N_MAX:
-        raise ApiError(400, f"n: a whole number from 1 to {N_MAX}.", param="n")
-    response_format = body.get("response_format") or "b64_json"
+    n = _whole_number(body, "n", default=1, low=1, high=N_MAX)
+    response_format = body.get("response_format") or default_response_format(body)
     if response_format not in RESPONSE_FORMATS:
         raise ApiError(400, "response_format: 'b64_json' or 'url'.", param="response_format")
+    stream = _flag(body, "stream")
+    partial_images = _whole_number(body, "partial_images", default=0, low=0, high=PARTIAL_IMAGES_MAX)
     size = body.get("size") or "auto"
     params: dict[str, Any] = {"model": model_name(body.get("model"))}
     if size != "auto":
@@ -116,7 +205,17 @@ def parse_generation(body: dict[str, Any]) -> dict[str, Any]:
         if not (sep and width.isdigit() and height.isdigit()):
             raise ApiError(400, "size: 'WIDTHxHEIGHT' (such as '512x512') or 'auto'.", param="size")
         params.update(width=int(width), height=int(height))
-    return {"prompt": prompt, "n": n, "response_format": response_format, "params": params}
+    loras = lora_pairs(body.get("loras"))
+    if loras:
+        params["loras"] = format_loras(loras)
+    return {
+        "prompt": prompt,
+        "n": n,
+        "response_format": response_format,
+        "stream": stream,
+        "partial_images": partial_images,
+        "params": params,
+    }
 
 
 def validation_error(exc: ValidationError) -> ApiError:
@@ -139,7 +238,7 @@ async def images_generations(request: HttpRequest):
     key = api_jobs.request_key(
         endpoint="openai.images", idempotency_key=request.headers.get("Idempotency-Key", "").strip(), body=request.body
     )
-    return await _queue_and_answer(request, api_key, asked, key=key)
+    return await _queue_and_answer(request, api_key, asked, key=key, events="image_generation")
 
 
 @api_view(ApiError)
@@ -165,13 +264,13 @@ async def images_edits(request: HttpRequest):
         idempotency_key=request.headers.get("Idempotency-Key", "").strip(),
         body=_fingerprint(fields, uploads),
     )
-    return await _queue_and_answer(request, api_key, asked, key=key)
+    return await _queue_and_answer(request, api_key, asked, key=key, events="image_edit")
 
 
 @api_view(ApiError)
 async def images_variations(request: HttpRequest):
     """POST /v1/images/variations (multipart): n variations of the image (its composition
-    kept, a new seed each)."""
+    kept, a new seed each). Variations do not stream (nor do OpenAI's)."""
     _method(request, "POST")
     api_key = await _authenticate(request)
     fields, uploads = _multipart(request)
@@ -191,13 +290,19 @@ VARIATION_PROMPT = "(variation)"  # stands in for the prompt a variation does no
 
 
 def _multipart(request: HttpRequest) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
-    """The form's fields (numbers as numbers) and its files by name (`image[]` is `image`)."""
+    """The form's fields (numbers as numbers, `loras` as a list) and its files by name
+    (`image[]` is `image`)."""
     if not request.content_type.startswith("multipart/form-data"):
         raise ApiError(400, "Send the image as multipart/form-data (a file field named 'image').")
     fields: dict[str, Any] = {}
     for name, value in request.POST.items():
+        if name.startswith("loras"):
+            continue
         value = value.strip()
-        fields[name] = int(value) if name == "n" and value.isdigit() else value
+        fields[name] = int(value) if name in ("n", "partial_images") and value.isdigit() else value
+    loras = _multipart_loras(request.POST)
+    if loras is not None:
+        fields["loras"] = loras
     uploads: dict[str, list[bytes]] = {}
     for name in request.FILES:
         for upload in request.FILES.getlist(name):
@@ -205,6 +310,28 @@ def _multipart(request: HttpRequest) -> tuple[dict[str, Any], dict[str, list[byt
                 raise ApiError(400, f"{name}: at most {MAX_UPLOAD_BYTES // 2**20} MB.", param=name.rstrip("[]"))
             uploads.setdefault(name.removesuffix("[]"), []).append(upload.read())
     return fields, uploads
+
+
+def _multipart_loras(form) -> Any:
+    """`loras` from a form: a JSON string, or as the openai package sends a list in
+    `extra_body` (`loras[]` strings, or `loras[][name]` with `loras[][weight]`)."""
+    if "loras" in form:
+        try:
+            return json.loads(form["loras"]) if form["loras"].strip() else None
+        except ValueError:
+            raise ApiError(400, "loras: a JSON list.", param="loras") from None
+    if "loras[]" in form:
+        return form.getlist("loras[]")
+    names, weights = form.getlist("loras[][name]"), form.getlist("loras[][weight]")
+    if not names:
+        return None
+    if weights and len(weights) != len(names):
+        raise ApiError(400, "loras: give every LoRA a weight, or send loras as a JSON string.", param="loras")
+    weights = weights or ["1"] * len(names)
+    try:
+        return [{"name": name, "weight": float(weight)} for name, weight in zip(names, weights, strict=True)]
+    except ValueError:
+        raise ApiError(400, "loras: each weight is a number.", param="loras") from None
 
 
 def _upload(uploads: dict[str, list[bytes]], name: str):
@@ -227,8 +354,12 @@ def _fingerprint(fields: dict[str, Any], uploads: dict[str, list[bytes]]) -> byt
     return digest.digest()
 
 
-async def _queue_and_answer(request: HttpRequest, api_key: ApiKey, asked: dict[str, Any], *, key: str):
-    """Queue what was asked, wait for the images, and answer as the Images API does."""
+async def _queue_and_answer(
+    request: HttpRequest, api_key: ApiKey, asked: dict[str, Any], *, key: str, events: str | None = None
+):
+    """Queue what was asked, wait for the images, and answer as the Images API does: in
+    one JSON answer, or, when `stream` was asked where it can be (`events` names the
+    events: image_generation, image_edit), as Server-Sent Events."""
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()
     # The openai package sends the same body again on a retry and counts its tries.
     is_retry = request.headers.get("X-Stainless-Retry-Count", "0").strip() not in ("", "0")
@@ -255,16 +386,13 @@ async def _queue_and_answer(request: HttpRequest, api_key: ApiKey, asked: dict[s
             headers={"Retry-After": str(exc.refusal.retry_after)},
         ) from None
     ids = [job.pk for job in jobs]
+    if events and asked["stream"]:
+        return _event_stream(_image_events(ids, events=events, partial_images=asked["partial_images"]))
     await wait_for_jobs(ids)
     results = await run_db(api_jobs.results, ids)
     made = [result for result in results if result.png is not None]
     if not made:
-        failed = [result.job for result in results if result.job.status == ImageJob.Status.ERROR]
-        if failed:
-            error = failed[0].error or "The image could not be made."
-            raise ApiError(500, error, type="server_error", code="generation_failed")
-        # Cancelled (from the chat, the admin) or deleted with its conversation.
-        raise ApiError(409, "The image was cancelled before it was made.", type="server_error", code="cancelled")
+        raise _none_made(results)
     data = []
     for result in made:
         item: dict[str, Any] = {"revised_prompt": result.job.prompt}
@@ -276,13 +404,170 @@ async def _queue_and_answer(request: HttpRequest, api_key: ApiKey, asked: dict[s
     return JsonResponse({"created": int(time.time()), "data": data})
 
 
+def _none_made(results: list[api_jobs.Result]) -> ApiError:
+    """Why a request has no image: its first failed job's error, else a cancel."""
+    failed = [result.job for result in results if result.job.status == ImageJob.Status.ERROR]
+    if failed:
+        error = failed[0].error or "The image could not be made."
+        return ApiError(500, error, type="server_error", code="generation_failed")
+    # Cancelled (from the chat, the admin) or deleted with its conversation.
+    return ApiError(409, "The image was cancelled before it was made.", type="server_error", code="cancelled")
+
+
+# --- Streaming -----------------------------------------------------------------------
+#
+# The events and their fields are those of OpenAI's image streams (the openai package's
+# ImageGenStreamEvent and ImageEditStreamEvent): `event:` names the type, `data:` is
+# the event as JSON with the same `type`. The package reads the type from the data.
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return f"event: {data['type']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _image_fields(job: ImageJob) -> dict[str, Any]:
+    """What every event says of the image: we make opaque PNGs, at the job's size."""
+    return {
+        "created_at": int(time.time()),
+        "size": f"{job.width}x{job.height}",
+        "quality": "auto",
+        "background": "opaque",
+        "output_format": "png",
+    }
+
+
+# No tokens are counted here; the field is required, so it says zero.
+NO_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "output_tokens": 0,
+    "total_tokens": 0,
+}
+
+
+async def _image_events(ids: list[int], *, events: str, partial_images: int) -> AsyncIterator[bytes]:
+    """Each image in queue order: up to `partial_images` partial images while it runs,
+    then its completed event (none for an image that failed or was cancelled). When
+    none is made, an error event in OpenAI's error shape ends the stream. While there
+    is nothing to send for KEEP_ALIVE_SECONDS, an SSE comment keeps proxies from
+    closing the connection.
+
+    A client that goes away cancels this, not the jobs: they run on, as they do for a
+    request that does not stream.
+    """
+    # At once: the server sends the headers with the first bytes, and the client waits for them.
+    yield KEEP_ALIVE
+    try:
+        results = []
+        for job_id in ids:
+            sent, seen, quiet_since = 0, None, time.monotonic()
+            status = ImageJob.Status.QUEUED
+            while sent < partial_images:
+                if time.monotonic() - quiet_since >= KEEP_ALIVE_SECONDS:
+                    yield KEEP_ALIVE
+                    quiet_since = time.monotonic()
+                # While it is queued, the watcher's one query a tick looks after it.
+                if status == ImageJob.Status.QUEUED and not await _within(wait_for_start([job_id]), KEEP_ALIVE_SECONDS):
+                    continue
+                job, preview = await run_db(_running_preview, job_id, seen=seen)
+                status = job.status if job is not None else None
+                if status not in ImageJob.PENDING:
+                    break  # it ended
+                if preview is not None:
+                    seen, b64 = preview
+                    yield _sse(
+                        {
+                            "type": f"{events}.partial_image",
+                            "b64_json": b64,
+                            "partial_image_index": sent,
+                            **_image_fields(job),
+                        }
+                    )
+                    sent, quiet_since = sent + 1, time.monotonic()
+                await asyncio.sleep(settings.IMAGEGEN_API_POLL_SECONDS)
+            while not await _within(wait_for_jobs([job_id]), KEEP_ALIVE_SECONDS):
+                yield KEEP_ALIVE
+            result = next(iter(await run_db(api_jobs.results, [job_id])), None)
+            if result is None:
+                continue  # deleted with its conversation
+            results.append(result)
+            if result.png is not None:
+                yield _sse(
+                    {
+                        "type": f"{events}.completed",
+                        "b64_json": base64.b64encode(result.png).decode("ascii"),
+                        **_image_fields(result.job),
+                        "usage": NO_USAGE,
+                    }
+                )
+        if not any(result.png is not None for result in results):
+            yield _sse({"type": "error", **_none_made(results).body})
+    except Exception as exc:
+        # The answer has started: a failure is told as an error event, which the
+        # openai package raises as APIError.
+        if kind_of(exc) == DATABASE:
+            OUTAGES.failed(exc, doing="streaming images")
+            error = ApiError.unavailable(DATABASE_AWAY, retry_after=OUTAGE_RETRY_AFTER)
+        else:
+            logger.exception("Streaming the images of jobs %s failed", ids)
+            error = ApiError(500, "The images could not be sent.", type="server_error", code="stream_failed")
+        yield _sse({"type": "error", **error.body})
+
+
+KEEP_ALIVE = b": waiting\n\n"
+
+
+async def _within(waiting, seconds: float) -> bool:
+    """Whether `waiting` ended within `seconds` (it is cancelled if not)."""
+    try:
+        await asyncio.wait_for(waiting, seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _running_preview(job_id: int, *, seen) -> tuple[ImageJob | None, tuple[Any, str] | None]:
+    """The job, and, while it runs, its newest preview of this run as (when, PNG in
+    base64) when that is not the one `seen`. The worker keeps a small JPEG; the events
+    say PNG, so it is turned into one (a few kB)."""
+    job = ImageJob.objects.filter(pk=job_id).select_related("preview").first()
+    if job is None or job.status != ImageJob.Status.PROCESSING:
+        return job, None
+    preview = getattr(job, "preview", None)
+    if preview is None or preview.updated_at == seen or (job.started_at and preview.updated_at < job.started_at):
+        return job, None
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(base64.b64decode(preview.image.partition(",")[2]))).save(buffer, format="PNG")
+    return job, (preview.updated_at, base64.b64encode(buffer.getvalue()).decode("ascii"))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "imagegen"}
+
+
 @api_view(ApiError)
 async def models(request: HttpRequest):
     """GET /v1/models: the registry."""
     _method(request, "GET")
     await _authenticate(request)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "imagegen"} for name in get_registry().names()]
-    return JsonResponse({"object": "list", "data": data})
+    return JsonResponse({"object": "list", "data": [_model(name) for name in get_registry().names()]})
+
+
+@api_view(ApiError)
+async def model(request: HttpRequest, model_id: str):
+    """GET /v1/models/{id}: one model of the registry."""
+    _method(request, "GET")
+    await _authenticate(request)
+    if model_id not in get_registry():
+        raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+    return JsonResponse(_model(model_id))
 
 
 @api_view(ApiError)

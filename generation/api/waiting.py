@@ -46,25 +46,28 @@ async def run_db(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return await sync_to_async(call, thread_sensitive=False, executor=_db_executor())()
 
 
-def _finished(job_ids: list[int]) -> set[int]:
-    """The jobs that ended; a job deleted meanwhile (with its conversation) has ended too."""
+def _pending(job_ids: list[int]) -> dict[int, str]:
+    """The status of each job still pending; a job deleted meanwhile (with its
+    conversation) has ended, like a finished one."""
     pending = ImageJob.objects.filter(pk__in=job_ids, status__in=ImageJob.PENDING)
-    return set(job_ids) - set(pending.values_list("pk", flat=True))
+    return dict(pending.values_list("pk", "status"))
 
 
 class JobWatcher:
-    """Wakes the requests that wait for jobs once all of their jobs have ended."""
+    """Wakes the requests that wait for jobs once none of their jobs is in a status they
+    wait out: pending (the default: until the jobs end), or only queued (until the jobs
+    run, for a stream that sends previews)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[asyncio.Event, set[int]] = {}
+        self._waiting: dict[asyncio.Event, tuple[set[int], frozenset[str]]] = {}
         self._task: asyncio.Task | None = None
 
-    async def wait(self, job_ids: Iterable[int]) -> None:
+    async def wait(self, job_ids: Iterable[int], *, while_status: Iterable[str] = ImageJob.PENDING) -> None:
         ids = set(job_ids)
         if not ids:
             return
         done = asyncio.Event()
-        self._waiting[done] = ids
+        self._waiting[done] = (ids, frozenset(while_status))
         if self._task is None or self._task.done():
             # A context of its own: it outlives the request that started it.
             self._task = asyncio.get_running_loop().create_task(self._watch(), context=contextvars.Context())
@@ -77,16 +80,18 @@ class JobWatcher:
     async def _watch(self) -> None:
         while self._waiting:
             await asyncio.sleep(settings.IMAGEGEN_API_POLL_SECONDS)
-            awaited = sorted(set().union(*self._waiting.values())) if self._waiting else []
+            awaited = sorted(set().union(*(ids for ids, _ in self._waiting.values())))
             if not awaited:
                 continue
             try:
-                finished = await run_db(_finished, awaited)
+                pending = await run_db(_pending, awaited)
             except Exception:
                 logger.exception("Could not look up %d awaited jobs; trying again", len(awaited))
                 continue
-            for done, ids in list(self._waiting.items()):
-                ids -= finished
+            looked_up = set(awaited)
+            for done, (ids, statuses) in list(self._waiting.items()):
+                # Only the jobs looked up: a request may have begun to wait during the query.
+                ids -= {job_id for job_id in ids & looked_up if pending.get(job_id) not in statuses}
                 if not ids:
                     done.set()
                     self._waiting.pop(done, None)
@@ -110,4 +115,10 @@ def watcher() -> JobWatcher:
 
 
 async def wait_for_jobs(job_ids: Iterable[int]) -> None:
+    """Until every one of the jobs has ended."""
     await watcher().wait(job_ids)
+
+
+async def wait_for_start(job_ids: Iterable[int]) -> None:
+    """Until none of the jobs is queued: each runs, or has ended."""
+    await watcher().wait(job_ids, while_status=(ImageJob.Status.QUEUED,))

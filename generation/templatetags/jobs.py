@@ -6,7 +6,9 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from generation import texts
+from generation.families import SAMPLER_NAMES, SCHEDULES
 from generation.registry import model_family
+from generation.request import DEFAULT_SCHEDULE
 
 register = template.Library()
 
@@ -69,6 +71,8 @@ def reuse_json(job) -> str:
             "guidance": job.guidance,
             "seed": job.seed,
             "scheduler": job.scheduler,
+            "schedule": job.schedule,
+            "loras": job.loras,
             "count": job.image_count,
         }
     )
@@ -89,6 +93,15 @@ def images_ahead(position) -> str:
 def guidance_label(job) -> str:
     """ "CFG" for classifier-free guidance; "Guidance" where the model takes it as an input (Flux)."""
     return "Guidance" if model_family(job.model).guidance == "distilled" else "CFG"
+
+
+@register.filter
+def sampler_label(job) -> str:
+    """The job's sampler as A1111 names it, with its schedule unless Automatic ("DPM++ 2M Karras")."""
+    label = SAMPLER_NAMES.get(job.scheduler, job.scheduler)
+    if job.schedule and job.schedule != DEFAULT_SCHEDULE:
+        label += f" {SCHEDULES[job.schedule][0] if job.schedule in SCHEDULES else job.schedule}"
+    return label
 
 
 EDIT_LABELS = {"img2img": "Edit", "inpaint": "Inpainting", "upscale": "Upscale"}

@@ -423,3 +423,12 @@ def test_an_older_queue_update_never_overwrites_a_newer_one(open_page, stack):
     eta = page.locator(".job-card .eta")
     expect(eta).to_have_text("Starts in about 60 s, ready in about 90 s")
     expect(eta).to_have_text(re.compile(r"Starts in about 5\d s"), timeout=12_000)
+
+
+def test_with_no_lora_installed_the_settings_say_where_loras_come_from(open_page):
+    page, _ = open_page("no-loras")
+    new_conversation(page)
+    page.evaluate("document.querySelector('details.advanced').open = true")
+    picker = page.locator("[data-testid=lora-picker]")
+    expect(picker).to_contain_text("No LoRAs are installed. An operator adds them to the LoRA folder")
+    expect(picker.locator("[data-testid=lora-search]")).to_be_hidden()

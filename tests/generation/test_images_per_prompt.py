@@ -34,11 +34,11 @@ def test_seeds_past_the_largest_wrap_around(submit):
     assert list(ImageJob.objects.order_by("image_index").values_list("seed", flat=True)) == [2**32 - 2, 2**32 - 1, 0]
 
 
-@pytest.mark.parametrize("count", [0, 9, -1, "many"])
-def test_a_count_outside_1_to_8_is_refused_with_a_field_error_and_creates_nothing(submit, count):
+@pytest.mark.parametrize("count", [0, 11, -1, "many"])
+def test_a_count_outside_1_to_10_is_refused_with_a_field_error_and_creates_nothing(submit, count):
     with pytest.raises(ValidationError) as refused:
         submit("too many", count=count)
-    assert refused.value.message_dict["count"] == ["Images: 1-8."]
+    assert refused.value.message_dict["count"] == ["Images: 1-10."]
     assert not ImageJob.objects.exists() and not Message.objects.exists()
 
 

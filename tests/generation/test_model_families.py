@@ -95,7 +95,7 @@ def test_sizes_dtypes_and_guidance_differ_per_family():
         "flux_kontext": (1024, 16, "bfloat16"),
     }
     assert (FLUX.guidance, FLUX.negative_prompt) == ("distilled", False)
-    assert (SD3.guidance, SD3.negative_prompt, list(SD3.schedulers)) == ("cfg", True, ["euler"])
+    assert (SD3.guidance, SD3.negative_prompt, list(SD3.schedulers)) == ("cfg", True, ["euler", "heun"])
     assert "negative_prompt" not in FLUX.call_kwargs([_request("flux", negative_prompt="x")])
     assert FAMILIES["sd15"].torch_dtype("cpu") == torch.float32
 

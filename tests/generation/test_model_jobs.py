@@ -163,7 +163,7 @@ def test_the_form_takes_each_models_bounds_and_defaults_from_its_family(tiny, al
     }
     with pytest.raises(ValidationError) as refused:
         _submit(alice, alice_chat, "tiny-sd3", scheduler="dpmpp_2m")
-    assert refused.value.message_dict == {"scheduler": ["Scheduler: Stable Diffusion 3 models use Euler."]}
+    assert refused.value.message_dict == {"scheduler": ["Sampler: Stable Diffusion 3 models use Euler, Heun."]}
     assert _submit(alice, alice_chat, "tiny-sdxl", width=72, scheduler="dpmpp_2m").width == 72
 
 

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 or 16 (default: the model family's).")
         parser.add_argument("--seed", type=int, help="0 to 2**32-1 (default: random).")
         parser.add_argument("--guidance", type=float, help="Guidance scale, 0-30 (default: the model family's).")
-        parser.add_argument("--count", type=int, help="How many images of the prompt, 1-8 (default 1).")
+        parser.add_argument("--count", type=int, help="How many images of the prompt, 1-10 (default 1).")
         parser.add_argument(
             "--user", help="Whose job it is (default: the only superuser). It goes to their 'Command line' chat."
         )

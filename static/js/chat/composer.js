@@ -3,8 +3,9 @@
 // and "Use these settings", which take a card's prompt and settings back.
 import { addMessages, fromHtml, known, role, send, setTitle, showNotice } from "./cards.js";
 import { bindSourceBox, clearSource } from "./editing.js";
+import { bindLoraPicker } from "./loras.js";
 
-const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler", "count"];
+const FIELDS = ["prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "seed", "scheduler", "schedule", "count"];
 let lastPrompt = "";
 
 function formNotice(form, text) {
@@ -45,7 +46,10 @@ function updateSummary(form) {
   if (differs("steps")) parts.push(`${field("steps").value} steps`);
   if (differs("guidance")) parts.push(`CFG ${field("guidance").value}`);
   if (differs("scheduler")) parts.push(field("scheduler").selectedOptions[0]?.textContent || field("scheduler").value);
+  if (differs("schedule")) parts.push(field("schedule").selectedOptions[0]?.textContent || field("schedule").value);
   if (differs("model")) parts.push(field("model").value);
+  const loras = field("loras")?.value.trim();
+  if (loras) parts.push(`LoRA ${loras.split(/\s+/).join(", ")}`);
   if (differs("count")) parts.push(`${field("count").value} images`);
   if (field("seed")?.value.trim()) parts.push(`seed ${field("seed").value.trim()}`);
   if (field("negative_prompt")?.value.trim()) parts.push("negative prompt");
@@ -67,8 +71,25 @@ function fillForm(form, params) {
     const field = form.elements[name];
     if (field && known(params[name])) field.value = params[name];
   }
+  // A card's settings without LoRAs clear the chosen ones.
+  if ("loras" in params && form.elements.loras) form.elements.loras.value = params.loras || "";
+  form.dispatchEvent(new Event("settings-filled"));
   updateCounter(form);
   updateSummary(form);
+}
+
+// The Sampler and Schedule lists offer what the model's family runs: a sampler it does
+// not run moves to its default, a schedule the sampler does not take to Automatic.
+function offerSamplers(form, limits) {
+  const sampler = form.elements.scheduler;
+  const schedule = form.elements.schedule;
+  if (!sampler || !limits?.schedulers) return;
+  for (const option of sampler.options) option.hidden = option.disabled = !limits.schedulers.includes(option.value);
+  if (!limits.schedulers.includes(sampler.value)) sampler.value = limits.default_scheduler;
+  if (!schedule) return;
+  const takes = limits.schedules[sampler.value] || ["automatic"];
+  for (const option of schedule.options) option.hidden = option.disabled = !takes.includes(option.value);
+  if (!takes.includes(schedule.value)) schedule.value = "automatic";
 }
 
 // Another model: its family's sizes, steps, guidance and sampler. A setting the person
@@ -78,6 +99,10 @@ function bindModelChoice(form) {
   if (!select?.dataset.limits) return;
   const every = JSON.parse(select.dataset.limits);
   let previous = every[select.value];
+  const offer = () => offerSamplers(form, every[select.value]);
+  offer();
+  form.elements.scheduler?.addEventListener("change", offer);
+  form.addEventListener("settings-filled", offer);
   select.addEventListener("change", () => {
     const limits = every[select.value];
     if (!limits || !previous) return;
@@ -94,6 +119,7 @@ function bindModelChoice(form) {
     }
     const negative = form.elements.negative_prompt;
     if (negative) negative.disabled = !limits.negative_prompt;
+    offer();
     previous = limits;
     updateSummary(form);
   });
@@ -158,6 +184,7 @@ function bindPromptForm(form) {
   form.addEventListener("input", (event) => event.target !== input && updateSummary(form));
   form.addEventListener("change", () => updateSummary(form));
   bindModelChoice(form);
+  bindLoraPicker(form);
   form.querySelectorAll(".preset").forEach((preset) =>
     preset.addEventListener("click", () => fillForm(form, { width: preset.dataset.width, height: preset.dataset.height })),
   );

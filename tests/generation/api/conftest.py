@@ -11,9 +11,9 @@ from tests.helpers import start_cluster, start_web, stop
 
 
 @pytest.fixture(scope="module")
-def api_stack(django_db_setup, tmp_path_factory):
+def api_stack(django_db_setup, tmp_path_factory, tiny_loras):
     """daphne and a gpu cluster. Besides `demo` they know `tiny`: the same weights as a
-    plain diffusers folder, a second model to choose. "[slow]", "[hang]" and "[fail]" in
+    plain diffusers folder, a second model to choose; and the tiny LoRAs. "[slow]", "[hang]" and "[fail]" in
     a prompt drive the test generator (tests/faults.py)."""
     data_dir = tmp_path_factory.mktemp("api")
     tiny = demo_pipeline_path(settings.IMAGEGEN_MODEL_CACHE)
@@ -21,6 +21,7 @@ def api_stack(django_db_setup, tmp_path_factory):
         "IMAGEGEN_LOCK_DIR": str(data_dir / "locks"),
         "IMAGEGEN_GENERATOR": "tests.faults.FaultyGenerator",
         "IMAGEGEN_MODELS": f"tiny={tiny}",
+        "IMAGEGEN_LORA_DIR": str(tiny_loras),  # tests/conftest.py TINY_LORAS
         "IMAGEGEN_API_POLL_SECONDS": "0.1",
         "LOG_LEVEL": "WARNING",
         # Fewer page threads than the requests that wait at once in test_waiting_requests.

@@ -10,6 +10,7 @@ import requests
 import webuiapi
 from PIL import Image
 
+from generation import services
 from generation.models import ImageJob
 from tests.helpers import LAYER_DATABASES, striped_picture, wait_for
 
@@ -78,10 +79,36 @@ def test_lists_samplers_schedulers_and_scripts(api_stack, key_for):
     api = _api(api_stack, alice, key)
 
     assert "Euler a" in api.util_get_sampler_names()
-    assert api.util_get_scheduler_names() == ["automatic"]
+    assert api.util_get_scheduler_names() == ["automatic", "exponential", "karras", "sgm_uniform"]
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
     model = api.get_sd_models()[0]
     assert set(model) >= {"title", "model_name", "hash", "sha256", "filename", "config"}
+
+
+def test_every_listed_sampler_makes_an_image_whose_infotext_names_it(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+    samplers = api.get_samplers()
+    assert [row["name"] for row in api.get_schedulers()] == ["automatic", "karras", "exponential", "sgm_uniform"]
+    assert len(samplers) == 14 and all(set(row) == {"name", "aliases", "options"} for row in samplers)
+
+    # A few at a time: two samplers never share a pass, but the requests' waits overlap.
+    with ThreadPoolExecutor(4) as pool:
+        results = pool.map(lambda row: api.txt2img(prompt="a kite", sampler_name=row["name"], seed=3, **TINY), samplers)
+        for row, result in zip(samplers, results, strict=True):
+            assert result.image.size == (64, 64) and np.asarray(result.image).std() > 0
+            assert result.info["sampler_name"] == row["name"] and result.info["scheduler"] == "Automatic"
+            assert f"Sampler: {row['name']}," in result.image.info["parameters"]
+
+    karras = api.txt2img(prompt="a kite", sampler_name="DPM++ 2M Karras", seed=3, **TINY)
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale" in karras.image.info["parameters"]
+    assert karras.info["scheduler"] == "Karras"
+    assert ImageJob.objects.filter(owner=alice, scheduler="dpmpp_2m", schedule="karras").count() == 1
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a kite", sampler_name="DPM adaptive", **TINY)
+    status, body = refused.value.args
+    assert status == 400
+    assert json.loads(body)["detail"][0]["msg"].startswith("sampler_name: one of Euler, Euler a, Heun, LMS,")
 
 
 def _wait_running(api, *, step: int = 1, image: bool = False) -> dict:
@@ -127,11 +154,83 @@ def test_two_users_each_see_and_interrupt_only_their_own_job(api_stack, key_for)
         assert alice_api.get_progress()["progress"] == 0
         bob_result = bob_call.result(timeout=60)
 
-    assert alice_result.images == []  # interrupted before its image was made
-    assert ImageJob.objects.get(owner=alice).status == "cancelled"
+    # Interrupted: the image of the step it reached, full size, and its info says so.
+    alice_job = ImageJob.objects.get(owner=alice)
+    assert alice_job.status == "complete" and 2 <= alice_job.stopped_at_step < 10
+    assert len(alice_result.images) == 1 and alice_result.image.size == (64, 64)
+    stopped = f"step {alice_job.stopped_at_step} of 10"
+    assert alice_result.info["extra_generation_params"] == {"Interrupted": stopped}
+    assert f"Interrupted: {stopped}" in alice_result.image.info["parameters"]
+    assert alice_result.info["infotexts"] == [alice_result.image.info["parameters"]]
+    assert alice_job.message.content == f"Stopped at {stopped}: your image as it was then."
     assert len(bob_result.images) == 1
     assert ImageJob.objects.get(owner=bob).status == "complete"
     assert json.loads(json.dumps(bob_result.info))["all_seeds"]
+
+
+def test_a_chat_cancel_of_a_running_request_still_discards_its_image(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(api.txt2img, prompt="[slow] a discarded owl", width=64, height=64, steps=10)
+        _wait_running(api, step=1)
+        services.job_cancel(job=ImageJob.objects.get(owner=alice))  # the chat's Cancel button
+        result = call.result(timeout=60)
+
+    assert result.images == []
+    job = ImageJob.objects.get(owner=alice)
+    assert (job.status, bool(job.image), job.stopped_at_step) == ("cancelled", False, None)
+
+
+def test_options_round_trip_and_clip_skip_ensd_and_the_image_format_are_honoured(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+    written = {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "samples_format": "jpg"}
+
+    api.set_options({**written, "an_unknown_option": [1, "two"]})
+
+    options = api.get_options()
+    assert {key: options[key] for key in written} == written and options["an_unknown_option"] == [1, "two"]
+    assert options["sd_vae"] == "Automatic" and options["sd_model_checkpoint"] == "demo"
+    skipped = api.txt2img(prompt="a lamp", seed=5, **TINY)  # webuiapi's Euler a: ENSD moves its noise
+    assert skipped.image.format == "JPEG" and skipped.image.size == (64, 64)
+    infotext = skipped.info["infotexts"][0]
+    assert "Clip skip: 2, ENSD: 31337" in infotext and skipped.info["clip_skip"] == 2
+    # This request alone: clip skip 1 and a PNG; ENSD stays the user's.
+    plain = api.txt2img(
+        prompt="a lamp", seed=5, override_settings={"CLIP_stop_at_last_layers": 1, "samples_format": "png"}, **TINY
+    )
+    assert plain.image.format == "PNG" and "Clip skip" not in plain.image.info["parameters"]
+    assert "ENSD: 31337" in plain.image.info["parameters"]
+    skipped_png = api.txt2img(prompt="a lamp", seed=5, override_settings={"samples_format": "PNG"}, **TINY)
+    assert skipped_png.image.format == "PNG" and skipped_png.info["clip_skip"] == 2
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(skipped_png.image)), "another encoding"
+    jobs = ImageJob.objects.filter(owner=alice).order_by("sequence")
+    assert [(job.clip_skip, job.noise_seed_delta) for job in jobs] == [(2, 31337), (1, 31337), (2, 31337)]
+    assert api.get_options()["CLIP_stop_at_last_layers"] == 2  # an override is for that request only
+
+    bad = requests.post(
+        f"{api_stack['url']}/sdapi/v1/options",
+        json={"CLIP_stop_at_last_layers": 13, "samples_format": "webp"},
+        auth=(alice.username, key),
+        timeout=30,
+    )
+    assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["body", "CLIP_stop_at_last_layers"]
+    assert api.get_options()["samples_format"] == "jpg", "nothing of a refused request is stored"
+
+
+def test_the_probes_tools_call_answer_in_a1111s_shapes(api_stack, key_for):
+    alice, key = key_for("alice")
+    api = _api(api_stack, alice, key)
+
+    assert api.get_cmd_flags()["api"] is True
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert api.get_prompt_styles() == [] and api.get_face_restorers() == [] and api.get_hypernetworks() == []
+    assert api.get_realesrgan_models() == [] and api.get_sd_vae() == [] and api.get_latent_upscale_modes() == []
+    assert [row["name"] for row in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert set(api.get_memory()) == {"ram", "cuda"}
+    assert api.refresh_checkpoints() == {} and api.skip() == {}
 
 
 def test_a_failed_job_is_a_500_with_its_message(api_stack, key_for):

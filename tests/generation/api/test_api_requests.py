@@ -91,12 +91,24 @@ def test_openai_refuses_a_revoked_key(alice_key):
         ({"prompt": 3}, "prompt"),
         ({"prompt": "x" * 2001}, "prompt"),
         ({"prompt": "a fox", "n": 0}, "n"),
-        ({"prompt": "a fox", "n": 9}, "n"),
+        ({"prompt": "a fox", "n": 11}, "n"),
         ({"prompt": "a fox", "n": "2"}, "n"),
         ({"prompt": "a fox", "size": "big"}, "size"),
         ({"prompt": "a fox", "size": "4096x4096"}, "size"),
         ({"prompt": "a fox", "size": "100x100"}, "size"),
         ({"prompt": "a fox", "response_format": "png"}, "response_format"),
+        ({"prompt": "a fox", "stream": "yes"}, "stream"),
+        ({"prompt": "a fox", "stream": True, "partial_images": 4}, "partial_images"),
+        ({"prompt": "a fox", "stream": True, "partial_images": -1}, "partial_images"),
+        ({"prompt": "a fox", "stream": True, "partial_images": "2"}, "partial_images"),
+        ({"prompt": "a fox", "stream": True, "partial_images": 1.5}, "partial_images"),
+        ({"prompt": "a fox", "loras": "detail:0.5"}, "loras"),
+        ({"prompt": "a fox", "loras": [{"name": "detail", "weight": "strong"}]}, "loras"),
+        ({"prompt": "a fox", "loras": [{"name": "", "weight": 1}]}, "loras"),
+        ({"prompt": "a fox", "loras": [{"name": "two words"}]}, "loras"),
+        ({"prompt": "a fox", "loras": [{"name": "detail", "scale": 1}]}, "loras"),
+        ({"prompt": "a fox", "loras": ["detail:lots"]}, "loras"),
+        ({"prompt": "a fox", "loras": [3]}, "loras"),
     ],
 )
 def test_openai_bad_input_is_a_400_naming_the_field(body, param, alice_key):
@@ -194,7 +206,10 @@ def test_a_full_disk_refuses_new_prompts_everywhere_and_creates_nothing(monkeypa
 # --- AUTOMATIC1111 --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/progress"])
+@pytest.mark.parametrize(
+    "path",
+    ["/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/progress", "/sdapi/v1/cmd-flags", "/sdapi/v1/memory"],
+)
 def test_a1111_refuses_missing_empty_or_wrong_credentials(path, alice, alice_key, bob_key):
     _, key = alice_key
     clients = [
@@ -228,10 +243,15 @@ def test_a1111_refuses_missing_empty_or_wrong_credentials(path, alice, alice_key
         ({"prompt": "a fox", "cfg_scale": 31}, "cfg_scale"),
         ({"prompt": "a fox", "width": 513}, "width"),
         ({"prompt": "a fox", "seed": -2}, "seed"),
-        ({"prompt": "a fox", "sampler_name": "Heun"}, "sampler_name"),
-        ({"prompt": "a fox", "batch_size": 3, "n_iter": 3}, "batch_size"),
+        ({"prompt": "a fox", "sampler_name": "DPM fast"}, "sampler_name"),
+        ({"prompt": "a fox", "scheduler": "Beta"}, "scheduler"),
+        ({"prompt": "a fox", "sampler_name": "DDIM Karras"}, "scheduler"),  # DDIM takes no Karras
+        ({"prompt": "a fox", "batch_size": 4, "n_iter": 3}, "batch_size"),
         ({"prompt": "a fox", "batch_size": 0}, "batch_size"),
         ({"prompt": "a fox", "override_settings": {"sd_model_checkpoint": "sdxl"}}, "override_settings"),
+        ({"prompt": "a fox", "override_settings": {"CLIP_stop_at_last_layers": 13}}, "override_settings"),
+        ({"prompt": "a fox", "override_settings": {"eta_noise_seed_delta": -1}}, "override_settings"),
+        ({"prompt": "a fox", "override_settings": {"samples_format": "gif"}}, "override_settings"),
     ],
 )
 def test_a1111_bad_input_is_a_400_naming_the_field(body, field, alice_key):
@@ -273,20 +293,94 @@ def test_a1111_accepts_the_fields_it_does_not_use():
     assert asked["count"] == 1 and asked["model"] is None
 
 
+@pytest.mark.parametrize(
+    "sampler_name, scheduler, expected",
+    [
+        (None, None, ("euler", "automatic")),
+        ("Euler a", "automatic", ("euler_a", "automatic")),
+        ("euler A", None, ("euler_a", "automatic")),
+        ("k_dpmpp_2m", "Karras", ("dpmpp_2m", "karras")),
+        ("dpmpp_2m", "KARRAS", ("dpmpp_2m", "karras")),
+        ("DPM++ 2M Karras", None, ("dpmpp_2m", "karras")),
+        ("DPM++ 2M Karras", "exponential", ("dpmpp_2m", "karras")),  # the name's schedule wins, as in A1111
+        ("dpm++ 2m sde exponential", None, ("dpmpp_2m_sde", "exponential")),
+        ("k_dpmpp_2m_sde_ka", None, ("dpmpp_2m_sde", "karras")),
+        ("Euler SGM Uniform", None, ("euler", "sgm_uniform")),
+        ("PLMS", "sgm_uniform", ("pndm", "sgm_uniform")),
+        ("plms", "SGMUniform", ("pndm", "sgm_uniform")),
+        ("UniPC", "Exponential", ("unipc", "exponential")),
+        ("LCM", None, ("lcm", "automatic")),
+    ],
+)
+def test_a1111_sampler_names_aliases_and_schedules(sampler_name, scheduler, expected):
+    params = a1111.parse_txt2img({"prompt": "a fox", "sampler_name": sampler_name, "scheduler": scheduler})["params"]
+
+    assert (params["scheduler"], params["schedule"]) == expected
+
+
+def test_a1111_an_unknown_sampler_or_schedule_is_a_400_naming_the_known_ones(alice_key):
+    client = _a1111("alice", alice_key[1])
+
+    sampler = _post(client, "/sdapi/v1/txt2img", {"prompt": "a fox", "sampler_name": "Restart"}).json()["detail"][0]
+    schedule = _post(client, "/sdapi/v1/txt2img", {"prompt": "a fox", "scheduler": "Align Your Steps"}).json()
+    wrong = _post(client, "/sdapi/v1/txt2img", {"prompt": "a fox", "sampler_name": "DDIM", "scheduler": "Karras"})
+
+    assert sampler["loc"] == ["body", "sampler_name"]
+    assert sampler["msg"].startswith("sampler_name: one of Euler, Euler a, Heun, LMS, DPM2, DPM2 a, DPM++ 2M,")
+    assert schedule["detail"][0]["msg"] == "scheduler: one of Automatic, Karras, Exponential, SGM Uniform."
+    assert wrong.json()["detail"] == [
+        {
+            "loc": ["body", "scheduler"],
+            "msg": "Schedule: DDIM runs with Automatic or SGM Uniform, not Karras.",
+            "type": "value_error",
+        }
+    ]
+    assert not ImageJob.objects.exists()
+
+
 def test_a1111_lists_and_options(alice, alice_key, bob, bob_key):
     client = _a1111("alice", alice_key[1])
 
     models = client.get("/sdapi/v1/sd-models").json()
     assert [m["title"] for m in models] == ["demo"] and len(models[0]["sha256"]) == 64
     assert models[0]["hash"] == models[0]["sha256"][:10]
-    assert [s["name"] for s in client.get("/sdapi/v1/samplers").json()] == [
+    samplers = client.get("/sdapi/v1/samplers").json()
+    assert [s["name"] for s in samplers] == [
         "Euler",
         "Euler a",
-        "DDIM",
+        "Heun",
+        "LMS",
+        "DPM2",
+        "DPM2 a",
         "DPM++ 2M",
+        "DPM++ SDE",
+        "DPM++ 2M SDE",
+        "DPM++ 3M SDE",
+        "UniPC",
+        "DDIM",
         "PLMS",
+        "LCM",
     ]
-    assert client.get("/sdapi/v1/schedulers").json()[0]["name"] == "automatic"
+    assert samplers[1] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral", "euler_a"], "options": {}}
+    assert samplers[6] == {
+        "name": "DPM++ 2M",
+        "aliases": ["k_dpmpp_2m", "dpmpp_2m"],
+        "options": {"scheduler": "karras"},
+    }
+    schedulers = client.get("/sdapi/v1/schedulers").json()
+    assert [(row["name"], row["label"]) for row in schedulers] == [
+        ("automatic", "Automatic"),
+        ("karras", "Karras"),
+        ("exponential", "Exponential"),
+        ("sgm_uniform", "SGM Uniform"),
+    ]
+    assert schedulers[1] == {
+        "name": "karras",
+        "label": "Karras",
+        "aliases": None,
+        "default_rho": 7.0,
+        "need_inner_model": False,
+    }
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "demo"
     assert (
@@ -321,11 +415,14 @@ def test_progress_and_interrupt_are_each_users_own(alice, alice_key, bob, bob_ke
     assert his["state"]["job_count"] == 1 and his["state"]["sampling_step"] == 0
 
     assert _post(bob_client, "/sdapi/v1/interrupt", {}).json() == {}
-    assert ImageJob.objects.get(pk=running.pk).status == "processing"
+    assert not ImageJob.objects.get(pk=running.pk).interrupt_requested
     assert ImageJob.objects.get(pk=waiting.pk).status == "queued"  # interrupt stops what runs only
     _post(alice_client, "/sdapi/v1/interrupt", {})
-    assert ImageJob.objects.get(pk=running.pk).status == "cancelled"
-    assert alice_client.get("/sdapi/v1/progress").json()["progress"] == 0
+    # It stops at its next step, with the image of that step (the worker's part).
+    running.refresh_from_db()
+    assert running.status == "processing" and running.interrupt_requested
+    assert alice_client.get("/sdapi/v1/progress").json()["state"]["interrupted"] is True
+    assert bob_client.get("/sdapi/v1/progress").json()["state"]["interrupted"] is False
 
 
 # --- Submitting -------------------------------------------------------------------
@@ -389,9 +486,122 @@ def test_interrupt_stops_the_running_request_with_its_batch_but_not_other_prompt
 
     _post(_a1111("alice", key), "/sdapi/v1/interrupt", {})
 
-    statuses = dict(ImageJob.objects.values_list("pk", "status"))
-    assert [statuses[job.pk] for job in batch] == ["cancelled"] * 3
-    assert statuses[other.pk] == "queued"
+    jobs = {job.pk: job for job in ImageJob.objects.all()}
+    # The running image stops early and keeps its image; its waiting ones are not made.
+    assert (jobs[batch[0].pk].status, jobs[batch[0].pk].interrupt_requested) == ("processing", True)
+    assert [jobs[job.pk].status for job in batch[1:]] == ["cancelled"] * 2
+    assert (jobs[other.pk].status, jobs[other.pk].interrupt_requested) == ("queued", False)
+
+
+def test_skip_stops_the_running_image_and_lets_the_rest_of_its_request_run(alice, alice_key):
+    api_key, key = alice_key
+    batch = api_jobs_submit(api_key=api_key, prompt="three owls", count=3, width=64, height=64)
+    services.job_claim(worker="test:1")
+
+    assert _post(_a1111("alice", key), "/sdapi/v1/skip", {}).json() == {}
+
+    jobs = {job.pk: job for job in ImageJob.objects.all()}
+    assert jobs[batch[0].pk].interrupt_requested
+    assert [jobs[job.pk].status for job in batch[1:]] == ["queued"] * 2
+
+
+def test_a1111_options_keep_every_key_and_check_those_imagegen_honours(alice, alice_key, bob, bob_key):
+    alice_client, bob_client = _a1111("alice", alice_key[1]), _a1111("bob", bob_key[1])
+    defaults = alice_client.get("/sdapi/v1/options").json()
+    assert defaults["sd_vae"] == "Automatic" and defaults["samples_format"] == "png"
+    assert defaults["CLIP_stop_at_last_layers"] == 1 and defaults["eta_noise_seed_delta"] == 0
+    assert len(defaults) > 80, "every option A1111 clients read, with its default"
+
+    written = {
+        "CLIP_stop_at_last_layers": 2,
+        "eta_noise_seed_delta": 31337,
+        "samples_format": "JPG",
+        "sd_vae": "vae-ft-mse.safetensors",
+        "an_extensions_option": {"enabled": True, "items": [1, 2]},
+    }
+    assert _post(alice_client, "/sdapi/v1/options", written).status_code == 200
+    assert _post(alice_client, "/sdapi/v1/options", {"jpeg_quality": 90}).status_code == 200
+
+    mine = alice_client.get("/sdapi/v1/options").json()
+    assert {key: mine[key] for key in written} == written  # as written
+    assert mine["jpeg_quality"] == 90 and mine["sd_model_checkpoint"] == "demo"
+    assert bob_client.get("/sdapi/v1/options").json() == defaults
+
+    # One bad option refuses the whole request: nothing of it is stored.
+    for bad in (
+        {"CLIP_stop_at_last_layers": 0, "new_key": 1},
+        {"CLIP_stop_at_last_layers": True},
+        {"eta_noise_seed_delta": "31337", "new_key": 1},
+        {"samples_format": "gif", "new_key": 1},
+        {"jpeg_quality": 101},
+        {"sd_model_checkpoint": "sdxl", "new_key": 1},
+    ):
+        response = _post(alice_client, "/sdapi/v1/options", bad)
+        assert response.status_code == 400, bad
+        assert response.json()["detail"][0]["loc"] == ["body", next(iter(bad))]
+    assert alice_client.get("/sdapi/v1/options").json() == mine
+
+
+def test_a1111_probes_answer_in_a1111s_shapes(alice, alice_key):
+    client = _a1111("alice", alice_key[1])
+
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["api"] is True and flags["lowvram"] is False and flags["api_auth"]
+    assert alice_key[1] not in json.dumps(flags)
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    for path in (
+        "prompt-styles",
+        "face-restorers",
+        "hypernetworks",
+        "realesrgan-models",
+        "sd-vae",
+        "latent-upscale-modes",
+        "extensions",
+        "script-info",
+    ):
+        assert client.get(f"/sdapi/v1/{path}").json() == [], path
+    for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras"):
+        assert _post(client, f"/sdapi/v1/{path}", {}).json() == {}, path
+        assert client.get(f"/sdapi/v1/{path}").status_code == 405
+    memory = client.get("/sdapi/v1/memory").json()
+    assert set(memory) == {"ram", "cuda"} and memory["ram"]["total"] > 0
+
+
+def test_a1111_png_info_reads_the_parameters_of_a_png_or_a_jpeg(alice, alice_key):
+    from generation.families import SD15
+    from generation.pipeline import infotext
+    from generation.png import encode_png
+    from generation.request import GenerationRequest
+    from tests.helpers import striped_picture
+
+    request = GenerationRequest(
+        model="demo",
+        prompt="a lighthouse, at dusk",
+        negative_prompt="fog",
+        width=64,
+        height=96,
+        steps=3,
+        guidance=6.5,
+        seed=7,
+        clip_skip=2,
+    )
+    text = infotext(request, SD15)
+    png = encode_png(striped_picture((64, 96)), parameters=text)
+    (jpeg,) = a1111._encoded([png], "jpg", 80)
+    client = _a1111("alice", alice_key[1])
+
+    for data in (png, jpeg):
+        answer = _post(client, "/sdapi/v1/png-info", {"image": base64.b64encode(data).decode()}).json()
+        assert answer["info"] == text
+        parameters = answer["parameters"]
+        assert (parameters["Prompt"], parameters["Negative prompt"]) == ("a lighthouse, at dusk", "fog")
+        assert (parameters["Steps"], parameters["Seed"], parameters["CFG scale"]) == ("3", "7", "6.5")
+        assert (parameters["Size-1"], parameters["Size-2"], parameters["Clip skip"]) == ("64", "96", "2")
+        assert isinstance(answer["items"], dict)
+    bare = encode_png(striped_picture((8, 8)))
+    answer = _post(client, "/sdapi/v1/png-info", {"image": base64.b64encode(bare).decode()}).json()
+    assert answer["info"] == "" and answer["parameters"]["Clip skip"] == "1"
+    assert _post(client, "/sdapi/v1/png-info", {"image": "bm90IGFuIGltYWdl"}).status_code == 400
 
 
 @pytest.mark.anyio

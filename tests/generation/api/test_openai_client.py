@@ -34,7 +34,9 @@ def _png(data: bytes) -> Image.Image:
 def test_it_makes_an_image_as_base64_in_the_users_api_conversation(api_stack, key_for):
     alice, key = key_for("alice")
 
-    result = _client(api_stack, key).images.generate(model="demo", prompt="  a red fox  ", size="64x64")
+    result = _client(api_stack, key).images.generate(
+        model="demo", prompt="  a red fox  ", size="64x64", response_format="b64_json"
+    )
 
     assert len(result.data) == 1 and result.created > 0
     assert result.data[0].revised_prompt == "a red fox"
@@ -83,7 +85,7 @@ def test_bad_input_is_a_bad_request_error_naming_the_field(api_stack, key_for):
     with pytest.raises(openai.BadRequestError) as size_error:
         client.images.generate(prompt="a fox", size="65x64")
     with pytest.raises(openai.BadRequestError) as n_error:
-        client.images.generate(prompt="a fox", n=9)
+        client.images.generate(prompt="a fox", n=11)
 
     assert size_error.value.status_code == 400
     assert size_error.value.body["param"] == "size" and "Width" in size_error.value.body["message"]
@@ -136,11 +138,12 @@ def test_the_same_idempotency_key_is_one_job(api_stack, key_for):
     alice, key = key_for("alice")
     client = _client(api_stack, key)
     headers = {"Idempotency-Key": "order-42"}
+    asked = {"prompt": "a kite", "size": "64x64", "response_format": "b64_json", "extra_headers": headers}
 
-    first = client.images.generate(prompt="a kite", size="64x64", extra_headers=headers)
-    again = client.images.generate(prompt="a kite", size="64x64", extra_headers=headers)
+    first = client.images.generate(**asked)
+    again = client.images.generate(**asked)
 
-    assert first.data[0].b64_json == again.data[0].b64_json
+    assert first.data[0].b64_json and first.data[0].b64_json == again.data[0].b64_json
     assert ImageJob.objects.filter(owner=alice).count() == 1
 
 
@@ -178,7 +181,10 @@ def test_openai_images_edit_with_and_without_a_mask(api_stack, key_for):
     mask.paste((0, 0, 0, 0), (32, 0, 64, 64))
 
     edited = client.images.edit(
-        image=("photo.png", image_file(source), "image/png"), prompt="the same in winter", model="demo"
+        image=("photo.png", image_file(source), "image/png"),
+        prompt="the same in winter",
+        model="demo",
+        response_format="b64_json",
     )
     inpainted = client.images.edit(
         image=("photo.png", image_file(source), "image/png"),
