@@ -233,6 +233,8 @@ def split_request(value) -> list[tuple[str, float]]:
         if item in ("", None):
             continue
         if isinstance(item, dict):
+            if not set(item) <= {"name", "weight"}:
+                raise LoraError("LoRAs: each is {name, weight}.")
             name, weight = item.get("name"), item.get("weight", 1)
         elif isinstance(item, str):
             name, _, weight = item.partition(":") if ":" in item else (item, "", 1)

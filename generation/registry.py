@@ -26,13 +26,14 @@ def get_loras() -> LoraRegistry:
 def get_generator() -> ImageGenerator:
     # One per worker process: the pipeline stays loaded between jobs.
     cls = import_string(settings.IMAGEGEN_GENERATOR) if settings.IMAGEGEN_GENERATOR else DiffusersGenerator
+    lora_aware = isinstance(cls, type) and issubclass(cls, DiffusersGenerator)
     return cls(
         get_registry(),
         cache_dir=settings.IMAGEGEN_MODEL_CACHE,
         device=settings.IMAGEGEN_DEVICE,
         max_batch=settings.IMAGEGEN_MAX_BATCH,
-        loras=get_loras(),
-        lora_cache=settings.IMAGEGEN_LORA_CACHE,
+        # Other generators (IMAGEGEN_GENERATOR) keep the four-argument constructor.
+        **({"loras": get_loras(), "lora_cache": settings.IMAGEGEN_LORA_CACHE} if lora_aware else {}),
     )
 
 

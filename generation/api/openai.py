@@ -32,6 +32,7 @@ from generation.api import jobs as api_jobs
 from generation.api.auth import api_key_authenticate, bearer_key
 from generation.api.waiting import run_db, wait_for_jobs, wait_for_start
 from generation.forms import COUNT_MAX, VARY_STRONG
+from generation.loras import LoraError, split_request
 from generation.models import ApiKey, ImageJob
 from generation.outages import DATABASE, OUTAGES, kind_of
 from generation.registry import get_registry
@@ -152,38 +153,20 @@ def _flag(body: dict[str, Any], field: str) -> bool:
 def lora_pairs(value: Any) -> list[tuple[str, float]]:
     """The `loras` field (our extension) as (name, weight) pairs: a list of
     {"name": ..., "weight": ...} objects (weight 1 when left out) or of "name" and
-    "name:weight" strings. Only the shape is checked here; the job form checks the
-    names and weights."""
-    bad = ApiError(
-        400,
-        'loras: a list of {"name": ..., "weight": ...} objects, or of "name" or "name:weight" strings.',
-        param="loras",
-    )
+    "name:weight" strings (`generation.loras.split_request`). Only the shape is checked
+    here; the job form checks the names, families and weights."""
+    shape = 'loras: a list of {"name": ..., "weight": ...} objects, or of "name" or "name:weight" strings.'
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad
-    pairs = []
-    for item in value:
-        if isinstance(item, str):
-            name, sep, weight = item.strip().rpartition(":")
-            if not sep:
-                name, weight = weight, 1.0
-            else:
-                try:
-                    weight = float(weight)
-                except ValueError:
-                    raise bad from None
-        elif isinstance(item, dict) and set(item) <= {"name", "weight"}:
-            name, weight = item.get("name"), item.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise bad
-        else:
-            raise bad
-        # The job keeps its LoRAs as "name:weight" words: a name cannot hold a space.
-        if not isinstance(name, str) or not name or name.split() != [name] or not math.isfinite(weight):
-            raise bad
-        pairs.append((name, float(weight)))
+        raise ApiError(400, shape, param="loras")
+    try:
+        pairs = split_request(value)
+    except LoraError as exc:
+        raise ApiError(400, f"{exc} ({shape})", param="loras") from None
+    # The job keeps its LoRAs as "name:weight" words: a name cannot hold a space.
+    if any(name.split() != [name] or not math.isfinite(weight) for name, weight in pairs):
+        raise ApiError(400, shape, param="loras")
     return pairs
 
 
