@@ -328,24 +328,8 @@ def job_submit(
         refusal = _caps_refusal(user.pk, now=now, asked=count)
         if refusal:
             raise JobRefused(refusal)
-        job_params = {
-            key: data[key]
-            for key in (
-                "model",
-                "width",
-                "height",
-                "steps",
-                "guidance",
-                "seed",
-                "scheduler",
-                "schedule",
-                "loras",
-                "clip_skip",
-                "noise_seed_delta",
-                "kind",
-                "strength",
-            )
-        }
+        # What its pass shares with others (ImageJob.PASS_FIELDS), and its seed.
+        job_params = {key: data[key] for key in (*ImageJob.PASS_FIELDS, "seed")}
         seeds = [(data["seed"] + index) % (SEED_MAX + 1) for index in range(count)]
         turns = _fair_turns(user.pk, job_params, count)
         asked, assistant = exchange_post(

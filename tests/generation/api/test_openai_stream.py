@@ -12,6 +12,7 @@ import requests
 from PIL import Image
 
 from generation.models import ImageJob
+from tests.generation.api.test_openai_client import _client
 from tests.helpers import LAYER_DATABASES, image_file, striped_picture, wait_for
 
 pytestmark = [
@@ -19,10 +20,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES),
     pytest.mark.timeout(300),
 ]
-
-
-def _client(api_stack, key, **options):
-    return openai.OpenAI(base_url=f"{api_stack['url']}/v1", api_key=key, max_retries=0, timeout=120, **options)
 
 
 def _png(b64: str) -> Image.Image:
