@@ -36,10 +36,11 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--rank", type=int, help="the LoRAs' rank (default 8; 16 with --sd15-shaped)")
     parser.add_argument("--sd15-shaped", action="store_true", help="an SD-1.5-shaped model instead of demo")
     parser.add_argument("--cache", default=str(ROOT / "var" / "models"))
     args = parser.parse_args()
+    args.rank = args.rank or (16 if args.sd15_shaped else 8)
 
     from generation.demo_model import build_random_lora, demo_pipeline_path, random_pipeline_path
     from generation.loading import ModelRegistry
@@ -49,10 +50,11 @@ def main() -> None:
 
     cache = Path(args.cache)
     if args.sd15_shaped:
-        folder, model, registry = random_pipeline_path(cache, "sd15"), "sd15", None
+        folder, model = random_pipeline_path(cache, "sd15"), "sd15"
         registry = ModelRegistry({"sd15": str(folder)})
     else:
-        folder, model, registry = demo_pipeline_path(cache), "demo", ModelRegistry()
+        folder, model = demo_pipeline_path(cache), "demo"
+        registry = ModelRegistry()
     loras_dir = Path(tempfile.mkdtemp(prefix="bench-loras-"))
     names = ["a", "b", "c", "cold1", "cold2", "cold3"]
     for seed, name in enumerate(names):
