@@ -79,26 +79,30 @@ def test_a_sampler_keeps_a_schedule_it_takes_and_automatic_is_the_default():
     assert (form.cleaned_data["scheduler"], form.cleaned_data["schedule"]) == ("euler", "automatic")
 
 
+# The samplers of SD 1.x/2.x and SDXL, by A1111's names, in the order A1111 lists them.
+A1111_SAMPLERS = [
+    "Euler",
+    "Euler a",
+    "Heun",
+    "LMS",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 3M SDE",
+    "UniPC",
+    "DDIM",
+    "PLMS",
+    "LCM",
+]
+
+
 def test_the_settings_offer_each_models_samplers_with_the_schedules_each_takes(registered, tiny_models):
     registered(flux=tiny_models["tiny-flux"])
     form = JobForm()
     assert (form["scheduler"].label, form["schedule"].label) == ("Sampler", "Schedule")
-    assert [label for _, label in form.fields["scheduler"].choices] == [
-        "Euler",
-        "Euler a",
-        "Heun",
-        "LMS",
-        "DPM2",
-        "DPM2 a",
-        "DPM++ 2M",
-        "DPM++ SDE",
-        "DPM++ 2M SDE",
-        "DPM++ 3M SDE",
-        "UniPC",
-        "DDIM",
-        "PLMS",
-        "LCM",
-    ]
+    assert [label for _, label in form.fields["scheduler"].choices] == A1111_SAMPLERS
     # The page's script offers the chosen model's (static/js/chat/composer.js).
     limits = json.loads(form.fields["model"].widget.attrs["data-limits"])
     assert (limits["flux"]["schedulers"], limits["flux"]["schedules"]) == (

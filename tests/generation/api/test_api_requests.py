@@ -16,6 +16,7 @@ from generation.api.jobs import api_jobs_submit, request_key
 from generation.models import ImageJob, JobPreview
 from generation.worker import JobRunner
 from tests.fakes import FakeGenerator
+from tests.generation.test_job_form import A1111_SAMPLERS
 from tests.helpers import LAYER_DATABASES, run_pass
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=LAYER_DATABASES)
@@ -345,22 +346,7 @@ def test_a1111_lists_and_options(alice, alice_key, bob, bob_key):
     assert [m["title"] for m in models] == ["demo"] and len(models[0]["sha256"]) == 64
     assert models[0]["hash"] == models[0]["sha256"][:10]
     samplers = client.get("/sdapi/v1/samplers").json()
-    assert [s["name"] for s in samplers] == [
-        "Euler",
-        "Euler a",
-        "Heun",
-        "LMS",
-        "DPM2",
-        "DPM2 a",
-        "DPM++ 2M",
-        "DPM++ SDE",
-        "DPM++ 2M SDE",
-        "DPM++ 3M SDE",
-        "UniPC",
-        "DDIM",
-        "PLMS",
-        "LCM",
-    ]
+    assert [s["name"] for s in samplers] == A1111_SAMPLERS
     assert samplers[1] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral", "euler_a"], "options": {}}
     assert samplers[6] == {
         "name": "DPM++ 2M",
