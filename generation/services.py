@@ -769,7 +769,12 @@ def job_retry_later(*, job_id: int, delay: float, detail: str, now: datetime | N
         job = _transition(
             job_id,
             "retry_later",
-            fields={"not_before": now + timedelta(seconds=delay), "error_detail": detail, "progress": 0},
+            fields={
+                "not_before": now + timedelta(seconds=delay),
+                "error_detail": detail,
+                "progress": 0,
+                "interrupt_requested": False,  # an interrupt was for the run that ended
+            },
             metadata={"progress": 0, "retrying": True},
             content=texts.RETRYING,
         )
@@ -954,7 +959,13 @@ def job_hand_back(*, job_id: int) -> ImageJob | None:
         job = _transition(
             job_id,
             "hand_back",
-            fields={"progress": 0, "attempts": F("attempts") - 1, "started_at": None, "heartbeat_at": None},
+            fields={
+                "progress": 0,
+                "attempts": F("attempts") - 1,
+                "started_at": None,
+                "heartbeat_at": None,
+                "interrupt_requested": False,  # an interrupt was for the run that ended
+            },
             metadata={"progress": 0, "started_at": None},
             content=texts.HANDED_BACK,
         )
@@ -984,7 +995,7 @@ def job_requeue_lost(*, job_id: int, detail: str) -> ImageJob | None:
         job = _transition(
             job_id,
             "requeue_lost",
-            fields={"error_detail": detail, "progress": 0, "not_before": None},
+            fields={"error_detail": detail, "progress": 0, "not_before": None, "interrupt_requested": False},
             metadata={"progress": 0, "retrying": True},
             content=texts.WORKER_RESTARTED,
         )

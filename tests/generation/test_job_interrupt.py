@@ -67,3 +67,17 @@ def test_only_a_running_job_can_be_interrupted(submit):
     job = submit("waiting")
     assert not services.job_interrupt(job=job)
     assert not ImageJob.objects.get(pk=job.pk).interrupt_requested
+
+
+def test_a_job_put_back_in_the_queue_forgets_the_interrupt_of_the_run_that_ended(submit):
+    job = submit("handed back", steps=10)
+    claimed = services.jobs_claim(worker="w:1", max_batch=1)[0]
+    assert services.job_interrupt(job=claimed)
+
+    services.job_hand_back(job_id=job.pk)  # the worker stopped before it noticed
+
+    job.refresh_from_db()
+    assert (job.status, job.interrupt_requested) == ("queued", False)
+    # Its next run is a whole one: nothing asks it to stop at its first step.
+    again = services.jobs_claim(worker="w:2", max_batch=1)[0]
+    assert again.pk == job.pk and not again.interrupt_requested
