@@ -256,6 +256,7 @@ def clean_loras(value, *, family: str, model: str, registry: LoraRegistry) -> st
     """A request's LoRAs checked for model `model` of `family`, as a job stores them.
     Raises LoraError with a message for the user."""
     pairs = split_request(value)
+    installed = {lora.name: lora for lora in registry.all()}  # the folder read once for the whole check
     if len(pairs) > LORAS_MAX:
         raise LoraError(f"LoRAs: at most {LORAS_MAX} at once ({len(pairs)} were asked for).")
     seen = set()
@@ -263,10 +264,10 @@ def clean_loras(value, *, family: str, model: str, registry: LoraRegistry) -> st
         if name in seen:
             raise LoraError(f"LoRA {name} is listed twice.")
         seen.add(name)
-        if name not in registry:
-            offered = ", ".join(lora.name for lora in registry.for_family(family)) or "none are installed"
+        if name not in installed:
+            offered = ", ".join(lora.name for lora in installed.values() if lora.fits(family)) or "none are installed"
             raise LoraError(f"LoRA {name!r} is not installed (for {model}: {offered}).")
-        lora = registry.get(name)
+        lora = installed[name]
         if not lora.fits(family):
             raise LoraError(
                 f"LoRA {name} is made for {lora.family_label} models; {model} is a {FAMILIES[family].label} model."

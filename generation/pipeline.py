@@ -9,6 +9,7 @@ preview and its infotext.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -82,15 +83,13 @@ def set_scheduler(
     KDPM2's, takes a quarter of a second). `seeds`: the pass's, one per image, for a
     sampler whose noise comes from a Brownian tree.
     """
-    import inspect
-
     import diffusers
 
     current = pipe.scheduler
     own, built = _BUILT_SCHEDULERS.get(current, (dict(current.config), None))
     class_name, options = family.scheduler_config(name, schedule)
     scheduler_class = getattr(diffusers, class_name)
-    accepted = inspect.signature(scheduler_class.__init__).parameters
+    accepted = _accepted_options(scheduler_class)
     options = {key: value for key, value in options.items() if key in accepted}
     recipe = (class_name, sorted(options.items()))
     if built is None and type(current).__name__ == class_name:
@@ -104,6 +103,14 @@ def set_scheduler(
         pipe.scheduler = current
     if family.schedulers[name].brownian and seeds is not None:
         current.noise_sampler_seed = list(seeds)
+
+
+@functools.cache
+def _accepted_options(scheduler_class) -> frozenset[str]:
+    """The config options a scheduler class takes (read once per class, not every pass)."""
+    import inspect
+
+    return frozenset(inspect.signature(scheduler_class.__init__).parameters)
 
 
 def default_max_batch(configured: int, device: str) -> int:

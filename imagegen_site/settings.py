@@ -72,21 +72,30 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_named_sources(name: str, *, what: str, shape: str, check_source, valid_name=bool, reserved=()) -> dict:
+    """Parse `name=source[;option...],...` entries (models, LoRAs) into a dict, each
+    source checked by `check_source` (a ValueError says what is wrong with it)."""
+    entries: dict[str, str] = {}
+    for item in env_list(name, []):
+        key, sep, spec = (part.strip() for part in item.partition("="))
+        if not sep or not valid_name(key) or not spec:
+            raise ImproperlyConfigured(f"{name} entries must look like {shape}, got {item!r}")
+        if key in reserved:
+            raise ImproperlyConfigured(f"{name}: the name {key!r} is reserved for the built-in {what}")
+        try:
+            check_source(spec)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {what} {key!r}: {exc}") from None
+        entries[key] = spec
+    return entries
+
+
 def env_loras(name: str) -> dict[str, str]:
     """Parse `name=/path/file.safetensors[;family=...],...` into a dict of registered LoRAs."""
     from generation.loras import NAME, parse_source
 
-    loras: dict[str, str] = {}
-    for item in env_list(name, []):
-        key, sep, spec = (part.strip() for part in item.partition("="))
-        if not sep or not NAME.match(key) or not spec:
-            raise ImproperlyConfigured(f"{name} entries must look like name=/path/to/lora.safetensors, got {item!r}")
-        try:
-            parse_source(spec)
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"{name}: LoRA {key!r}: {exc}") from None
-        loras[key] = spec
-    return loras
+    shape = "name=/path/to/lora.safetensors"
+    return env_named_sources(name, what="LoRA", shape=shape, check_source=parse_source, valid_name=NAME.match)
 
 
 def env_models(name: str) -> dict[str, str]:
@@ -98,22 +107,8 @@ def env_models(name: str) -> dict[str, str]:
     """
     from generation.sources import parse_spec
 
-    models: dict[str, str] = {}
-    for item in env_list(name, []):
-        key, sep, spec = item.partition("=")
-        key, spec = key.strip(), spec.strip()
-        if not sep or not key or not spec:
-            raise ImproperlyConfigured(
-                f"{name} entries must look like name=/path/to/model or name=org/model-id, got {item!r}"
-            )
-        if key == "demo":
-            raise ImproperlyConfigured(f"{name}: the name 'demo' is reserved for the built-in model")
-        try:
-            parse_spec(spec)
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"{name}: model {key!r}: {exc}") from None
-        models[key] = spec
-    return models
+    shape = "name=/path/to/model or name=org/model-id"
+    return env_named_sources(name, what="model", shape=shape, check_source=parse_spec, reserved=("demo",))
 
 
 DEBUG = env_bool("DEBUG", False)
