@@ -32,4 +32,6 @@ if (root) {
     banner: document.getElementById("connection-status"),
     notice: document.getElementById("service-notice"),
   });
+  // Until now a key press in the composer was the browser's own (a newline, not a send).
+  root.dataset.ready = "true";
 }

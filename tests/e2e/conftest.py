@@ -215,13 +215,19 @@ def shot(page: Page, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
+def wait_chat_ready(page: Page) -> None:
+    """The conversation page's scripts have bound the composer and the cards."""
+    page.wait_for_selector("[data-conversation-id][data-ready]", state="attached")
+
+
 def new_conversation(page: Page) -> None:
     page.click("#new-conversation")
-    page.wait_for_selector("[data-testid=prompt-input]")
+    wait_chat_ready(page)
 
 
 def submit_prompt(page: Page, prompt: str, **advanced: str) -> None:
     """Type a prompt and press Enter; wait until its card is on the page."""
+    wait_chat_ready(page)
     count = page.locator(".job-card").count()
     if advanced:
         page.evaluate("document.querySelector('details.advanced').open = true")

@@ -10,6 +10,7 @@ from playwright.sync_api import expect
 from chat.services import conversation_create
 from generation import services
 from generation.models import ImageJob
+from tests.e2e.conftest import wait_chat_ready
 from tests.helpers import image_file, wait_for
 
 PHONE = {"width": 390, "height": 844}
@@ -46,7 +47,7 @@ def _stored(stack, name: str) -> Image.Image:
 
 def _open(page, stack, conversation):
     page.goto(f"{stack['url']}/conversations/{conversation.pk}/")
-    page.wait_for_selector("[data-testid=prompt-input]")
+    wait_chat_ready(page)
 
 
 def _newest_card(page):

@@ -12,7 +12,7 @@ from chat.models import Conversation
 from chat.services import conversation_create
 from generation import services
 from generation.models import ImageJob
-from tests.e2e.conftest import new_conversation, shot, submit_prompt
+from tests.e2e.conftest import new_conversation, shot, submit_prompt, wait_chat_ready
 from tests.helpers import wait_for
 
 TINY = {"steps": "3", "width": "64", "height": "64"}
@@ -43,7 +43,7 @@ def _block_the_worker(user, *, steps=80):
 
 def _open(page, stack, conversation):
     page.goto(f"{stack['url']}/conversations/{conversation.pk}/")
-    page.wait_for_selector("[data-testid=prompt-input]")
+    wait_chat_ready(page)
 
 
 def _duplicate_ids(page) -> list[str]:
