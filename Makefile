@@ -27,7 +27,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 superuser: install
-	scripts/manage.sh createsuperuser
+	scripts/superuser.sh $(ARGS)
 
 demo-model: install
 	scripts/manage.sh build_demo_model

@@ -35,3 +35,18 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_role_display()}: {self.content[:40]}"
+
+
+class ComposerSettings(models.Model):
+    """A person's last composer settings (`JobForm.REMEMBERED`), as the form posted them:
+    the next page, whichever conversation, starts from them."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="composer_settings")
+    values = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "composer settings"
+
+    def __str__(self) -> str:
+        return f"Composer settings of {self.owner}"

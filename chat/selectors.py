@@ -4,7 +4,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 
-from chat.models import Conversation, Message
+from chat.models import ComposerSettings, Conversation, Message
 
 
 def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
@@ -36,3 +36,14 @@ def message_list(*, conversation: Conversation) -> QuerySet[Message]:
 
     jobs = Prefetch("image_jobs", queryset=ImageJob.objects.select_related("source_job").order_by("image_index"))
     return Message.objects.filter(conversation=conversation).prefetch_related(jobs)
+
+
+def composer_settings(*, user: AbstractBaseUser) -> dict[str, str]:
+    """The composer's settings `user` used last; none when their model is no longer installed
+    (the others were chosen for it)."""
+    from generation.registry import get_registry
+
+    values = ComposerSettings.objects.filter(owner=user).values_list("values", flat=True).first() or {}
+    if values.get("model") and values["model"] not in get_registry():
+        return {}
+    return {key: value for key, value in values.items() if value != ""}

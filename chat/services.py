@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from chat.models import Conversation, Message
+from chat.models import ComposerSettings, Conversation, Message
 
 TITLE_MAX_LENGTH = Conversation._meta.get_field("title").max_length
 DEFAULT_TITLE = Conversation._meta.get_field("title").default
@@ -224,3 +224,11 @@ def exchange_post(
     if conversation.title == DEFAULT_TITLE:
         conversation.title = named
     return asked, answered
+
+
+def composer_settings_save(*, user: AbstractBaseUser, values: dict[str, str]) -> None:
+    """Remember the composer's settings of `user` (the fields of `JobForm.REMEMBERED`, as posted)."""
+    from generation.forms import JobForm
+
+    kept = {key: str(values[key]) for key in JobForm.REMEMBERED if key in values}
+    ComposerSettings.objects.update_or_create(owner=user, defaults={"values": kept})

@@ -6,6 +6,7 @@ app_name = "chat"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("settings/composer/", views.composer_settings_save, name="composer_settings"),
     path("conversations/new/", views.conversation_new, name="conversation_new"),
     path("conversations/<int:conversation_id>/", views.conversation_detail, name="conversation"),
     path("conversations/<int:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),

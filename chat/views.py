@@ -3,6 +3,7 @@ from urllib.parse import quote
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -11,6 +12,8 @@ from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.forms import JobForm
 from generation.uploads import PAINTED, mask_from, read_image
+
+RECENT_COUNT = 15  # conversations in the page's sidebar
 
 
 def _is_fetch(request) -> bool:
@@ -46,7 +49,7 @@ def conversation_rename(request, conversation_id: int):
         services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-        return _render_conversation(request, conversation, JobForm(), status=400)
+        return _render_conversation(request, conversation, _composer(request), status=400)
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
@@ -81,14 +84,35 @@ def _render_conversation(request, conversation, form, status=200):
         "items": _message_items(list(selectors.message_list(conversation=conversation))),
         "form": form,
         "service": generation_selectors.service_status(),
+        # The sidebar: the latest conversations, this one among them.
+        "recent": selectors.conversation_list(user=request.user)[:RECENT_COUNT],
+        "current": conversation,
     }
     return render(request, "chat/conversation.html", context, status=status)
+
+
+def _composer(request) -> JobForm:
+    """A fresh composer with the person's last settings."""
+    return JobForm(initial=selectors.composer_settings(user=request.user))
 
 
 @login_required
 def conversation_detail(request, conversation_id: int):
     conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
-    return _render_conversation(request, conversation, JobForm())
+    return _render_conversation(request, conversation, _composer(request))
+
+
+@require_POST
+@login_required
+def composer_settings_save(request):
+    """The composer's settings changed: remember them (checked as a prompt's would be)."""
+    values = {key: request.POST[key] for key in JobForm.REMEMBERED if key in request.POST}
+    form = JobForm(data={**values, "prompt": "-"})
+    if not form.is_valid():
+        errors = {field: [str(error) for error in errors] for field, errors in form.errors.items()}
+        return JsonResponse({"errors": errors}, status=400)
+    services.composer_settings_save(user=request.user, values=values)
+    return HttpResponse(status=204)
 
 
 def _uploaded_edit(request) -> dict:
@@ -148,6 +172,8 @@ def job_submit(request, conversation_id: int):
         # The user's own caps or input are a 400; a service that cannot take work (a full disk) a 503.
         status = 503 if isinstance(exc, generation_services.JobRefused) and exc.refusal.unavailable else 400
     else:
+        if request.POST.get("composer"):  # the composer's prompt, not a card's Vary or Same seed
+            services.composer_settings_save(user=request.user, values=request.POST)
         if not _is_fetch(request):
             return redirect("chat:conversation", conversation_id=conversation.pk)
         items = [

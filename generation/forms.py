@@ -237,14 +237,32 @@ class JobForm(forms.Form):
         "clip_skip",
         "noise_seed_delta",
     )
+    # Next to the prompt (the most used); the rest are in the composer's settings panel.
+    QUICK_FIELDS = ("model", "count")
+    # What the chat remembers of a person's last settings (not the seed: a kept seed
+    # would make every new prompt's image from the same noise).
+    REMEMBERED = (
+        "model",
+        "width",
+        "height",
+        "count",
+        "steps",
+        "guidance",
+        "scheduler",
+        "schedule",
+        "negative_prompt",
+        "loras",
+    )
     # For the template: the counter's limit and the size presets.
     prompt_max_length = PROMPT_MAX_LENGTH
     size_presets = SIZE_PRESETS
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Show the defaults (the default model's family's) as values, so nobody has to guess them.
-        model = settings.IMAGEGEN_DEFAULT_MODEL
+        # Show the defaults (the chosen model's family's) as values, so nobody has to guess them.
+        model = self.initial.get("model")
+        if model not in get_registry():
+            model = settings.IMAGEGEN_DEFAULT_MODEL
         defaults = {**self.DEFAULTS, **model_defaults(model_limits(model)), "model": model}
         for key, default in defaults.items():
             self.fields[key].initial = default
@@ -263,6 +281,12 @@ class JobForm(forms.Form):
         self.fields["model"].widget.attrs["data-limits"] = json.dumps(
             {name: {**limits.as_dict(), "defaults": model_defaults(limits)} for name, limits in every.items()}
         )
+
+    @property
+    def panel_errors(self) -> bool:
+        """Errors on the settings panel's fields: the panel opens to show them."""
+        shown_elsewhere = {"prompt", *self.QUICK_FIELDS, "image", "strength", "mask", "source_job", "kind"}
+        return any(name not in shown_elsewhere for name in self.errors if name != "__all__")
 
     def _bounded_text(self, field: str, label: str) -> str:
         value = self.cleaned_data.get(field, "")

@@ -10,7 +10,7 @@ RETRYING = "A temporary problem; trying again shortly…"
 WORKER_RESTARTED = "The worker restarted; your image will be made again shortly…"
 HANDED_BACK = "Waiting for a worker; your image keeps its place in the queue."
 READY = "Your image is ready."
-CANCELLED = "Cancelled."
+CANCELLED = "No image was made."  # under the card's "Cancelled" chip
 FAILED = "Sorry, the image could not be made."
 
 
@@ -37,7 +37,7 @@ def prompt_content(status: str, count: int, ready: int, said: str | None = None)
         return f"Your {count} images are ready." if ready == count else f"{ready} of {count} images are ready."
     if status == "error":
         return "Sorry, the images could not be made."
-    return CANCELLED
+    return f"{ready} of {count} images were made." if ready else "No images were made."
 
 
 # A failed job's error.

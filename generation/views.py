@@ -1,3 +1,5 @@
+from urllib.parse import urlsplit
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -84,25 +86,50 @@ def job_retry(request, job_id: int):
     return _act(request, job_id, services.job_retry)
 
 
+# The key just made, kept in the session between the POST and the page it redirects to.
+NEW_KEY_SESSION = "new_api_key"
+
+
+def _connect_settings(request, key: str | None) -> dict:
+    """Where a program reaches this server and what it sends, for the page's snippets."""
+    server = request.build_absolute_uri("/").rstrip("/")
+    address = urlsplit(server)
+    return {
+        "server": server,
+        "host": address.hostname,
+        "port": address.port or (443 if address.scheme == "https" else 80),
+        "https": address.scheme == "https",
+        "key": key or "YOUR_KEY",
+        "username": request.user.get_username(),
+    }
+
+
 @login_required
 def api_keys(request):
-    """The user's API keys; a new one is shown once, on the page that made it."""
-    new_key = None
-    status = 200
+    """The user's API keys. Making one redirects (a reload never makes a second), and the
+    page it redirects to shows the key this once, with settings ready to paste."""
     if request.method == "POST":
         try:
-            api_key, new_key = auth.api_key_create(owner=request.user, name=request.POST.get("name", ""))
+            api_key, key = auth.api_key_create(owner=request.user, name=request.POST.get("name", ""))
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
-            status = 400
-        else:
-            status = 201
-    keys = ApiKey.objects.filter(owner=request.user)
-    context = {"keys": keys, "new_key": new_key, "name_max_length": auth.NAME_MAX_LENGTH}
-    response = render(request, "generation/api_keys.html", context, status=status)
-    if new_key:
-        response["Cache-Control"] = "no-store"  # the key must not stay in a cache
+            return _render_api_keys(request, new_key=None, status=400)
+        # Only until the next page: that page pops it, so a reload no longer shows it.
+        request.session[NEW_KEY_SESSION] = {"id": api_key.pk, "name": api_key.name, "key": key}
+        return redirect("api_keys")
+    response = _render_api_keys(request, new_key=request.session.pop(NEW_KEY_SESSION, None))
+    response["Cache-Control"] = "no-store"  # the key must not stay in a cache, nor come back with Back
     return response
+
+
+def _render_api_keys(request, *, new_key: dict | None, status: int = 200):
+    context = {
+        "keys": ApiKey.objects.filter(owner=request.user),
+        "new_key": new_key,
+        "connect": _connect_settings(request, new_key and new_key["key"]),
+        "name_max_length": auth.NAME_MAX_LENGTH,
+    }
+    return render(request, "generation/api_keys.html", context, status=status)
 
 
 @require_POST

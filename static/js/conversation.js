@@ -3,6 +3,7 @@
 import { startCards } from "./chat/cards.js";
 import { bindComposer } from "./chat/composer.js";
 import { connect } from "./chat/socket.js";
+import { bindStrip } from "./chat/strip.js";
 import { bindViewer } from "./chat/viewer.js";
 
 // Notifications are opt-in: the button shows where the browser has not been asked yet.
@@ -27,6 +28,7 @@ if (root) {
   if (viewer) bindViewer(viewer);
   offerNotifications(document.querySelector('[data-role="notify"]'));
   startCards();
+  bindStrip(document.querySelector('[data-role="running-strip"]'));
   connect({
     root,
     banner: document.getElementById("connection-status"),

@@ -8,14 +8,16 @@ from datetime import timedelta
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from chat.models import Conversation
+from chat.models import ComposerSettings, Conversation
 from chat.services import conversation_create
 from generation import services
 from generation.models import ImageJob
+from tests.conftest import make_user
 from tests.e2e.conftest import new_conversation, shot, submit_prompt, wait_chat_ready
 from tests.helpers import wait_for
 
 TINY = {"steps": "3", "width": "64", "height": "64"}
+TINY_ARGS = {"steps": 3, "width": 64, "height": 64}
 PHONE = {"width": 390, "height": 844}
 
 
@@ -190,7 +192,7 @@ def test_my_images_lists_the_users_own_images_and_leads_back_to_each_message(ope
     expect(items.nth(0)).to_contain_text("alice's blue kite")
     expect(page.locator("body")).not_to_contain_text("bob's private boat")
     shot(page, "gallery-desktop-light", full_page=False)
-    items.nth(1).locator("a").click()
+    items.nth(1).locator(".gallery-caption").click()  # the image itself opens the viewer
     page.wait_for_url(re.compile(rf"/conversations/{conversation.pk}/#message-\d+$"))
     target = page.locator(".message:target")
     expect(target).to_contain_text("Your image is ready.")
@@ -432,3 +434,201 @@ def test_with_no_lora_installed_the_settings_say_where_loras_come_from(open_page
     picker = page.locator("[data-testid=lora-picker]")
     expect(picker).to_contain_text("No LoRAs are installed. An operator adds them to the LoRA folder")
     expect(picker.locator("[data-testid=lora-search]")).to_be_hidden()
+
+
+def _inside(page, locator, frame=None) -> bool:
+    """Wholly in the window (and in `frame`'s visible box): nothing of it is cut off."""
+    box = locator.bounding_box()
+    view = {"x": 0, "y": 0, "width": page.viewport_size["width"], "height": page.viewport_size["height"]}
+    bounds = [view] + ([frame.bounding_box()] if frame is not None else [])
+    return box is not None and all(
+        box["x"] >= b["x"] - 1
+        and box["y"] >= b["y"] - 1
+        and box["x"] + box["width"] <= b["x"] + b["width"] + 1
+        and box["y"] + box["height"] <= b["y"] + b["height"] + 1
+        for b in bounds
+    )
+
+
+def _no_sideways_scroll(page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"{page.url} is {width} px wide"
+
+
+def test_the_open_settings_panel_shows_every_setting_whole_on_a_laptop_and_a_phone(open_page, stack):
+    for (width, height), scheme in (((1280, 800), "light"), ((390, 844), "dark")):
+        page, _ = open_page(
+            f"settings-{width}", width=width, height=height, color_scheme=scheme, allow=("status of 400",)
+        )
+        new_conversation(page)
+        quick = page.get_by_test_id("quick-settings")
+        for name in ("#id_model", "[data-testid=size-choice]", "#id_count"):
+            assert _inside(page, quick.locator(name)), f"{name} next to the prompt at {width}x{height}"
+        page.locator("details.advanced summary").click()
+        panel = page.get_by_test_id("settings-panel")
+        fields = panel.locator(".field")
+        assert fields.count() >= 8
+        for index in range(fields.count()):
+            field = fields.nth(index)
+            label = field.locator("label").first.inner_text()
+            assert _inside(page, field, panel), f"{label!r} whole at {width}x{height}"
+        assert page.evaluate(
+            "(el => el.scrollHeight <= el.clientHeight + 1)(document.querySelector('details.advanced'))"
+        ), "the panel does not scroll inside"
+        _no_sideways_scroll(page)
+        shot(page, f"settings-{'desktop' if width > 600 else 'phone'}-{scheme}", full_page=False)
+        # A refused setting opens the panel with its error in view.
+        page.fill("#id_guidance", "99")
+        page.fill("[data-testid=prompt-input]", "a harbour")
+        page.press("[data-testid=prompt-input]", "Enter")
+        error = page.locator(".field-guidance .errorlist")
+        expect(error).to_contain_text("Guidance: 0-30")
+        assert _inside(page, error, page.get_by_test_id("settings-panel")), f"the error in view at {width}x{height}"
+
+
+def test_the_settings_are_remembered_for_the_person_across_reloads_and_conversations(open_page, stack):
+    page, alice = open_page("alice")
+    new_conversation(page)
+    page.select_option("[data-testid=size-choice]", "768x432")
+    page.fill("#id_count", "2")
+    page.locator("details.advanced summary").click()
+    page.fill("#id_steps", "7")
+    page.press("#id_steps", "Tab")
+    expect(page.locator("#id_width")).to_have_value("768")
+    wait_for(
+        lambda: ComposerSettings.objects.filter(owner=alice, values__steps="7").exists(),
+        timeout=10,
+        message="the settings remembered",
+    )
+    page.reload()
+    wait_chat_ready(page)
+    for selector, value in (("#id_width", "768"), ("#id_height", "432"), ("#id_count", "2"), ("#id_steps", "7")):
+        expect(page.locator(selector)).to_have_value(value)
+    expect(page.get_by_test_id("size-choice")).to_have_value("768x432")
+    expect(page.get_by_test_id("settings-summary")).to_contain_text("768×432")
+
+    # A prompt sent remembers what it was sent with, for the next conversation too.
+    submit_prompt(page, "a lighthouse", **TINY)
+    page.click("#new-conversation")
+    wait_chat_ready(page)
+    for selector, value in (("#id_width", "64"), ("#id_height", "64"), ("#id_count", "2"), ("#id_steps", "3")):
+        expect(page.locator(selector)).to_have_value(value)
+    expect(page.get_by_test_id("size-choice")).to_have_value("custom")
+    expect(page.get_by_test_id("size-choice").locator("option:checked")).to_have_text("64×64 (custom)")
+    assert page.input_value("#id_seed") == "", "the seed is not kept: every prompt gets new noise"
+
+    other, _ = open_page("bob")
+    new_conversation(other)
+    expect(other.locator("#id_width")).to_have_value("512")
+    expect(other.locator("#id_count")).to_have_value("1")
+
+
+def test_one_message_about_the_prompt_at_a_time(open_page, stack):
+    page, _ = open_page("alice", allow=("status of 400",))
+    new_conversation(page)
+    page.press("[data-testid=prompt-input]", "Enter")
+    form = page.get_by_test_id("prompt-form")
+    expect(form).to_contain_text("Please describe the image you want.")
+    page.fill("[data-testid=prompt-input]", "x" * 5000)
+    page.press("[data-testid=prompt-input]", "Enter")
+    expect(page.get_by_test_id("form-notice")).to_contain_text("the limit is 2000")
+    expect(form).not_to_contain_text("Please describe the image you want.")
+
+
+def test_the_running_image_stays_in_view_and_positions_read_as_a_shared_queue(open_page, stack):
+    page, alice = open_page("alice")
+    bob = make_user("bob")
+    conversation = conversation_create(owner=alice, title="busy")
+    running = services.job_submit(user=alice, conversation=conversation, prompt="a long one", steps=80).jobs[0]
+    wait_for(lambda: ImageJob.objects.get(pk=running.pk).status == "processing", timeout=60, message="running")
+    services.job_submit(user=bob, conversation=conversation_create(owner=bob), prompt="bob's", **TINY_ARGS)
+    _open(page, stack, conversation)
+    for n in range(4):
+        submit_prompt(page, f"waiting {n}", **TINY)
+    strip = page.get_by_test_id("running-strip")
+    expect(strip.get_by_test_id("strip-running")).to_contain_text("Running now")
+    expect(strip.get_by_test_id("strip-running")).to_contain_text("a long one")
+    expect(strip.get_by_test_id("strip-running")).to_contain_text(re.compile(r"\d+%"))
+    expect(strip.get_by_test_id("strip-next")).to_contain_text("Position: 2")
+    expect(strip.get_by_test_id("strip-next")).to_contain_text("1 image ahead of yours in the shared queue")
+    expect(strip.get_by_test_id("strip-next")).to_contain_text("4 of yours waiting")
+    running_card = page.locator(f"#job-{running.pk}")
+    assert not _in_viewport(page, running_card), "the page followed the newest card"
+    assert _inside(page, strip), "the strip is in view at the newest card"
+    shot(page, "running-strip-desktop-light", full_page=False)
+    strip.get_by_test_id("strip-running").click()
+    wait_for(lambda: _in_viewport(page, running_card), timeout=5, message="the running card in view")
+
+    phone, _ = open_page("alice", existing=True, color_scheme="dark", **PHONE)
+    _open(phone, stack, conversation)
+    phone.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    expect(phone.get_by_test_id("strip-running")).to_contain_text("Running now")
+    assert _inside(phone, phone.get_by_test_id("running-strip"))
+    _no_sideways_scroll(phone)
+    shot(phone, "running-strip-phone-dark", full_page=False)
+    running_card.get_by_test_id("cancel-button").click()
+    expect(strip.get_by_test_id("strip-running")).to_be_hidden(timeout=30_000)
+
+
+def test_a_cancelled_card_says_it_once_and_a_failed_login_keeps_the_username(open_page, stack, browser):
+    page, alice = open_page("alice")
+    _block_the_worker(alice)
+    new_conversation(page)
+    submit_prompt(page, "never mind", **TINY)
+    card = page.locator(".job-card").nth(0)
+    card.get_by_test_id("cancel-button").click()
+    expect(card).to_have_attribute("data-status", "cancelled")
+    text = card.inner_text()
+    assert text.count("Cancelled") == 1 and "No image was made." in text, text
+
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        login = context.new_page()
+        login.goto(f"{stack['url']}/login/")
+        login.fill("#id_username", "alice")
+        login.fill("#id_password", "not her password")
+        login.click("button[type=submit]")
+        expect(login.locator("[role=alert]")).to_contain_text("didn't match")
+        expect(login.locator("#id_username")).to_have_value("alice")
+        expect(login.locator("#id_password")).to_be_focused()
+    finally:
+        context.close()
+
+
+def test_no_page_scrolls_sideways_on_a_phone_and_the_admin_job_list_fits_a_laptop(open_page, stack):
+    staff = make_user("root")
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    conversation = _finished_conversation(staff, ["a lighthouse at dusk with a very long prompt " * 3])
+    job = ImageJob.objects.filter(conversation=conversation).first()
+    pages = [
+        "/",
+        f"/conversations/{conversation.pk}/",
+        "/images/",
+        "/api-keys/",
+        "/admin/",
+        "/admin/generation/imagejob/",
+        f"/admin/generation/imagejob/{job.pk}/change/",
+        "/admin/generation/imagejob/queue/",
+        "/no-such-page/",
+    ]
+    for scheme in ("light", "dark"):
+        page, _ = open_page("root", existing=True, color_scheme=scheme, allow=("status of 404",), **PHONE)
+        bar = page.locator(".topbar")
+        for link in ("Chats", "Images", "Keys", "Admin", "Log out"):
+            assert _inside(page, bar.get_by_text(link, exact=True)), f"{link} whole in the top bar"
+        for path in pages:
+            page.goto(f"{stack['url']}{path}")
+            _no_sideways_scroll(page)
+        shot(page, f"not-found-phone-{scheme}", full_page=False)
+        page.goto(f"{stack['url']}/admin/generation/imagejob/")
+        shot(page, f"admin-jobs-phone-{scheme}", full_page=False)
+    laptop, _ = open_page("root", existing=True)
+    laptop.goto(f"{stack['url']}/admin/generation/imagejob/")
+    _no_sideways_scroll(laptop)
+    assert _inside(laptop, laptop.locator("#result_list")), "the job list is not cut off at 1280 px"
+    shot(laptop, "admin-jobs-desktop-light", full_page=False)
+    login = laptop.context.new_page()
+    login.set_viewport_size(PHONE)
+    login.goto(f"{stack['url']}/login/")
+    _no_sideways_scroll(login)

@@ -19,7 +19,7 @@ def test_a_queued_job_is_cancelled_at_once_and_never_runs(runner_for, submit):
     assert job.status == "cancelled" and job.finished_at
     message = Message.objects.get(pk=job.message_id)
     assert message.metadata["status"] == "cancelled"
-    assert message.content == "Cancelled."
+    assert message.content == "No image was made."
     run_pass(runner_for(generator))
     assert generator.prompts == ["wanted"]
     assert ImageJob.objects.get(pk=other.pk).status == "complete"

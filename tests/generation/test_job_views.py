@@ -55,7 +55,7 @@ def test_the_owner_cancels_a_queued_job_from_the_page(client, alice, submit):
     client.force_login(alice)
     response = client.post(reverse("generation:job_cancel", args=[job.pk]), follow=True)
     assert ImageJob.objects.get(pk=job.pk).status == "cancelled"
-    assert b"Cancelled." in response.content
+    assert b"No image was made." in response.content
     again = client.post(reverse("generation:job_cancel", args=[job.pk]), follow=True)
     assert b"already cancelled" in again.content
 

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -107,3 +108,34 @@ def test_the_web_server_runs_several_processes_on_one_port_and_replaces_one_that
     finally:
         stop(web, signal.SIGKILL)
     assert "web: 2 daphne process(es)" in (tmp_path / "web.log").read_text()
+
+
+def test_make_superuser_on_a_fresh_install_sets_the_database_up_first(tmp_path):
+    """Before the first `make run` there are no tables yet: the account is made anyway."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SQLITE_PATH", "DJANGO_SETTINGS_MODULE"}
+    }
+    env |= {
+        "DATA_DIR": str(tmp_path / "data"),
+        "DJANGO_SUPERUSER_USERNAME": "root",
+        "DJANGO_SUPERUSER_EMAIL": "root@example.com",
+        "DJANGO_SUPERUSER_PASSWORD": "root-secret-pw",
+    }
+    result = subprocess.run(
+        ["make", "--no-print-directory", "superuser", "ARGS=--noinput"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert "Superuser created successfully." in output
+    database = sqlite3.connect(tmp_path / "data" / "db.sqlite3")
+    assert database.execute("select is_superuser, is_staff from auth_user where username = 'root'").fetchall() == [
+        (1, 1)
+    ]

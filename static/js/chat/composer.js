@@ -60,10 +60,53 @@ function updateSummary(form) {
       ? `· ${parts.join(" · ")}`
       : `· defaults (${d("width")}×${d("height")}, ${d("steps")} steps, CFG ${d("guidance")})`;
   }
-  form.querySelectorAll(".preset").forEach((preset) => {
-    const active = preset.dataset.width === field("width").value && preset.dataset.height === field("height").value;
-    preset.classList.toggle("active", active);
+  showSize(form);
+}
+
+// The Size list next to the prompt: a preset, or "Custom" when the panel's width and
+// height are another size (the model's default, one typed or one a card's settings gave).
+function showSize(form) {
+  const choice = role(form, "size-choice");
+  if (!choice) return;
+  const value = (name) => form.elements[name].value || form.elements[name].dataset.default;
+  const size = `${value("width")}x${value("height")}`;
+  const preset = [...choice.options].some((option) => option.value === size);
+  choice.value = preset ? size : "custom";
+  const custom = choice.querySelector('option[value="custom"]');
+  custom.textContent = preset ? "Custom (in Settings)" : `${size.replace("x", "×")} (custom)`;
+}
+
+function bindSizeChoice(form) {
+  const choice = role(form, "size-choice");
+  choice?.addEventListener("change", () => {
+    if (choice.value === "custom") {
+      // The exact size is typed in the panel.
+      const panel = form.querySelector("details.advanced");
+      panel.open = true;
+      form.elements.width.focus();
+      return;
+    }
+    const [width, height] = choice.value.split("x");
+    fillForm(form, { width, height });
   });
+}
+
+// The settings are remembered for the person (server-side), so the next page, in any
+// conversation, starts from them; a change is sent once the person pauses.
+let rememberTimer = null;
+
+function remember(form) {
+  clearTimeout(rememberTimer);
+  rememberTimer = setTimeout(() => {
+    const body = new FormData();
+    for (const name of [...FIELDS, "loras"]) {
+      const field = form.elements[name];
+      if (field && name !== "prompt" && name !== "seed") body.set(name, field.value);
+    }
+    body.set("csrfmiddlewaretoken", form.elements.csrfmiddlewaretoken.value);
+    // A setting that is not valid yet is not remembered; the form says why on sending.
+    send(form.dataset.settingsUrl, { method: "POST", body });
+  }, 400);
 }
 
 function fillForm(form, params) {
@@ -181,13 +224,17 @@ function bindPromptForm(form) {
     }
   });
   input.addEventListener("input", () => updateCounter(form));
-  form.addEventListener("input", (event) => event.target !== input && updateSummary(form));
-  form.addEventListener("change", () => updateSummary(form));
+  // The size list sets the size itself (bindSizeChoice); the summary follows from there.
+  const own = (event) => event.target === input || event.target.dataset.role === "size-choice";
+  form.addEventListener("input", (event) => own(event) || updateSummary(form));
+  form.addEventListener("change", (event) => own(event) || updateSummary(form));
   bindModelChoice(form);
   bindLoraPicker(form);
-  form.querySelectorAll(".preset").forEach((preset) =>
-    preset.addEventListener("click", () => fillForm(form, { width: preset.dataset.width, height: preset.dataset.height })),
-  );
+  bindSizeChoice(form);
+  if (form.dataset.settingsUrl) {
+    form.addEventListener("change", (event) => event.target !== input && remember(form));
+    form.addEventListener("settings-filled", () => remember(form));
+  }
   updateCounter(form);
   updateSummary(form);
   bindSourceBox(form);
@@ -198,6 +245,10 @@ function bindPromptForm(form) {
     const tooLong = updateCounter(form);
     if (tooLong) {
       const limit = input.dataset.maxLength;
+      // One message about the prompt at a time: an earlier refusal's ("describe the image") is stale.
+      form.querySelector(".prompt-row")?.classList.remove("has-error");
+      form.querySelector(".prompt-row + .errorlist")?.remove();
+      input.removeAttribute("aria-invalid");
       formNotice(form, `The prompt has ${tooLong} characters; the limit is ${limit}. Please shorten it by ${tooLong - limit}.`);
       role(form, "form-notice").dataset.kind = "length";
       input.focus();

@@ -1,12 +1,14 @@
 """API keys: made from the page, the admin and the command; shown once; stored as a
 digest; revoked."""
 
+import html
 import io
 import re
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 from django.urls import reverse
 
 from generation.api.auth import api_key_authenticate, api_key_create, api_key_revoke, key_digest
@@ -43,16 +45,61 @@ def test_a_revoked_key_or_an_inactive_user_is_refused(alice):
     assert api_key_authenticate(key=other) is None
 
 
-def test_the_page_makes_a_key_shows_it_once_and_lists_it_without_it(client, alice):
+def test_the_page_makes_a_key_then_redirects_and_shows_it_once_and_lists_it_without_it(client, alice):
     client.force_login(alice)
 
     made = client.post(reverse("api_keys"), {"name": "laptop"})
 
-    assert made.status_code == 201 and made["Cache-Control"] == "no-store"
-    key = KEY.search(made.content.decode()).group()
+    # Post/redirect/get: reloading the page it lands on makes no second key.
+    assert made.status_code == 302 and made["Location"] == reverse("api_keys")
+    shown = client.get(reverse("api_keys"))
+    assert shown["Cache-Control"] == "no-store"
+    key = KEY.search(shown.content.decode()).group()
     assert ApiKey.objects.get(owner=alice).digest == key_digest(key)
     listed = client.get(reverse("api_keys")).content.decode()
     assert "laptop" in listed and key[:10] in listed and key not in listed
+    assert ApiKey.objects.filter(owner=alice).count() == 1
+
+
+def test_the_new_key_is_shown_only_to_the_session_that_made_it(client, alice):
+    client.force_login(alice)
+    client.post(reverse("api_keys"), {"name": "laptop"})
+    other = Client()
+    other.force_login(alice)
+
+    assert not KEY.search(other.get(reverse("api_keys")).content.decode())
+    assert KEY.search(client.get(reverse("api_keys")).content.decode())
+
+
+def _pasted(page: str, element_id: str) -> str:
+    """The text a Copy button copies: the element's text, as the browser reads it."""
+    found = re.search(rf'id="{element_id}"[^>]*>(?:<code>)?(.*?)(?:</code>)?</(?:pre|code)>', page, re.S)
+    return html.unescape(found.group(1))
+
+
+def test_the_pages_settings_name_this_server_and_the_new_key(client, settings, alice):
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "images.example.org"]
+    client.force_login(alice)
+    client.post(reverse("api_keys"), {"name": "laptop"}, HTTP_HOST="images.example.org:8443", secure=True)
+
+    page = client.get(reverse("api_keys"), HTTP_HOST="images.example.org:8443", secure=True).content.decode()
+
+    key = KEY.search(page).group()
+    server = "https://images.example.org:8443"
+    curl = _pasted(page, "snippet-curl")
+    assert curl.startswith(f"curl {server}/v1/images/generations \\\n")
+    assert f'-H "Authorization: Bearer {key}"' in curl
+    assert f'OpenAI(\n    base_url="{server}/v1",\n    api_key="{key}",\n)' in _pasted(page, "snippet-openai")
+    webui = _pasted(page, "snippet-webuiapi")
+    assert 'host="images.example.org", port=8443, use_https=True' in webui
+    assert f'username="alice", password="{key}",' in webui
+    assert _pasted(page, "owui-openai-url") == f"{server}/v1"
+    assert _pasted(page, "owui-openai-key") == key
+    assert _pasted(page, "owui-a1111-url") == server
+    assert _pasted(page, "owui-a1111-auth") == f"alice:{key}"
+    # Without a new key, a placeholder stands in for it.
+    again = client.get(reverse("api_keys"), HTTP_HOST="images.example.org:8443", secure=True).content.decode()
+    assert not KEY.search(again) and 'api_key="YOUR_KEY",' in _pasted(again, "snippet-openai")
 
 
 def test_the_page_revokes_only_the_users_own_keys(client, alice, bob):
