@@ -483,7 +483,9 @@ def build_random_lora(target: Path, pipeline_folder: Path, *, seed: int = 0, ran
         # What trainers write in a LoRA's metadata: the architecture it was made for.
         tensors = load_file(work / target.name)
         architecture = LORA_ARCHITECTURES.get(type(pipe).__name__, "stable-diffusion-v1/lora")
-        save_file(tensors, target, metadata={"format": "pt", "modelspec.architecture": architecture})
+        # Written beside it and renamed: a folder being scanned never shows half a file.
+        save_file(tensors, work / "lora.safetensors", metadata={"format": "pt", "modelspec.architecture": architecture})
+        os.replace(work / "lora.safetensors", target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -275,7 +275,7 @@ def test_after_a_refused_prompt_the_first_bad_field_has_the_focus_and_every_erro
 
 
 def test_while_the_server_is_down_the_page_says_so_and_works_again_when_it_is_back(open_page, stack):
-    page, alice = open_page("alice", allow=("ERR_CONNECTION_REFUSED", "WebSocket connection to"))
+    page, alice = open_page("alice", allow=("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "WebSocket connection to"))
     _block_the_worker(alice)
     new_conversation(page)
     submit_prompt(page, "a lantern", **TINY)
@@ -632,3 +632,28 @@ def test_no_page_scrolls_sideways_on_a_phone_and_the_admin_job_list_fits_a_lapto
     login.set_viewport_size(PHONE)
     login.goto(f"{stack['url']}/login/")
     _no_sideways_scroll(login)
+
+
+def test_a_sidebar_lists_recent_conversations_on_a_wide_screen_and_folds_away_on_a_phone(open_page, stack):
+    page, alice = open_page("alice")
+    older = _finished_conversation(alice, ["a red kite"], title="Kites")
+    newer = _finished_conversation(alice, ["a blue boat"], title="Boats")
+    _open(page, stack, older)
+    sidebar = page.get_by_test_id("sidebar")
+    expect(sidebar).to_be_visible()
+    items = sidebar.get_by_test_id("conversation-item")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text("Boats")
+    expect(items.nth(1)).to_have_attribute("aria-current", "page")
+    assert items.nth(0).locator("img").evaluate("img => img.complete && img.naturalWidth") == 64, "a thumbnail"
+    shot(page, "sidebar-desktop-light", full_page=False)
+    items.nth(0).locator(".conversation-title").click()
+    page.wait_for_url(f"{stack['url']}/conversations/{newer.pk}/")
+    page.get_by_test_id("sidebar").locator("#new-conversation").click()
+    wait_chat_ready(page)
+    expect(page.get_by_test_id("sidebar").get_by_test_id("conversation-item")).to_have_count(3)
+
+    phone, _ = open_page("alice", existing=True, color_scheme="dark", **PHONE)
+    _open(phone, stack, older)
+    expect(phone.get_by_test_id("sidebar")).to_be_hidden()
+    expect(phone.locator(".topbar").get_by_text("Chats", exact=True)).to_be_visible()

@@ -65,6 +65,7 @@ def test_a_person_picks_loras_with_weights_and_the_card_and_reuse_keep_them(open
     expect(rows).to_have_count(1)
     rows.nth(0).get_by_role("button", name="Remove style").click()
     expect(rows).to_have_count(0)
+    page.locator("details.advanced summary").click()  # the open panel covers the conversation
     card.locator("[data-testid=reuse-settings]").click()
     _open_settings(page)
     expect(rows).to_have_count(1)

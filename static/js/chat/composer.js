@@ -73,7 +73,7 @@ function showSize(form) {
   const preset = [...choice.options].some((option) => option.value === size);
   choice.value = preset ? size : "custom";
   const custom = choice.querySelector('option[value="custom"]');
-  custom.textContent = preset ? "Custom (in Settings)" : `${size.replace("x", "×")} (custom)`;
+  custom.textContent = preset ? "Custom…" : `${size.replace("x", "×")} (custom)`;
 }
 
 function bindSizeChoice(form) {
