@@ -14,8 +14,10 @@ class GenerationConfig(AppConfig):
 
 
 def _register_gpu_worker(sender, proc_name, **kwargs):
-    """A `gpu` cluster's worker registers as soon as it is spawned, before any job."""
+    """A `gpu` cluster's worker registers as soon as it is spawned, before any job, then
+    loads its default model and times it (`generation.worker.warm_up`)."""
     if os.environ.get("Q_CLUSTER_NAME") == "gpu":
-        from generation import heartbeat
+        from generation import heartbeat, worker
 
         heartbeat.start()
+        worker.warm_up()

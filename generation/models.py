@@ -319,6 +319,14 @@ class Worker(models.Model):
     compiled_in_jobs = models.PositiveIntegerField(
         default=0, help_text="Graphs compiled while running jobs (the speed mode compiles while loading: 0)."
     )
+    warmup = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "Model -> what its start-up warm-up pass measured: seconds of fixed overhead, and per step "
+            "(a floor plus a share per megapixel). The ETA's default for a model with no finished jobs."
+        ),
+    )
 
     class Meta:
         ordering = ["host", "pid"]

@@ -13,8 +13,10 @@ from django.db import connection
 from django.db.models import F, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from generation import fairness, texts
+from generation.estimates import Estimator, Sample, Speed, time_left
 from generation.models import CircuitBreaker, ImageJob, QueueBroadcast, Worker
 from generation.outages import DATABASE, OUTAGES
 from generation.request import TXT2IMG, denoise_steps
@@ -53,72 +55,111 @@ def queue_positions() -> dict[int, int]:
     return dict(rows)
 
 
-def duration_estimator(*, history: int = 200):
-    """A function (model, width, height, steps, batch=1, kind="txt2img") -> seconds a pass
-    of `batch` images takes, from recently finished jobs.
+def duration_estimator(*, history: int = 200) -> Estimator:
+    """How long passes take (`generation.estimates.Estimator`), from recently finished jobs.
 
-    `steps` are the steps the pass runs (an edit's `ImageJob.work_steps`: its strength's
-    share). Seconds per step of a pass are measured per model, kind, size and batch
-    size (a job of a batched pass took as long as its pass). An edit with no history
-    of its kind takes the new images' rate; a batch size with no history takes the
-    size's seconds per image times the batch (no speed-up is promised before one is
-    measured); a size with no history is scaled from the model's (or any model's)
-    seconds per step per megapixel per image; with no history at all a configured
-    default is used.
+    Called as a function (model, width, height, steps, batch=1, kind="txt2img") it
+    answers the seconds from a pass's start until its images are stored; `.busy(...)`
+    how long the pass holds the device. `steps` are the steps the pass runs (an edit's
+    `ImageJob.work_steps`). Each pass of the history is one sample (a job of a batched
+    pass took as long as its pass); what a pass held the device for is read from the
+    start of the same worker's next pass, where that one started before this one's
+    images were stored. A model with no history starts from what its worker measured
+    at start-up (`Worker.warmup`), else from any model's history, else from
+    IMAGEGEN_DEFAULT_SECONDS_PER_STEP. `.start_latency` is how long a job sent to an
+    idle worker took to start (the median of those in the history that were). Two
+    queries, whatever the history holds.
     """
     recent = (
-        ImageJob.objects.filter(status=Status.COMPLETE, started_at__isnull=False, finished_at__isnull=False)
+        ImageJob.objects.filter(
+            status=Status.COMPLETE,
+            started_at__isnull=False,
+            finished_at__isnull=False,
+            stopped_at_step__isnull=True,  # an interrupted job ran fewer steps than it says
+        )
         .order_by("-finished_at")
         .values_list(
-            "model", "kind", "width", "height", "steps", "strength", "batch_size", "started_at", "finished_at"
+            "pk",
+            "model",
+            "kind",
+            "width",
+            "height",
+            "steps",
+            "strength",
+            "batch_size",
+            "batch",
+            "worker",
+            "created_at",
+            "started_at",
+            "finished_at",
         )[:history]
     )
-    per_pass: dict[tuple[str, str, int, int, int], list[float]] = {}
-    per_size: dict[tuple[str, str, int, int], list[float]] = {}
-    per_model: dict[str, list[float]] = {}
-    overall: list[float] = []
-    for model, kind, width, height, steps, strength, batch, started, finished in recent:
-        ran = denoise_steps(steps, strength if kind != TXT2IMG else None)
-        per_step = max((finished - started).total_seconds(), 0.0) / max(ran, 1)
-        per_pass.setdefault((model, kind, width, height, batch), []).append(per_step)
-        per_image = per_step / max(batch, 1)
-        per_size.setdefault((model, kind, width, height), []).append(per_image)
-        if kind == TXT2IMG:
-            per_megapixel = per_image / (width * height / 1e6)
-            per_model.setdefault(model, []).append(per_megapixel)
-            overall.append(per_megapixel)
-    default = settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP / (512 * 512 / 1e6)
-    rates: dict[tuple[str, str, int, int, int], float] = {}  # a queue repeats a few sizes many times
-
-    def per_step(model: str, kind: str, width: int, height: int, batch: int) -> float:
-        measured = per_pass.get((model, kind, width, height, batch))
-        if measured:
-            return median(measured)
-        if batch == 1 and (model, kind, width, height) in per_size:
-            return median(per_size[(model, kind, width, height)])
-        if batch > 1:
-            return per_step(model, kind, width, height, 1) * batch
-        if kind != TXT2IMG:
-            return per_step(model, TXT2IMG, width, height, 1)
-        scaled = per_model.get(model) or overall
-        per_megapixel = median(scaled) if scaled else default
-        return per_megapixel * (width * height / 1e6)
-
-    def estimate(model: str, width: int, height: int, steps: int, batch: int = 1, kind: str = TXT2IMG) -> float:
-        key = (model, kind, width, height, batch)
-        if key not in rates:
-            rates[key] = per_step(model, kind, width, height, batch)
-        return rates[key] * steps
-
-    return estimate
+    passes: dict[tuple[str, str | int], dict] = {}
+    for pk, model, kind, width, height, steps, strength, images, name, worker, created, started, finished in recent:
+        shape = (
+            model,
+            kind,
+            width,
+            height,
+            max(images, 1),
+            denoise_steps(steps, strength if kind != TXT2IMG else None),
+        )
+        one = passes.setdefault((worker, name or pk), {"shape": shape, "created": created, "started": started})
+        one["finished"] = max(one.get("finished", finished), finished)
+        one["created"] = min(one["created"], created)
+    samples: dict[tuple, list[Sample]] = {}
+    idle_starts = []
+    ordered = sorted(passes.items(), key=lambda item: (item[0][0], item[1]["started"]))
+    for index, ((worker, _), one) in enumerate(ordered):
+        seconds = max((one["finished"] - one["started"]).total_seconds(), 0.0)
+        busy = None
+        after = ordered[index + 1] if index + 1 < len(ordered) and worker else None
+        if after is not None and after[0][0] == worker:
+            # The worker's next pass started while this one's images were being stored:
+            # the device was free from then on.
+            held = (after[1]["started"] - one["started"]).total_seconds()
+            if seconds / 2 <= held < seconds:
+                busy = held
+            # Submitted to an idle worker: how long it took to start (the doorbell, the claim).
+            if after[1]["created"] >= one["finished"]:
+                idle_starts.append(max((after[1]["started"] - after[1]["created"]).total_seconds(), 0.0))
+        model, kind, width, height, images, steps = one["shape"]
+        samples.setdefault(one["shape"], []).append(Sample(width * height * images / 1e6, steps, seconds, busy))
+    priors = {}
+    for measured in Worker.objects.order_by("-started_at").values_list("warmup", flat=True):
+        for model, speed in (measured or {}).items():
+            if model not in priors and (known := Speed.from_warm_up(speed)) is not None:
+                priors[model] = known
+    default = Speed.per_step(settings.IMAGEGEN_DEFAULT_SECONDS_PER_STEP, megapixels=512 * 512 / 1e6)
+    start = median(idle_starts) if idle_starts else 0.0
+    return Estimator(samples=samples, priors=priors, default=default, start_latency=start)
 
 
 def pass_seconds(estimate, job: dict | ImageJob, batch: int) -> float:
-    """What `estimate` says a pass of `batch` jobs like `job` (a row or a job) takes."""
-    get = job.get if isinstance(job, dict) else lambda field: getattr(job, field)
-    kind = get("kind")
-    steps = denoise_steps(get("steps"), get("strength") if kind != TXT2IMG else None)
-    return estimate(get("model"), get("width"), get("height"), steps, batch, kind)
+    """What `estimate` says a pass of `batch` jobs like `job` (a row or a job) takes,
+    from its start until its images are stored."""
+    return estimate(*_pass_shape(job), batch, _get(job, "kind"))
+
+
+def pass_busy_seconds(estimate: Estimator, job: dict | ImageJob, batch: int) -> float:
+    """How long a pass of `batch` jobs like `job` holds the device (what the jobs behind it wait for)."""
+    return estimate.busy(*_pass_shape(job), batch, _get(job, "kind"))
+
+
+def _get(job: dict | ImageJob, field: str):
+    return job[field] if isinstance(job, dict) else getattr(job, field)
+
+
+def _pass_shape(job: dict | ImageJob) -> tuple[str, int, int, int]:
+    kind = _get(job, "kind")
+    steps = denoise_steps(_get(job, "steps"), _get(job, "strength") if kind != TXT2IMG else None)
+    return _get(job, "model"), _get(job, "width"), _get(job, "height"), steps
+
+
+def eta_seconds(seconds: float) -> float:
+    """An ETA as the pages and events carry it: tenths of a second, so a pass under a
+    second is not promised in 0 s."""
+    return round(seconds, 1) if seconds <= 0 or seconds >= 0.05 else 0.1
 
 
 def _pass_key(row: dict) -> tuple:
@@ -126,7 +167,7 @@ def _pass_key(row: dict) -> tuple:
     return tuple(row[field] for field in ImageJob.PASS_FIELDS)
 
 
-def queue_eta(*, now: datetime | None = None) -> list[dict]:
+def queue_eta(*, now: datetime | None = None, estimate: Estimator | None = None) -> list[dict]:
     """Every queued job with its position and ETA, in the order the worker will take them.
 
     The live workers are parallel lanes (at least one): each running pass occupies the
@@ -134,9 +175,12 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     passes as the workers will claim them (the head and up to the workers' batch size
     less one of the jobs that can share its pass, within IMAGEGEN_BATCH_WINDOW places
     behind it); each pass, in order, starts when the first lane frees and keeps that
-    lane for its own duration. With one worker and no batching that is the sum of
-    everything ahead. `estimated_start_seconds` is when a job should start,
-    `estimated_seconds` adds its pass's duration (seconds until done). A worker told
+    lane for as long as it holds the device (`pass_busy_seconds`: its images are
+    stored while the next pass runs). With one worker and no batching that is the sum
+    of everything ahead. `estimated_start_seconds` is when a job should start,
+    `estimated_seconds` adds its pass's duration until its images are stored (seconds
+    until done, in tenths: `eta_seconds`). A running pass holds its lane for what is
+    left of it by its start time and its progress (`estimates.time_left`). A worker told
     to stop claims nothing more, so it is no lane. A pass of a model that its lane does
     not hold (none loaded yet, one unloaded when idle, or another) waits for that
     model's load, as long as its last load took.
@@ -146,28 +190,36 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
     jobs, passes included (a job a pass takes along is placed with its head), so they
     are 1..n and equal to the order the jobs start in when nothing new arrives.
     """
-    estimate = duration_estimator()
+    now = now or timezone.now()
+    estimate = estimate or duration_estimator()
     fields = ("model", "width", "height", "steps", "kind", "strength")
     live = list(workers_live(now=now).filter(stopping=False).values("max_batch", "loaded_model", "load_seconds"))
     max_batch = max((worker["max_batch"] for worker in live), default=1) or 1
     loads = load_seconds(live)
     # A heap of (the time at which a lane frees, the lane); the smallest is the next to
     # take a pass. A lane holds a model: a pass of another model waits for its load.
-    lanes = [(0.0, lane) for lane in range(max(1, len(live)))]
+    # An idle lane takes its first pass once the doorbell has woken it (`start_latency`).
+    lanes = [(estimate.start_latency, lane) for lane in range(max(1, len(live)))]
     lane_model = [worker["loaded_model"] for worker in live] or [""]
     loaded = set(lane_model)
     running: dict[str, dict] = {}
+    busy: set[int] = set()  # lanes that hold a running pass
     for job in ImageJob.objects.filter(status=Status.PROCESSING).values(
-        "pk", "progress", "batch", "batch_size", *fields
+        "pk", "progress", "batch", "batch_size", "started_at", *fields
     ):
         running.setdefault(job["batch"] or f"job-{job['pk']}", job)  # a pass's jobs move together
     for job in running.values():
-        left = pass_seconds(estimate, job, job["batch_size"]) * (100 - job["progress"]) / 100
+        left = time_left(
+            pass_busy_seconds(estimate, job, job["batch_size"]),
+            elapsed=_elapsed(job["started_at"], now),
+            progress=job["progress"],
+        )
         if job["model"] not in loaded:
             left += loads.get(job["model"], 0.0)  # its worker is loading it now
         free_at, lane = lanes[0]
         lane_model[lane] = job["model"]
-        heapq.heapreplace(lanes, (free_at + left, lane))
+        heapq.heapreplace(lanes, ((free_at if lane in busy else 0.0) + left, lane))
+        busy.add(lane)
     order = fairness.policy()
     rows = list(
         ImageJob.objects.filter(status=Status.QUEUED)
@@ -195,7 +247,7 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
         done = start + pass_seconds(estimate, head, len(batch))
         for row in batch:
             timing[row["pk"]] = (start, done)
-        heapq.heapreplace(lanes, (done, lane))
+        heapq.heapreplace(lanes, (start + pass_busy_seconds(estimate, head, len(batch)), lane))
         while waiting < len(rows) and rows[waiting]["pk"] in timing:
             waiting += 1
     if order == fairness.FIFO:
@@ -206,8 +258,8 @@ def queue_eta(*, now: datetime | None = None) -> list[dict]:
             "owner_id": row["owner_id"],
             "message_id": row["message_id"],
             "position": position,
-            "estimated_start_seconds": round(timing[row["pk"]][0]),
-            "estimated_seconds": round(timing[row["pk"]][1]),
+            "estimated_start_seconds": eta_seconds(timing[row["pk"]][0]),
+            "estimated_seconds": eta_seconds(timing[row["pk"]][1]),
         }
         for position, row in enumerate(taken, start=1)
     ]
@@ -222,9 +274,15 @@ def load_seconds(workers) -> dict[str, float]:
     return found
 
 
-def job_remaining_seconds(*, job: ImageJob, estimate=None) -> int:
+def job_remaining_seconds(*, job: ImageJob, estimate: Estimator | None = None, now: datetime | None = None) -> float:
+    """Seconds until a running job's image is stored, by its start time and its progress."""
     estimate = estimate or duration_estimator()
-    return round(pass_seconds(estimate, job, job.batch_size) * (100 - job.progress) / 100)
+    total = pass_seconds(estimate, job, job.batch_size)
+    return eta_seconds(time_left(total, elapsed=_elapsed(job.started_at, now or timezone.now()), progress=job.progress))
+
+
+def _elapsed(started_at: datetime | None, now: datetime) -> float | None:
+    return None if started_at is None else max((now - started_at).total_seconds(), 0.0)
 
 
 def service_status(*, breaker: CircuitBreaker | None = None) -> dict[str, str]:
@@ -270,7 +328,8 @@ def job_live_states(*, jobs: list[ImageJob], etas: bool = True) -> dict[int, dic
             for job in pending
         }
     estimate = duration_estimator()
-    queue = {entry["job_id"]: entry for entry in queue_eta()} if any(j.status == Status.QUEUED for j in pending) else {}
+    queued = any(job.status == Status.QUEUED for job in pending)
+    queue = {entry["job_id"]: entry for entry in queue_eta(estimate=estimate)} if queued else {}
     running_on = {}
     if any(job.status == Status.PROCESSING for job in pending):
         rows = Worker.objects.values("name", "loaded_model", "load_seconds")
@@ -285,7 +344,7 @@ def job_live_states(*, jobs: list[ImageJob], etas: bool = True) -> dict[int, dic
             eta = job_remaining_seconds(job=job, estimate=estimate)
             worker = running_on.get(job.worker)
             if worker is not None and worker["loaded_model"] != job.model:
-                eta += round(loads.get(job.model, 0.0))  # its model is loading
+                eta = eta_seconds(eta + loads.get(job.model, 0.0))  # its model is loading
         states[job.pk] = {
             "position": entry.get("position"),
             "estimated_start_seconds": entry.get("estimated_start_seconds"),
@@ -343,8 +402,6 @@ def workers_dead(*, now: datetime | None = None) -> dict[str, str]:
     process gone. One query for the silent ones and one for this host's few rows."""
     import socket
 
-    from django.utils import timezone
-
     from generation.workers import process_is_gone
 
     now = now or timezone.now()
@@ -377,7 +434,5 @@ def silence_means_dead() -> bool:
 
 def workers_live(*, now: datetime | None = None) -> QuerySet[Worker]:
     """Worker processes that beat within IMAGEGEN_WORKER_DEAD_AFTER_SECONDS."""
-    from django.utils import timezone
-
     now = now or timezone.now()
     return Worker.objects.filter(last_seen_at__gte=Worker.live_since(now))

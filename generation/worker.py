@@ -7,6 +7,9 @@ thread only claims and generates; the bookkeeping thread (`generation.bookkeeper
 writes progress, sends events and previews, and encodes, stores and completes each
 image while the device makes the next one. The clock, the wall-clock `now` and
 `sleep` are injected so tests can move time.
+
+`warm_up()` runs once when a `gpu` worker process starts: it loads the default model
+and times two short passes, so that the first jobs' ETAs are measured, not guessed.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from generation.locks import DeviceBusy, device_lock
 from generation.models import ImageJob
 from generation.outages import OUTAGES, drop_broken_connections, is_outage
 from generation.pipeline import default_max_batch, is_out_of_memory
-from generation.registry import get_generator
-from generation.request import GenerationCancelled, GenerationTimeout, ImageGenerator
-from generation.workers import worker_name
+from generation.registry import get_generator, model_limits
+from generation.request import GenerationCancelled, GenerationRequest, GenerationTimeout, ImageGenerator
+from generation.workers import worker_name, worker_record_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -330,3 +333,118 @@ class _StepReporter:
             self.bookkeeper.preview([(job, self.jobs.index(job)) for job in running], step, latents)
         settled = self.dropped.union(self.stopped)
         return [row for row, job in enumerate(self.jobs) if job.pk in settled]
+
+
+# --- Start-up: the warm-up passes ------------------------------------------------------
+
+WARM_UP_STEPS = 3  # the times between their callbacks are steps': the shortest is taken
+WARM_UP_TINY = 64  # the first pass's side (or the family's smallest): it pays the first call's set-up
+
+
+def warm_up(generator: ImageGenerator | None = None, *, model: str | None = None) -> dict | None:
+    """Load `model` (IMAGEGEN_DEFAULT_MODEL) and measure how fast it runs, once a `gpu`
+    worker has started (IMAGEGEN_WARMUP); returns what it measured, or None.
+
+    The measurement goes on this worker's row (`Worker.warmup`), where the ETA takes it
+    as the model's default until jobs of it have been timed. It holds the device's lock
+    and makes no job and no image; a failure is logged and the worker goes on (its
+    first job loads the model as it would have).
+    """
+    if not settings.IMAGEGEN_WARMUP or heartbeat.stop_requested():
+        return None
+    model = model or settings.IMAGEGEN_DEFAULT_MODEL
+    try:
+        runner = JobRunner(generator)
+        heartbeat.start(device=runner.generator.device, max_batch=runner.max_batch, generator=runner.generator)
+        started = time.perf_counter()
+        with runner._device_locked():
+            measured = measure_speed(runner.generator, model)
+        worker_record_warmup(name=runner.name, model=model, measured=measured, generator=runner.generator)
+    except DeviceBusy as exc:
+        logger.warning("No warm-up pass: %s", exc)
+        return None
+    except Exception as exc:
+        if OUTAGES.failed(exc, doing="recording the warm-up pass") is None:
+            logger.exception("The warm-up pass of model %s failed; its first job will load it", model)
+        drop_broken_connections()
+        return None
+    logger.info(
+        "Warm-up of %s in %.1f s: %.3f s fixed, %.4f s a step + %.4f s a step per megapixel",
+        model,
+        time.perf_counter() - started,
+        measured["overhead"],
+        measured["step"],
+        measured["step_per_mp"],
+    )
+    return measured
+
+
+def measure_speed(generator: ImageGenerator, model: str, *, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """How fast `generator` runs `model`, from two passes of WARM_UP_STEPS steps.
+
+    A tiny one first: it pays what a first call costs (allocations, kernels' set-up)
+    and its step is the floor a step costs whatever the size. Then one at the model's
+    default size: its step, less the floor, is the cost per megapixel; the rest of its
+    time is the fixed part (prompt, scheduler, decode), of which what grows from the
+    tiny pass's decode to this one's is counted per megapixel. The numbers are those of
+    `generation.estimates.Speed`.
+    """
+    limits = model_limits(model)
+    step_size = limits.size_step
+    tiny = min(max(limits.min_size, -(-WARM_UP_TINY // step_size) * step_size), limits.default_size)
+    generator.load(model)
+
+    def timed(side: int) -> tuple[float, list[float], float]:
+        marks: list[float] = []
+        request = GenerationRequest(
+            model=model,
+            prompt="warm-up",
+            negative_prompt="",
+            width=side,
+            height=side,
+            steps=WARM_UP_STEPS,
+            guidance=limits.default_guidance,
+            seed=0,
+            scheduler=limits.default_scheduler,
+        )
+
+        def mark(step: int, total: int, latents) -> None:
+            # A GPU runs behind the launches: a step is done when the device says so.
+            if getattr(getattr(latents, "device", None), "type", "") == "cuda":
+                import torch
+
+                torch.cuda.synchronize(latents.device)
+            marks.append(clock())
+
+        started = clock()
+        generator.generate_batch([request], mark)
+        return started, marks, clock()
+
+    _, tiny_marks, tiny_end = timed(tiny)
+    started, marks, ended = timed(limits.default_size)
+    megapixels, tiny_megapixels = limits.default_size**2 / 1e6, tiny**2 / 1e6
+    seconds = ended - started
+    measured = {"size": limits.default_size, "seconds": round(seconds, 4)}
+    if len(marks) < 2 or len(tiny_marks) < 2 or megapixels <= tiny_megapixels:
+        # A generator that reports fewer steps: its time, all of it per step.
+        speed = {
+            "overhead": 0.0,
+            "overhead_per_mp": 0.0,
+            "step": 0.0,
+            "step_per_mp": seconds / WARM_UP_STEPS / megapixels,
+        }
+        return speed | measured
+    # Noise (another process, a late wake-up) only ever makes a step look longer.
+    floor = min(b - a for a, b in zip(tiny_marks, tiny_marks[1:], strict=False))
+    step = min(b - a for a, b in zip(marks, marks[1:], strict=False))
+    step_per_mp = max(step - floor, 0.0) / (megapixels - tiny_megapixels)
+    # After the last step: the decode (and whatever the pipeline does last).
+    tail, tiny_tail = ended - marks[-1], tiny_end - tiny_marks[-1]
+    overhead_per_mp = max(tail - tiny_tail, 0.0) / (megapixels - tiny_megapixels)
+    fixed = max(seconds - len(marks) * step, 0.0)
+    return {
+        "overhead": max(fixed - overhead_per_mp * megapixels, 0.0),
+        "overhead_per_mp": overhead_per_mp,
+        "step": max(step - step_per_mp * megapixels, 0.0),
+        "step_per_mp": step_per_mp,
+    } | measured

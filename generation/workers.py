@@ -67,12 +67,27 @@ def worker_beat(
         )
 
 
+# Model -> what this process's warm-up measured of it (`generation.worker.warm_up`): its
+# row says so at every beat, so a row made again (pruned, or emptied by a test) keeps it.
+_warm_ups: dict[str, dict] = {}
+
+
+def worker_record_warmup(*, name: str, model: str, measured: dict, generator=None) -> None:
+    """Keep what the warm-up passes measured of `model` on the worker's row (the ETA's
+    default for the model), with what its generator holds now."""
+    _warm_ups[model] = measured
+    changes = model_state(generator) if generator is not None else {"warmup": dict(_warm_ups)}
+    Worker.objects.filter(name=name).update(**changes)
+
+
 def model_state(generator) -> dict:
     """What a worker's generator holds, as its Worker row keeps it (a generator that
     keeps no model, as the benchmarks' stand-in, holds nothing)."""
     speed = getattr(generator, "speed", None)
     memory = generator.memory() if hasattr(generator, "memory") else {}
+    measured = {"warmup": dict(_warm_ups)} if _warm_ups else {}
     return {
+        **measured,
         "loaded_model": getattr(generator, "loaded_model", None) or "",
         "gpu_memory": memory.get("reserved"),
         "load_seconds": {name: round(seconds, 2) for name, seconds in getattr(generator, "load_seconds", {}).items()},

@@ -359,8 +359,13 @@ IMAGEGEN_BREAKER_COOLDOWN_SECONDS = env_float("IMAGEGEN_BREAKER_COOLDOWN_SECONDS
 IMAGEGEN_HEARTBEAT_SECONDS = env_float("IMAGEGEN_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
 # The stuck-job guard fails a processing job with no heartbeat for this long.
 IMAGEGEN_STUCK_AFTER_SECONDS = env_int("IMAGEGEN_STUCK_AFTER_SECONDS", 300, minimum=1)
-# ETA before there is any history: seconds per step of a 512x512 image.
+# ETA before there is any history: seconds per step of a 512x512 image. Only the last
+# resort: a gpu worker measures its default model when it starts (IMAGEGEN_WARMUP).
 IMAGEGEN_DEFAULT_SECONDS_PER_STEP = env_float("IMAGEGEN_DEFAULT_SECONDS_PER_STEP", 0.5, minimum=0.001)
+# A gpu worker, once started, loads IMAGEGEN_DEFAULT_MODEL and times two short passes
+# (a tiny image, then one at the model's default size, three steps each), so that the
+# first jobs' ETAs are measured rather than guessed; no job or image comes of them.
+IMAGEGEN_WARMUP = env_bool("IMAGEGEN_WARMUP", True)
 # The order the worker takes queued jobs in: "fifo" (first come, first served) or
 # "fair" (each user's share of GPU time, by the jobs' estimated seconds and the users'
 # weights: generation/fairness.py).

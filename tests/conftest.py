@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -10,6 +12,11 @@ from tests.fakes import FakeClock
 from tests.servers import ThrowawayPostgres, ThrowawayRedis
 
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The worker processes the tests start skip the start-up warm-up passes (a few seconds
+# of the demo model on a CPU, and passes that the generators' logs would count) unless
+# a stack asks for them, as the browser tests' stack does (tests/e2e/conftest.py).
+os.environ.setdefault("IMAGEGEN_WARMUP", "0")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,17 @@ from generation.request import DEFAULT_SCHEDULE
 register = template.Library()
 
 
+def _whole_seconds(seconds) -> int | None:
+    """Seconds as whole seconds, halves rounding up as in the JS (floor(x + 0.5): round()
+    would round them to even); None when unknown."""
+    if seconds is None or seconds == "":
+        return None
+    value = float(seconds)
+    if not math.isfinite(value):
+        return None
+    return max(math.floor(value + 0.5), 0)
+
+
 @register.filter
 def duration(seconds) -> str:
     """Seconds as a short, friendly duration ("about 45 s", "about 3 min").
@@ -20,13 +31,9 @@ def duration(seconds) -> str:
     The page's countdown says the same in static/js/chat/duration.js, step for step:
     a change here is a change there (tests/chat/test_duration_text.py compares them).
     """
-    if seconds is None or seconds == "":
+    whole = _whole_seconds(seconds)
+    if whole is None:
         return ""
-    value = float(seconds)
-    if not math.isfinite(value):
-        return ""
-    # Halves round up, floor(x + 0.5), as in the JS: round() would round them to even.
-    whole = max(math.floor(value + 0.5), 0)
     if whole < 5:
         return "a few seconds"
     # Five-second steps, as the page's countdown takes them: it must not chatter for screen readers.
@@ -36,6 +43,41 @@ def duration(seconds) -> str:
         return f"about {(whole + 30) // 60} min"
     hours, tenth = divmod((whole + 180) // 360, 10)
     return f"about {hours}.{tenth} h" if tenth else f"about {hours} h"
+
+
+@register.filter
+def time_left(seconds, progress) -> str:
+    """A running job's time left ("About 45 s left", "A few seconds left"); "Almost done…"
+    only once its progress says so too (90 % or more). As `timeLeft` in duration.js."""
+    whole = _whole_seconds(seconds)
+    if whole is None:
+        return ""
+    if whole < 5 and float(progress or 0) >= 90:
+        return "Almost done…"
+    text = duration(seconds)
+    return f"{text[0].upper()}{text[1:]} left"
+
+
+@register.filter
+def waiting_time(live) -> str:
+    """A queued job's wait, from its live state ("Starts in about 45 s, ready in about
+    2 min"). As `waitingTime` in duration.js."""
+    if not isinstance(live, dict):
+        return ""
+    start, ready = live.get("estimated_start_seconds"), live.get("estimated_seconds")
+    if _whole_seconds(start) is None or _whole_seconds(ready) is None:
+        return ""
+    when = f"Starts in {duration(start)}" if float(start) > 0 else "Starting soon"
+    return f"{when}, ready in {duration(ready)}"
+
+
+@register.filter
+def seconds_value(seconds) -> str:
+    """Seconds for a data attribute the page's script reads: a plain number whatever the
+    language (one decimal), "" when unknown."""
+    if seconds is None or seconds == "":
+        return ""
+    return f"{float(seconds):.1f}"
 
 
 @register.filter
@@ -51,10 +93,10 @@ def ago(moment) -> str:
 
 @register.filter
 def seconds_since(moment) -> str:
-    """Whole seconds from `moment` to now, for the page's own clock ("" when unknown)."""
+    """Seconds (one decimal) from `moment` to now, for the page's own clock ("" when unknown)."""
     if not moment:
         return ""
-    return str(max(int((timezone.now() - moment).total_seconds()), 0))
+    return f"{max((timezone.now() - moment).total_seconds(), 0.0):.1f}"
 
 
 @register.filter

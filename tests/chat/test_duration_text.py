@@ -1,6 +1,6 @@
-"""A duration reads the same from the server (the `duration` filter a card is rendered
-with) and from the page (static/js/chat/duration.js, which counts it down): a card must
-not say "about 43 s" and a second later "about 45 s"."""
+"""A duration reads the same from the server (the filters a card is rendered with) and
+from the page (static/js/chat/duration.js, which counts it down): a card must not say
+"about 43 s" and a second later "about 45 s", nor "About about 10 s left"."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from generation.templatetags.jobs import duration
+from generation.templatetags.jobs import duration, time_left, waiting_time
 from tests.helpers import BASE_DIR
 
 DURATION_JS = BASE_DIR / "static" / "js" / "chat" / "duration.js"
@@ -23,8 +23,9 @@ SECONDS = [
 ]
 
 
-def js_durations(values, tmp_path) -> list[str]:
-    """The texts static/js/chat/duration.js gives for `values`, run by Node."""
+def js_durations(values, tmp_path, function: str = "duration") -> list[str]:
+    """The texts static/js/chat/duration.js's `function` gives for `values` (lists of
+    arguments for a function of several), run by Node."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node is needed to run static/js/chat/duration.js (apt-get install nodejs)")
@@ -33,9 +34,9 @@ def js_durations(values, tmp_path) -> list[str]:
     runner = tmp_path / "run.mjs"
     runner.write_text(
         'import { readFileSync } from "node:fs";\n'
-        'import { duration } from "./duration.mjs";\n'
+        f'import {{ {function} as text }} from "./duration.mjs";\n'
         'const values = JSON.parse(readFileSync(0, "utf8"));\n'
-        "process.stdout.write(JSON.stringify(values.map(duration)));\n"
+        "process.stdout.write(JSON.stringify(values.map((v) => (Array.isArray(v) ? text(...v) : text(v)))));\n"
     )
     done = subprocess.run(
         [node, str(runner)], input=json.dumps(values), capture_output=True, text=True, timeout=60, check=False
@@ -75,3 +76,56 @@ def test_an_unknown_duration_is_no_text_on_either_side(tmp_path):
 )
 def test_it_reads_as_coarse_steps(seconds, text):
     assert duration(seconds) == text
+
+
+PROGRESS = (0, 8, 50, 89, 90, 100)
+
+
+def test_the_page_and_the_server_say_every_time_left_the_same_way(tmp_path):
+    cases = [[seconds, progress] for seconds in SECONDS[:800:3] + SECONDS[20_001:] for progress in PROGRESS]
+    cases += [[None, 50], ["", 95]]
+    texts = js_durations(cases, tmp_path, "timeLeft")
+
+    different = [(case, js, time_left(*case)) for case, js in zip(cases, texts, strict=True)]
+    different = [row for row in different if row[1] != row[2]]
+    assert different[:10] == [], f"{len(different)} times left differ (seconds and progress, JS, Python)"
+
+
+def test_the_page_and_the_server_say_every_wait_the_same_way(tmp_path):
+    pairs = [[start, start + own] for start in (0, 0.04, 0.4, 0.5, 4.49, 4.5, 30, 89.5, 5400) for own in (0.3, 12, 600)]
+    pairs += [[None, 10], [3, None]]
+    texts = js_durations(pairs, tmp_path, "waitingTime")
+
+    python = [waiting_time({"estimated_start_seconds": start, "estimated_seconds": ready}) for start, ready in pairs]
+    assert texts == python
+
+
+@pytest.mark.parametrize(
+    "seconds, progress, text",
+    [
+        (10, 40, "About 10 s left"),
+        (43, 0, "About 45 s left"),
+        (150, 20, "About 3 min left"),
+        (3, 8, "A few seconds left"),
+        (0.4, 50, "A few seconds left"),
+        (3, 90, "Almost done…"),
+        (0, 100, "Almost done…"),
+        (30, 95, "About 30 s left"),
+        (None, 50, ""),
+    ],
+)
+def test_time_left_reads_naturally_and_is_almost_done_only_near_the_end(seconds, progress, text):
+    assert time_left(seconds, progress) == text
+
+
+@pytest.mark.parametrize(
+    "start, ready, text",
+    [
+        (30, 45, "Starts in about 30 s, ready in about 45 s"),
+        (0, 0.4, "Starting soon, ready in a few seconds"),
+        (0.2, 20, "Starts in a few seconds, ready in about 20 s"),
+        (None, 45, ""),
+    ],
+)
+def test_a_wait_reads_naturally(start, ready, text):
+    assert waiting_time({"estimated_start_seconds": start, "estimated_seconds": ready}) == text

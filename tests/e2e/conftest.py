@@ -19,11 +19,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = BASE_DIR / "test-artifacts"
 
 # A generator that fails or hangs on "[fail]" and "[hang]" in a prompt (tests/faults.py),
-# and a small cool-down so the circuit-breaker scenario recovers within the test.
+# a small cool-down so the circuit-breaker scenario recovers within the test, and the
+# worker's start-up warm-up passes.
 STACK_ENV = {
     "IMAGEGEN_GENERATOR": "tests.faults.FaultyGenerator",
     "IMAGEGEN_BREAKER_COOLDOWN_SECONDS": "4",
     "LOG_LEVEL": "WARNING",
+    "IMAGEGEN_WARMUP": "1",  # as in production: the worker times the model when it starts
 }
 
 

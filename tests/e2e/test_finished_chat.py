@@ -275,7 +275,9 @@ def test_after_a_refused_prompt_the_first_bad_field_has_the_focus_and_every_erro
 
 
 def test_while_the_server_is_down_the_page_says_so_and_works_again_when_it_is_back(open_page, stack):
-    page, alice = open_page("alice", allow=("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "WebSocket connection to"))
+    page, alice = open_page(
+        "alice", allow=("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "WebSocket connection to")
+    )
     _block_the_worker(alice)
     new_conversation(page)
     submit_prompt(page, "a lantern", **TINY)

@@ -164,8 +164,8 @@ def test_an_idle_worker_frees_its_model_and_the_next_job_loads_it_again_with_its
         (entry,) = selectors.queue_eta()
         estimate = selectors.duration_estimator()
         run = selectors.pass_seconds(estimate, later, 1)
-        assert entry["estimated_start_seconds"] == round(row.load_seconds["demo"])
-        assert entry["estimated_seconds"] == round(row.load_seconds["demo"] + run)
+        assert entry["estimated_start_seconds"] == selectors.eta_seconds(row.load_seconds["demo"])
+        assert entry["estimated_seconds"] == selectors.eta_seconds(row.load_seconds["demo"] + run)
         run_pass(runner_for(generator))
     finally:
         heartbeat.stop()

@@ -3,7 +3,7 @@
 // state fetches the card again from the server (/jobs/<id>/card/), so the page and the
 // live updates render the same template; socket.js says which event does which. Every
 // request goes through `send()`, which never throws: a failure becomes a notice to read.
-import { duration } from "./duration.js";
+import { timeLeft, waitingTime } from "./duration.js";
 
 export const role = (el, name) => el.querySelector(`[data-role="${name}"]`);
 export const known = (value) => value !== null && value !== undefined && value !== "";
@@ -46,9 +46,15 @@ export function fromHtml(html) {
   return holder;
 }
 
-// --- Clocks: ETAs count down and time remaining is estimated between events ------------
+// --- Clocks: ETAs count down from the server's latest estimate, and a running job's
+// time left follows its progress events -------------------------------------------------
 
-// job id -> what the page knows, with the moment (ms) it learnt it.
+// Said when a running job's estimate has run out while its progress is not near the end.
+const LATE_TEXT = "Taking longer than expected…";
+
+// job id -> what the page knows, with the moment (ms) it learnt it: the server's
+// estimates (`eta`: seconds until done, `startEta`: until it starts, at `etaAt`), the
+// job's progress, and the first and the latest progress events of its steps.
 const clocks = new Map();
 
 function clockFor(jobId) {
@@ -60,29 +66,34 @@ function readCard(el) {
   const clock = clockFor(el.dataset.jobId);
   const now = Date.now();
   clock.progress = Number(el.dataset.progress || 0);
+  if (el.dataset.status !== "processing") Object.assign(clock, { first: null, last: null, stepSeen: false });
   if (known(el.dataset.elapsed)) clock.startedAt = now - Number(el.dataset.elapsed) * 1000;
   if (known(el.dataset.eta)) Object.assign(clock, { eta: Number(el.dataset.eta), etaAt: now });
   if (known(el.dataset.startEta)) clock.startEta = Number(el.dataset.startEta);
   if (clock.progress > 0) clock.stepSeen = true;
   tickCard(el, now);
+  showTitle();
 }
 
 function setEta(jobId, startSeconds, doneSeconds) {
   const clock = clockFor(String(jobId));
-  if (known(doneSeconds)) Object.assign(clock, { eta: doneSeconds, etaAt: Date.now() });
-  if (known(startSeconds)) clock.startEta = startSeconds;
+  if (known(doneSeconds)) Object.assign(clock, { eta: Number(doneSeconds), etaAt: Date.now() });
+  if (known(startSeconds)) clock.startEta = Number(startSeconds);
 }
 
+/** Seconds left of a running job, counted down from the last thing learnt: the rate of
+ * its progress events once they span 5 % and a second, else the server's estimate;
+ * null if unknown. */
 function remainingSeconds(clock, now) {
-  const p = clock.progress || 0;
-  // Measured from this page's own observations once a few steps have passed...
-  if (clock.rateFrom && p - clock.rateFrom.progress >= 5) {
-    const perPercent = (now - clock.rateFrom.at) / 1000 / (p - clock.rateFrom.progress);
-    return perPercent * (100 - p);
+  const { first, last } = clock;
+  if (first && last && last.progress - first.progress >= 5 && last.at - first.at >= 1000) {
+    const perPercent = (last.at - first.at) / 1000 / (last.progress - first.progress);
+    return perPercent * (100 - last.progress) - (now - last.at) / 1000;
   }
-  // ...else from the time since the job started (reload), else the server's estimate.
-  if (clock.startedAt && p >= 5) return ((now - clock.startedAt) / 1000 / p) * (100 - p);
   if (known(clock.eta)) return clock.eta - (now - clock.etaAt) / 1000;
+  // A card without the server's estimate: the time since it started, for its progress.
+  const p = clock.progress || 0;
+  if (clock.startedAt && p >= 5) return ((now - clock.startedAt) / 1000 / p) * (100 - p);
   return null;
 }
 
@@ -90,40 +101,46 @@ function tickCard(el, now) {
   const clock = clockFor(el.dataset.jobId);
   if (el.dataset.status === "queued" && known(clock.eta) && known(clock.startEta)) {
     const gone = (now - clock.etaAt) / 1000;
-    const start = clock.startEta - gone;
-    const ready = duration(Math.max(clock.eta - gone, 0));
-    setText(el, "eta", start > 0 ? `Starts in ${duration(start)}, ready in ${ready}` : `Starting soon, ready in ${ready}`);
+    // Not started when it should have: it is still ready no sooner than its own pass takes.
+    const ready = Math.max(clock.eta - gone, clock.eta - clock.startEta, 0);
+    setText(el, "eta", waitingTime(Math.max(clock.startEta - gone, 0), ready));
   } else if (el.dataset.status === "processing") {
     const starting = !clock.stepSeen;
+    const progress = clock.progress || 0;
     el.classList.toggle("starting", starting);
     // A card whose model is downloading or loading says so (the server wrote it): left as it is.
     if (starting && !el.dataset.downloading && !el.dataset.loading) setText(el, "step", "Starting… the model may be loading, which can take a moment.");
     const left = remainingSeconds(clock, now);
-    if (starting) setText(el, "remaining", known(left) && left > 3 ? `About ${duration(left)} left` : "");
-    else if (known(left)) setText(el, "remaining", left > 3 ? `About ${duration(left)} left` : "Almost done…");
+    let text = "";
+    if (starting) text = known(left) && left >= 4.5 ? timeLeft(left, progress) : "";
+    else if (known(left)) text = left <= 0 && progress < 90 ? LATE_TEXT : timeLeft(Math.max(left, 0), progress);
+    setText(el, "remaining", text);
   }
+}
+
+/** The tab shows the running jobs' progress, and a done mark until the page is looked at
+ * again; it follows the cards at once (a hidden tab's timers may wait a minute). */
+function showTitle() {
+  let progress = null;
+  document.querySelectorAll('.job-card[data-status="processing"]').forEach((el) => {
+    progress = Math.max(progress ?? 0, clockFor(el.dataset.jobId).progress || 0);
+  });
+  let title = baseTitle;
+  if (progress !== null) title = `(${progress}%) ${baseTitle}`;
+  else if (doneMark) title = `✓ ${baseTitle}`;
+  if (baseTitle && document.title !== title) document.title = title;
 }
 
 function tick() {
   const now = Date.now();
-  let progress = null;
-  document.querySelectorAll(".job-card").forEach((el) => {
-    tickCard(el, now);
-    if (el.dataset.status === "processing") {
-      progress = Math.max(progress ?? 0, clockFor(el.dataset.jobId).progress || 0);
-    }
-  });
-  // The tab shows progress, and a done mark until the page is looked at again.
-  let title = baseTitle;
-  if (progress !== null) title = `(${progress}%) ${baseTitle}`;
-  else if (doneMark) title = `✓ ${baseTitle}`;
-  if (document.title !== title) document.title = title;
+  document.querySelectorAll(".job-card").forEach((el) => tickCard(el, now));
+  showTitle();
 }
 
 /** The conversation's title changed (its first prompt names it): the tab follows. */
 export function setTitle(title) {
   baseTitle = `${title} · Imagegen`;
-  tick();
+  showTitle();
 }
 
 // --- Cards -----------------------------------------------------------------------------
@@ -193,10 +210,12 @@ function showProgress(el, event) {
   if (!clock.startedAt) clock.startedAt = now;
   if (event.step > 0) {
     clock.stepSeen = true;
-    if (!clock.rateFrom) clock.rateFrom = { at: now, progress: event.progress };
+    clock.last = { at: now, progress: event.progress };
+    if (!clock.first) clock.first = clock.last;
   }
   if (event.total && event.step > 0) setText(el, "step", `Step ${event.step} of ${event.total}`);
   tickCard(el, now);
+  showTitle();
 }
 
 export function notifyDone(event) {
