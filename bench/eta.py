@@ -60,6 +60,10 @@ MODEL = "demo"
 SHAPES = [(512, 512, 20), (768, 768, 25), (1024, 1024, 30), (512, 768, 30), (640, 640, 15)]
 # Sizes and step counts none of the jobs before ran: what the fit makes of them.
 NEW_SHAPES = [(384, 384, 40), (576, 576, 35), (640, 512, 28), (896, 896, 20), (1024, 768, 18)]
+# With --device demo the real demo model runs on this machine's CPU, at half the sides
+# (a CPU is slower than a GPU, and the demo model's cost grows with the pixels the same way).
+DEMO_SHAPES = [(w // 2, h // 2, s) for w, h, s in SHAPES]
+DEMO_NEW_SHAPES = [(w // 2, h // 2, s) for w, h, s in NEW_SHAPES]
 FIRST = 10
 BACKLOG = 15
 NOISE = 0.02
@@ -257,13 +261,11 @@ def report(records: list[dict]) -> dict:
     return {"new": errors(records, "promised"), "old": errors(records, "old_promised")}
 
 
-def child(backend: str, scale: float, arrivals: int, seed: int, postgres: str, redis: str) -> dict:
-    overrides = {
-        "LOG_LEVEL": "WARNING",
-        "IMAGEGEN_GENERATOR": "bench.eta.SimulatedGpu",
-        "IMAGEGEN_BENCH_GPU_SCALE": str(scale),
-        "IMAGEGEN_WARMUP": "1",
-    }
+def child(backend: str, scale: float, arrivals: int, seed: int, postgres: str, redis: str, device: str) -> dict:
+    overrides = {"LOG_LEVEL": "WARNING", "IMAGEGEN_WARMUP": "1"}
+    if device == "simulated":
+        overrides |= {"IMAGEGEN_GENERATOR": "bench.eta.SimulatedGpu", "IMAGEGEN_BENCH_GPU_SCALE": str(scale)}
+    shapes_run, shapes_new = (SHAPES, NEW_SHAPES) if device == "simulated" else (DEMO_SHAPES, DEMO_NEW_SHAPES)
     if backend == "postgres":
         overrides["DATABASE_URL"] = fresh_postgres(postgres, "imagegen_bench_eta")
         overrides["REDIS_URL"] = redis
@@ -302,29 +304,32 @@ def child(backend: str, scale: float, arrivals: int, seed: int, postgres: str, r
         }
 
         # 2. The first jobs: no history.
-        shapes = [SHAPES[n % len(SHAPES)] for n in range(FIRST)]
+        shapes = [shapes_run[n % len(shapes_run)] for n in range(FIRST)]
         rng.shuffle(shapes)
         first = [submit_and_promise(user, chat, shape, n) for n, shape in enumerate(shapes)]
         wait_done(first, log)
 
         # 3. The backlog, after those 10 jobs.
-        shapes = [SHAPES[n % len(SHAPES)] for n in range(BACKLOG)]
+        shapes = [shapes_run[n % len(shapes_run)] for n in range(BACKLOG)]
         rng.shuffle(shapes)
         backlog = [submit_and_promise(user, chat, shape, FIRST + n) for n, shape in enumerate(shapes)]
         wait_done(backlog, log)
 
         # 4. Sizes and steps never run before.
-        shapes = NEW_SHAPES * 2
+        shapes = shapes_new * 2
         rng.shuffle(shapes)
         unseen = [submit_and_promise(user, chat, shape, FIRST + 2 * BACKLOG + n) for n, shape in enumerate(shapes)]
         wait_done(unseen, log)
 
         # 5. Random arrivals.
         arriving = []
-        mean = statistics.fmean(true_seconds(*shape, scale) for shape in SHAPES)
+        if device == "simulated":
+            mean = statistics.fmean(true_seconds(*shape, scale) for shape in SHAPES)
+        else:  # a job's own time: the backlog's last one waited for all of them
+            mean = max(job["actual"] for job in backlog) / BACKLOG
         for n in range(arrivals):
             time.sleep(rng.expovariate(1 / mean))
-            arriving.append(submit_and_promise(user, chat, rng.choice(SHAPES), 100 + n))
+            arriving.append(submit_and_promise(user, chat, rng.choice(shapes_run), 100 + n))
         wait_done(arriving, log)
     finally:
         stop(gpu)
@@ -335,8 +340,11 @@ def child(backend: str, scale: float, arrivals: int, seed: int, postgres: str, r
         new_shapes=report(unseen),
         **({"arrivals": report(arriving)} if arriving else {}),
         jobs={"first": first, "backlog": backlog, "new_shapes": unseen, "arrivals": arriving},
-        true_seconds={f"{w}x{h}x{s}": round(true_seconds(w, h, s, scale), 2) for w, h, s in SHAPES + NEW_SHAPES},
     )
+    if device == "simulated":
+        result["true_seconds"] = {
+            f"{w}x{h}x{s}": round(true_seconds(w, h, s, scale), 2) for w, h, s in SHAPES + NEW_SHAPES
+        }
     result["cost"] = estimator_cost(user, chat, rng)
     assert not ImageJob.objects.filter(status="error").exists()
     return result
@@ -393,10 +401,16 @@ def estimator_cost(user, chat, rng: random.Random) -> dict:
 
 
 def main() -> None:
-    if child_main(child, str, float, int, int, str, str):
+    if child_main(child, str, float, int, int, str, str, str):
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=2.0, help="the simulated device's times, multiplied")
+    parser.add_argument(
+        "--device",
+        choices=["simulated", "demo"],
+        default="simulated",
+        help="the simulated GPU, or the real demo model on this CPU (half-size shapes)",
+    )
     parser.add_argument("--arrivals", type=int, default=15, help="jobs arriving at random after the backlog")
     parser.add_argument("--backends", default="embedded")
     parser.add_argument("--seed", type=int, default=7)
@@ -406,7 +420,9 @@ def main() -> None:
 
     rows = []
     for backend in args.backends.split(","):
-        row = in_child(__file__, f"{backend}", backend, args.scale, args.arrivals, args.seed, args.postgres, args.redis)
+        row = in_child(
+            __file__, backend, backend, args.scale, args.arrivals, args.seed, args.postgres, args.redis, args.device
+        )
         rows.append(row)
         print(f"{backend}: warm-up {row['warm_up']}")
         for phase in ("first_jobs", "backlog", "new_shapes", "arrivals"):
@@ -421,11 +437,16 @@ def main() -> None:
         print(f"  cost {row['cost']}")
     result = {
         "command": "bench/eta.py " + " ".join(sys.argv[1:]),
-        "generator": f"bench.eta.SimulatedGpu at scale {args.scale:g}",
-        "shapes": SHAPES,
+        "generator": (
+            f"bench.eta.SimulatedGpu at scale {args.scale:g}"
+            if args.device == "simulated"
+            else "the demo model on the CPU"
+        ),
+        "shapes": SHAPES if args.device == "simulated" else DEMO_SHAPES,
         "rows": rows,
     }
-    print(f"written to {write_result('eta', result).relative_to(ROOT)}")
+    name = "eta" if args.device == "simulated" else "eta_demo_cpu"
+    print(f"written to {write_result(name, result).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_three_prompts_get_their_own_positions_which_move_up_live_and_survive_a_
     new_conversation(page)
 
     # The first takes a few seconds, so the moved-up positions can be seen while it runs.
-    submit_prompt(page, "castle number 0", steps="40", width="512", height="512")
+    submit_prompt(page, "castle number 0", steps="25", width="512", height="512")
     for n in (1, 2):
         submit_prompt(page, f"castle number {n}", **FAST)
 

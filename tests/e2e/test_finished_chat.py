@@ -526,15 +526,20 @@ def test_the_settings_are_remembered_for_the_person_across_reloads_and_conversat
 
 
 def test_one_message_about_the_prompt_at_a_time(open_page, stack):
-    page, _ = open_page("alice", allow=("status of 400",))
-    new_conversation(page)
-    page.press("[data-testid=prompt-input]", "Enter")
-    form = page.get_by_test_id("prompt-form")
-    expect(form).to_contain_text("Please describe the image you want.")
-    page.fill("[data-testid=prompt-input]", "x" * 5000)
-    page.press("[data-testid=prompt-input]", "Enter")
-    expect(page.get_by_test_id("form-notice")).to_contain_text("the limit is 2000")
-    expect(form).not_to_contain_text("Please describe the image you want.")
+    for (width, height), scheme in (((1280, 800), "light"), ((390, 844), "dark")):
+        page, _ = open_page(
+            f"prompt-{width}", width=width, height=height, color_scheme=scheme, allow=("status of 400",)
+        )
+        new_conversation(page)
+        page.press("[data-testid=prompt-input]", "Enter")
+        form = page.get_by_test_id("prompt-form")
+        expect(form).to_contain_text("Please describe the image you want.")
+        page.fill("[data-testid=prompt-input]", "x" * 5000)
+        page.press("[data-testid=prompt-input]", "Enter")
+        expect(page.get_by_test_id("form-notice")).to_contain_text("the limit is 2000")
+        expect(form).not_to_contain_text("Please describe the image you want.")
+        assert _inside(page, page.get_by_test_id("form-notice")), f"the message in view at {width}x{height}"
+        shot(page, f"prompt-too-long-{'desktop' if width > 600 else 'phone'}-{scheme}", full_page=False)
 
 
 def test_the_running_image_stays_in_view_and_positions_read_as_a_shared_queue(open_page, stack):
