@@ -165,7 +165,7 @@ def test_the_tab_title_drops_the_percentage_as_soon_as_no_job_runs(open_page, st
 
 def test_a_real_running_job_never_says_almost_done_before_its_end_on_a_phone(open_page, stack):
     page, alice = open_page("alice", **PHONE)
-    # The worker's history says jobs like this one take 0.3 s: this one takes 6 s, so
+    # The worker's history says jobs like this one take 0.3 s: this one takes 12 s, so
     # the server's estimate runs out while its progress is low.
     bob = make_user("bob")
     history = conversation_create(owner=bob, title="history")
@@ -176,7 +176,7 @@ def test_a_real_running_job_never_says_almost_done_before_its_end_on_a_phone(ope
             bob,
             history,
             f"done {n}",
-            steps=15,
+            steps=30,
             status="complete",
             worker="elsewhere:1",
             started_at=started,
@@ -202,7 +202,7 @@ def test_a_real_running_job_never_says_almost_done_before_its_end_on_a_phone(ope
             }).observe(document.getElementById("messages"), { subtree: true, childList: true, characterData: true });
         }"""
     )
-    submit_prompt(page, "[slow] a long sunrise", steps="15", width="64", height="64")
+    submit_prompt(page, "[slow] a long sunrise", steps="30", width="64", height="64")
     card = page.locator(".job-card").nth(0)
     expect(card.get_by_test_id("job-processing")).to_be_visible(timeout=60_000)
     expect(card.locator("[data-role=remaining]")).to_have_text(re.compile(r"^About \d+ s left$"), timeout=20_000)
