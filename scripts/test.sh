@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The suite on SQLite and on PostgreSQL + Redis, side by side.
+# The suite on SQLite, then again on PostgreSQL + Redis.
 #
 # The second run uses TEST_DATABASE_URL and TEST_REDIS_URL, by default the local
 # servers (postgres://postgres@127.0.0.1:5432/postgres, redis://127.0.0.1:6379/15).
@@ -31,47 +31,15 @@ if ! command -v g++ >/dev/null; then
   fi
 fi
 
-# Each run has a data folder of its own (its SQLite files, media, locks); the models the
-# tests build (the demo model, the tiny ones, their LoRAs) are shared, each published
-# whole by a rename, and the static files are collected once, before either run starts.
-MODELS="${IMAGEGEN_MODEL_CACHE:-$PWD/var/models}"
-mkdir -p var
-env -u DATABASE_URL -u REDIS_URL IMAGEGEN_MODEL_CACHE="$MODELS" .venv/bin/python manage.py collectstatic --noinput -v0
-
-sqlite_run() {
-  env -u DATABASE_URL -u REDIS_URL DATA_DIR="$PWD/var/test-sqlite" IMAGEGEN_MODEL_CACHE="$MODELS" \
-    .venv/bin/python -m pytest "$@"
-}
-postgres_run() {
-  DATABASE_URL="$PG_URL" REDIS_URL="$REDIS" DATA_DIR="$PWD/var/test-postgres" IMAGEGEN_MODEL_CACHE="$MODELS" \
-    .venv/bin/python -m pytest "$@"
-}
+echo "=== Tests on SQLite with the embedded defaults"
+env -u DATABASE_URL -u REDIS_URL .venv/bin/python -m pytest "$@"
 
 if .venv/bin/python scripts/services_up.py "$PG_URL" "$REDIS"; then
-  # The two runs share nothing but the machine, and most of a test's time is spent
-  # waiting (on a worker, a browser, a server): they run side by side, each into its
-  # own log, shown whole when both have ended.
-  echo "=== Tests on SQLite with the embedded defaults, and on PostgreSQL + Redis, side by side"
-  sqlite_run "$@" > var/test-sqlite.log 2>&1 &
-  sqlite_pid=$!
-  postgres_run "$@" > var/test-postgres.log 2>&1 &
-  postgres_pid=$!
-  sqlite_status=0
-  postgres_status=0
-  wait "$sqlite_pid" || sqlite_status=$?
-  wait "$postgres_pid" || postgres_status=$?
-  echo "=== Tests on SQLite with the embedded defaults"
-  cat var/test-sqlite.log
   echo "=== Tests on PostgreSQL + Redis"
-  cat var/test-postgres.log
-  echo "=== SQLite: $(tail -n 1 var/test-sqlite.log)"
-  echo "=== PostgreSQL + Redis: $(tail -n 1 var/test-postgres.log)"
-  [ "$sqlite_status" = 0 ] && [ "$postgres_status" = 0 ]
+  DATABASE_URL="$PG_URL" REDIS_URL="$REDIS" .venv/bin/python -m pytest "$@"
 elif [ "${CI:-}" = "true" ] || [ -n "${TEST_DATABASE_URL:-}" ]; then
   echo "PostgreSQL or Redis is not answering, and this run requires them." >&2
   exit 1
 else
-  echo "=== Tests on SQLite with the embedded defaults"
-  sqlite_run "$@"
   echo "=== PostgreSQL or Redis is not answering on localhost: that run was left out."
 fi
