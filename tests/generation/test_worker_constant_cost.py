@@ -30,8 +30,8 @@ def test_the_worker_does_the_same_work_per_job_with_3_or_60_jobs_waiting(
 
     monkeypatch.setattr(layer, "group_send", counting)
     # Steps that take a little time, as on a device (30 ms, longer than a PostgreSQL write):
-    # the bookkeeper keeps up and writes every
-    # step it is given, so the count does not depend on how far behind it fell.
+    # the bookkeeper keeps up and writes every step it is given, so the count does not
+    # depend on how far behind it fell (a progress still waiting is merged with the next).
     runner = runner_for(FakeGenerator(on_each_step=lambda step: time.sleep(0.03)))
     for n in range(4):
         submit(f"short queue {n}", steps=25, conversation=bob_chat if n % 2 else None)
